@@ -1,0 +1,96 @@
+"""Parsing and formatting of durations (TTLs, ages) and byte sizes. Pure."""
+
+import re
+from typing import Optional, Union
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_duration(value: Union[None, int, float, str]) -> Optional[float]:
+    """Seconds for ``value``: None, a number of seconds, or "90s"/"30m"/"12h"/"7d"/"2w".
+
+    Raises ValueError with the accepted forms on anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, got a boolean %r" % value)
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative (%r)" % value)
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return float(text)
+        match = _DURATION_RE.match(text)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    raise ValueError(
+        "%r is not a duration: use seconds (3600) or a number with a unit "
+        "s, m, h, d or w (90s, 30m, 12h, 7d, 2w)" % (value,)
+    )
+
+
+def parse_size(value: Union[int, str]) -> int:
+    """Bytes for ``value``: an int, or "500MB", "20GB", "1.5GiB" (decimal and binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size, got a boolean %r" % value)
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative (%r)" % value)
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match and match.group(2).upper() in _SIZE_UNITS:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    raise ValueError(
+        "%r is not a size: use bytes (1048576) or a number with a unit "
+        "B, KB, MB, GB, TB (or KiB, MiB, GiB, TiB), e.g. 20GB" % (value,)
+    )
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """Short human form: 45s, 4m12s, 3h05m, 3d, 2w."""
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds < 60:
+        return "%s%ds" % (sign, round(seconds)) if seconds >= 1 else "%s%.1fs" % (sign, seconds)
+    if seconds < 3600:
+        return "%s%dm%02ds" % (sign, seconds // 60, seconds % 60)
+    if seconds < 86400:
+        return "%s%dh%02dm" % (sign, seconds // 3600, (seconds % 3600) // 60)
+    days = seconds / 86400
+    if days < 14:
+        return "%s%dd" % (sign, days)
+    return "%s%dw" % (sign, days // 7)
+
+
+def format_size(size: Optional[int]) -> str:
+    """Short human form with decimal units: 512 B, 1.4 MB, 20.0 GB."""
+    if size is None:
+        return "-"
+    size = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return ("%d %s" % (size, unit)) if unit == "B" else ("%.1f %s" % (size, unit))
+        size /= 1000.0
+    return "%.1f PB" % size

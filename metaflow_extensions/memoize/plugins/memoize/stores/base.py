@@ -1,0 +1,85 @@
+"""The store interface that the cache is written against.
+
+A store is a flat namespace of immutable-ish objects addressed by relative,
+slash-separated keys under a root. The local directory and S3 implement it and
+one contract test suite runs against both (tests/test_store_contract.py).
+"""
+
+import re
+from abc import ABC, abstractmethod
+from typing import Iterable, Iterator, NamedTuple, Optional
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
+
+
+class ObjectInfo(NamedTuple):
+    key: str
+    size: int
+    modified: float  # seconds since the epoch
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the root (``..``, absolute, odd characters)."""
+    from ..exceptions import UnsafePath
+
+    if (
+        not isinstance(key, str)
+        or not _KEY_RE.match(key)
+        or any(part in (".", "..") for part in key.split("/"))
+    ):
+        raise UnsafePath("refusing unsafe cache object name %r" % (key,))
+    return key
+
+
+class Store(ABC):
+    """Minimal object-store surface used by the cache.
+
+    All methods raise ``CacheFault`` subclasses (``StoreUnavailable``) on I/O
+    problems; "not found" is a normal return value, never an exception.
+    """
+
+    #: the root URL, as given by the user (used in messages and manifests)
+    url: str
+
+    @abstractmethod
+    def get(self, key: str) -> Optional[bytes]:
+        """The object's bytes, or None if it does not exist."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write (or overwrite) an object atomically: readers see old or new, never half."""
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write only if no object has the key. True if this call created it."""
+
+    @abstractmethod
+    def head(self, key: str) -> Optional[ObjectInfo]:
+        """Size and modification time, or None if it does not exist."""
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a directory-like prefix ending in /)."""
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> int:
+        """Delete the keys that exist; return how many were requested. Missing keys are fine."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: str) -> None:
+        """Upload a local file (large objects stream; never held whole in memory)."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: str) -> bool:
+        """Download to a local path (written atomically). False if the object does not exist."""
+
+    def copy_from_url(self, key: str, source_url: str) -> bool:
+        """Server-side copy from another URL of the same kind; False when not possible."""
+        return False
+
+    def url_for(self, key: str) -> str:
+        """A URL for an object in this store (s3://... or a local path)."""
+        raise NotImplementedError

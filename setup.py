@@ -1,0 +1,33 @@
+from setuptools import find_namespace_packages, setup
+
+VERSION = "0.1.0"
+
+setup(
+    name="metaflow-memoize",
+    version=VERSION,
+    description="Cross-run memoization of Metaflow steps: skip steps whose code and inputs are unchanged.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_namespace_packages(include=["metaflow_extensions.*"]),
+    install_requires=[
+        "metaflow>=2.19.30,<2.20",
+        "boto3>=1.28",
+        "cloudpickle>=2.0",
+        "xxhash>=3.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "pytest-xdist>=3",
+            "moto[server]>=5",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "metaflow-memoize=metaflow_extensions.memoize.plugins.memoize.standalone_cli:main",
+        ],
+    },
+)
