@@ -4,19 +4,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Metaflow refuses to run without a user name; CI machines may not set one.
+export USERNAME ?= $(or $(USER),memoize-user)
 
 .PHONY: install demo test lint format bench bench-quick clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Clears the quickstart's entries first so the demo always shows a miss, then a hit.
 demo: install
-	cd examples/quickstart && METAFLOW_MEMOIZE_DEMO=1 ../../$(BIN)/python quickstart_flow.py run
+	cd examples/quickstart && ../../$(BIN)/python quickstart_flow.py memoize invalidate --all --yes
+	@echo "=== first run: featurize misses and runs ==="
+	cd examples/quickstart && ../../$(BIN)/python quickstart_flow.py run
+	@echo "=== second run: featurize hits and is skipped ==="
 	cd examples/quickstart && ../../$(BIN)/python quickstart_flow.py run
 
 test: install

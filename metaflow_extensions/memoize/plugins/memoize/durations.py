@@ -1,7 +1,6 @@
 """Parsing and formatting of durations (TTLs, ages) and byte sizes. Pure."""
 
 import re
-from typing import Optional, Union
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -21,7 +20,7 @@ _SIZE_UNITS = {
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
 
-def parse_duration(value: Union[None, int, float, str]) -> Optional[float]:
+def parse_duration(value: None | float | str) -> float | None:
     """Seconds for ``value``: None, a number of seconds, or "90s"/"30m"/"12h"/"7d"/"2w".
 
     Raises ValueError with the accepted forms on anything else.
@@ -47,7 +46,7 @@ def parse_duration(value: Union[None, int, float, str]) -> Optional[float]:
     )
 
 
-def parse_size(value: Union[int, str]) -> int:
+def parse_size(value: int | str) -> int:
     """Bytes for ``value``: an int, or "500MB", "20GB", "1.5GiB" (decimal and binary units)."""
     if isinstance(value, bool):
         raise ValueError("expected a size, got a boolean %r" % value)
@@ -65,7 +64,7 @@ def parse_size(value: Union[int, str]) -> int:
     )
 
 
-def format_duration(seconds: Optional[float]) -> str:
+def format_duration(seconds: float | None) -> str:
     """Short human form: 45s, 4m12s, 3h05m, 3d, 2w."""
     if seconds is None:
         return "-"
@@ -84,7 +83,7 @@ def format_duration(seconds: Optional[float]) -> str:
     return "%s%dw" % (sign, days // 7)
 
 
-def format_size(size: Optional[int]) -> str:
+def format_size(size: int | None) -> str:
     """Short human form with decimal units: 512 B, 1.4 MB, 20.0 GB."""
     if size is None:
         return "-"

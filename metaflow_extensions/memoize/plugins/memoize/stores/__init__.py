@@ -15,4 +15,4 @@ def open_store(url: str) -> "Store":
         )
     from .local import LocalStore
 
-    return LocalStore(url[len("file://") :] if url.startswith("file://") else url)
+    return LocalStore(url.removeprefix("file://"))

@@ -7,7 +7,8 @@ one contract test suite runs against both (tests/test_store_contract.py).
 
 import re
 from abc import ABC, abstractmethod
-from typing import Iterable, Iterator, NamedTuple, Optional
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
 
@@ -42,7 +43,7 @@ class Store(ABC):
     url: str
 
     @abstractmethod
-    def get(self, key: str) -> Optional[bytes]:
+    def get(self, key: str) -> bytes | None:
         """The object's bytes, or None if it does not exist."""
 
     @abstractmethod
@@ -54,7 +55,7 @@ class Store(ABC):
         """Write only if no object has the key. True if this call created it."""
 
     @abstractmethod
-    def head(self, key: str) -> Optional[ObjectInfo]:
+    def head(self, key: str) -> ObjectInfo | None:
         """Size and modification time, or None if it does not exist."""
 
     def exists(self, key: str) -> bool:

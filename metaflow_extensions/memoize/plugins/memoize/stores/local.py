@@ -3,7 +3,7 @@
 import os
 import shutil
 import tempfile
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
 
 from ..exceptions import StoreUnavailable
 from .base import ObjectInfo, Store, check_key
@@ -31,7 +31,7 @@ class LocalStore(Store):
     def _fault(action, key, err):
         return StoreUnavailable("local cache %s failed for %s: %s" % (action, key, err))
 
-    def get(self, key: str) -> Optional[bytes]:
+    def get(self, key: str) -> bytes | None:
         path = self._path(key)
         try:
             with open(path, "rb") as f:
@@ -82,7 +82,7 @@ class LocalStore(Store):
             if tmp is not None:
                 _silent_unlink(tmp)
 
-    def head(self, key: str) -> Optional[ObjectInfo]:
+    def head(self, key: str) -> ObjectInfo | None:
         try:
             st = os.stat(self._path(key))
         except FileNotFoundError:

@@ -1,0 +1,153 @@
+"""The cache: entries (manifests) and content-addressed blobs on a Store.
+
+Layout under the cache root (see docs/concepts.md):
+
+    v1/entries/<Flow>/<step>/<key>.json   one manifest per key
+    v1/used/<Flow>/<step>/<key>           last-use marker (tiny; rewritten on a hit)
+    v1/blobs/<sha[:2]>/<sha>               artifact blobs, exactly as Metaflow stores them
+    v1/locks/<Flow>/<step>/<key>           single-flight leases (lock=True)
+
+Blobs are written before the manifest that references them, and the manifest
+is published with put-if-absent (first writer wins) unless refreshing.
+"""
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from .exceptions import CacheFault, CorruptEntry
+from .manifest import Manifest
+from .stores import ObjectInfo, Store, check_key
+
+LAYOUT = "v1"
+
+
+@dataclass
+class Lookup:
+    """The outcome of looking a key up."""
+
+    status: str  # "found", "absent", "expired", "unsigned"
+    manifest: Manifest | None = None
+    detail: str = ""
+
+
+class Cache:
+    def __init__(
+        self,
+        store: Store,
+        signing_key: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.signing_key = signing_key
+        self.clock = clock
+
+    # -- names ---------------------------------------------------------------
+    @staticmethod
+    def entry_prefix(flow: str | None = None, step: str | None = None) -> str:
+        parts = [LAYOUT, "entries"] + [p for p in (flow, step) if p]
+        return check_key("/".join(parts)) + "/"
+
+    @staticmethod
+    def manifest_key(flow: str, step: str, key: str) -> str:
+        return check_key("%s/entries/%s/%s/%s.json" % (LAYOUT, flow, step, key))
+
+    @staticmethod
+    def used_key(flow: str, step: str, key: str) -> str:
+        return check_key("%s/used/%s/%s/%s" % (LAYOUT, flow, step, key))
+
+    @staticmethod
+    def lock_key(flow: str, step: str, key: str) -> str:
+        return check_key("%s/locks/%s/%s/%s" % (LAYOUT, flow, step, key))
+
+    @staticmethod
+    def blob_key(sha: str) -> str:
+        return check_key("%s/blobs/%s/%s" % (LAYOUT, sha[:2], sha))
+
+    @staticmethod
+    def blob_prefix() -> str:
+        return "%s/blobs/" % LAYOUT
+
+    @staticmethod
+    def parse_manifest_key(object_key: str) -> tuple[str, str, str] | None:
+        """(flow, step, key) for an entry object name, None for anything else."""
+        parts = object_key.split("/")
+        if len(parts) != 5 or parts[0] != LAYOUT or parts[1] != "entries":
+            return None
+        if not parts[4].endswith(".json"):
+            return None
+        return parts[2], parts[3], parts[4][: -len(".json")]
+
+    # -- reading -------------------------------------------------------------
+    def lookup(self, flow: str, step: str, key: str) -> Lookup:
+        """Find the entry for a key. Raises CorruptEntry / StoreUnavailable on faults."""
+        data = self.store.get(self.manifest_key(flow, step, key))
+        if data is None:
+            return Lookup("absent", detail="no entry")
+        manifest = Manifest.loads(data, expected_key=key)
+        if manifest.flow != flow or manifest.step != step:
+            raise CorruptEntry("manifest belongs to %s/%s" % (manifest.flow, manifest.step), key)
+        if self.signing_key and not manifest.signature_valid(self.signing_key):
+            why = "unsigned" if not manifest.signature else "bad signature"
+            return Lookup("unsigned", manifest, "entry has %s" % why)
+        if manifest.is_expired(self.clock()):
+            return Lookup("expired", manifest, "expired")
+        return Lookup("found", manifest)
+
+    def read_manifest(self, object_key: str) -> Manifest:
+        data = self.store.get(object_key)
+        if data is None:
+            raise CorruptEntry("entry %s vanished" % object_key)
+        return Manifest.loads(data)
+
+    def missing_blobs(self, shas: Iterable[str]) -> list[str]:
+        return [sha for sha in shas if not self.store.exists(self.blob_key(sha))]
+
+    def entries(
+        self, flow: str | None = None, step: str | None = None
+    ) -> Iterator[tuple[ObjectInfo, Manifest | None, str | None]]:
+        """(object info, manifest or None, error or None) for each entry under a scope."""
+        for info in self.store.list(self.entry_prefix(flow, step)):
+            if self.parse_manifest_key(info.key) is None:
+                continue
+            try:
+                yield info, self.read_manifest(info.key), None
+            except CacheFault as err:
+                yield info, None, str(err)
+
+    def latest_entry(self, flow: str, step: str) -> Manifest | None:
+        """The most recently created readable entry of a step (to explain a miss)."""
+        best = None
+        for _info, manifest, _err in self.entries(flow, step):
+            if manifest is not None and (best is None or manifest.created > best.created):
+                best = manifest
+        return best
+
+    def last_used(self, flow: str, step: str, key: str) -> float | None:
+        info = self.store.head(self.used_key(flow, step, key))
+        return None if info is None else info.modified
+
+    # -- writing -------------------------------------------------------------
+    def publish(self, manifest: Manifest, overwrite: bool = False) -> bool:
+        """Write the manifest (blobs must already be stored). False if another writer won."""
+        manifest.sign(self.signing_key)
+        name = self.manifest_key(manifest.flow, manifest.step, manifest.key)
+        if overwrite:
+            self.store.put(name, manifest.dumps())
+            published = True
+        else:
+            published = self.store.put_if_absent(name, manifest.dumps())
+        if published:
+            self.record_use(manifest.flow, manifest.step, manifest.key)
+        return published
+
+    def record_use(self, flow: str, step: str, key: str) -> None:
+        """Mark an entry as used now: a tiny object, so LRU pruning never rewrites blobs."""
+        payload = json.dumps({"used": self.clock()}).encode()
+        self.store.put(self.used_key(flow, step, key), payload)
+
+    def remove_entry(self, flow: str, step: str, key: str) -> None:
+        """Delete an entry: the manifest first, so a reader never sees an entry without its marker."""
+        self.store.delete([self.manifest_key(flow, step, key)])
+        self.store.delete([self.used_key(flow, step, key)])

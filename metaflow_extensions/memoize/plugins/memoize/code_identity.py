@@ -1,0 +1,316 @@
+"""Code identity: what of the user's code a step's result depends on.
+
+The step body's source is normalized through the AST, so comments, blank lines,
+docstrings and decorators do not count while any change to code does. Helpers
+(functions and classes defined in the flow's own source files, not installed
+packages) that the step uses are followed transitively, and module-level
+constants it reads are included by value.
+"""
+
+import ast
+import inspect
+import os
+import sys
+import sysconfig
+import textwrap
+import types
+from typing import Any
+
+from .keys import canonical_json, digest_bytes
+
+_CONSTANT_TYPES = (int, float, str, bytes, bool, type(None), complex)
+
+
+def _strip_docstrings(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+
+
+def normalized_source(obj: Any) -> str:
+    """AST dump of obj's source without comments, docstrings, positions or decorators."""
+    source = textwrap.dedent(inspect.getsource(obj))
+    tree = ast.parse(source)
+    _strip_docstrings(tree)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            # @memoize(ttl=...) and other decorators are not the step's code:
+            # key-relevant decorator arguments enter the key separately.
+            node.decorator_list = []
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+def _is_user_file(path: str | None, user_roots) -> bool:
+    if not path:
+        return False
+    path = os.path.abspath(path)
+    for marker in _library_roots():
+        if path.startswith(marker):
+            return False
+    return any(path.startswith(root + os.sep) or path == root for root in user_roots)
+
+
+_LIB_ROOTS = None
+
+
+def _library_roots():
+    global _LIB_ROOTS
+    if _LIB_ROOTS is None:
+        roots = set()
+        for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+            p = sysconfig.get_paths().get(name)
+            if p:
+                roots.add(os.path.abspath(p))
+        roots.add(os.path.abspath(sys.prefix))
+        _LIB_ROOTS = tuple(sorted(roots))
+    return _LIB_ROOTS
+
+
+def _referenced_globals(fn_or_cls) -> set[str]:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn_or_cls)))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            # module.attr chains: record "module.attr" so we can follow user modules
+            base = node
+            parts = []
+            while isinstance(base, ast.Attribute):
+                parts.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name):
+                parts.append(base.id)
+                names.add("%s.%s" % (parts[-1], parts[-2]))
+    return names
+
+
+def _self_attributes(fn) -> set[str]:
+    """Names used as ``self.NAME`` in a method (to follow non-step methods of the flow)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+    func = tree.body[0]
+    args = getattr(func, "args", None)
+    self_name = args.args[0].arg if args and args.args else "self"
+    return {
+        node.attr
+        for node in ast.walk(func)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == self_name
+    }
+
+
+def _constant_digest(value: Any) -> str | None:
+    """A digest for plain constant data, None when it is not plain data."""
+
+    def plain(v, depth=0):
+        if depth > 6:
+            raise TypeError
+        if isinstance(v, _CONSTANT_TYPES):
+            return [type(v).__name__, repr(v)]
+        if isinstance(v, (list, tuple)):
+            return [type(v).__name__, [plain(x, depth + 1) for x in v]]
+        if isinstance(v, (set, frozenset)):
+            return [type(v).__name__, sorted(canonical_json(plain(x, depth + 1)) for x in v)]
+        if isinstance(v, dict):
+            return [
+                "dict",
+                sorted(
+                    [canonical_json(plain(k, depth + 1)), plain(x, depth + 1)]
+                    for k, x in v.items()
+                ),
+            ]
+        raise TypeError
+
+    try:
+        return digest_bytes(canonical_json(plain(value)).encode())
+    except (TypeError, RecursionError):
+        return None
+
+
+def code_components(step_func, flow_class, flow_file: str | None) -> dict[str, str]:
+    """{component name: digest} for the step and everything of the user's it uses.
+
+    ``step`` is the step body; ``helper:NAME`` a function or class from the flow's
+    own files; ``const:NAME`` a module-level constant's value; ``module:NAME`` a
+    user module used through attribute access (its whole source).
+    """
+    user_roots = set()
+    if flow_file:
+        user_roots.add(os.path.dirname(os.path.abspath(flow_file)))
+    components = {"step": digest_bytes(normalized_source(step_func).encode())}
+    fn = getattr(step_func, "__func__", step_func)
+    module_globals = getattr(fn, "__globals__", {})
+    seen: set[int] = {id(fn)}
+    queue = [(fn, module_globals)]
+    for attr in sorted(_self_attributes(fn)):
+        method = flow_class.__dict__.get(attr) if flow_class is not None else None
+        if isinstance(method, types.FunctionType) and not getattr(method, "is_step", False):
+            _add_object("%s.%s" % (flow_class.__name__, attr), method, components, queue, seen, user_roots)
+    while queue:
+        obj, globs = queue.pop()
+        for ref in sorted(_referenced_globals(obj)):
+            head, _, attr = ref.partition(".")
+            if head not in globs:
+                continue
+            value = globs[head]
+            if isinstance(value, types.ModuleType):
+                if attr and _is_user_file(getattr(value, "__file__", None), user_roots):
+                    target = getattr(value, attr, None)
+                    name = "%s.%s" % (value.__name__, attr)
+                    _add_object(name, target, components, queue, seen, user_roots)
+                continue
+            if attr:
+                continue  # handled through the plain name
+            _add_object(head, value, components, queue, seen, user_roots)
+    return components
+
+
+def _add_object(name, value, components, queue, seen, user_roots):
+    if value is None or id(value) in seen:
+        return
+    if isinstance(value, type) and issubclass(value, _flowspec_class()):
+        return  # the flow class itself: its steps have keys of their own
+    if isinstance(value, (types.FunctionType, type)):
+        module = sys.modules.get(getattr(value, "__module__", "") or "")
+        path = getattr(module, "__file__", None)
+        if not _is_user_file(path, user_roots):
+            return  # installed code: covered by package versions, not by source
+        seen.add(id(value))
+        try:
+            components["helper:%s" % name] = digest_bytes(normalized_source(value).encode())
+        except (OSError, TypeError, SyntaxError):
+            components["helper:%s" % name] = "unavailable"
+            return
+        globs = getattr(value, "__globals__", None) or getattr(module, "__dict__", {})
+        queue.append((value, globs))
+        return
+    if isinstance(value, types.ModuleType):
+        return
+    digest = _constant_digest(value)
+    if digest is not None:
+        components["const:%s" % name] = digest
+
+
+def _flowspec_class():
+    from metaflow import FlowSpec
+
+    return FlowSpec
+
+
+def reads_attribute(step_func, attribute: str) -> bool:
+    """Whether the step's code may read ``self.<attribute>``.
+
+    Conservative: passing ``self`` anywhere (``helper(self)``, ``getattr(self, x)``)
+    counts as reading everything.
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(step_func)))
+    except (OSError, TypeError, SyntaxError):
+        return True
+    func = tree.body[0]
+    self_name = func.args.args[0].arg if getattr(func, "args", None) and func.args.args else "self"
+    attribute_bases = set()
+    for node in ast.walk(func):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id == self_name:
+                attribute_bases.add(id(node.value))
+                if node.attr == attribute:
+                    return True
+    for node in ast.walk(func):
+        if isinstance(node, ast.Name) and node.id == self_name and id(node) not in attribute_bases:
+            if node is not func:
+                # bare `self` used other than as `self.x`: anything may be read
+                return True
+    return False
+
+
+def _hash_path(path: str) -> str:
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    if os.path.isdir(path):
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, path).replace(os.sep, "/")
+                h.update(rel.encode() + b"\0")
+                _hash_file_into(h, full)
+                h.update(b"\0")
+    else:
+        _hash_file_into(h, path)
+    return h.hexdigest()
+
+
+def _hash_file_into(h, path: str) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            h.update(chunk)
+
+
+def dependency_components(depends_on, flow_dir: str) -> dict[str, str]:
+    """{"depends_on:NAME": digest} for the decorator's ``depends_on`` items."""
+    out = {}
+    for item in depends_on:
+        if isinstance(item, str):
+            path = item if os.path.isabs(item) else os.path.join(flow_dir, item)
+            if not os.path.exists(path):
+                out["depends_on:%s" % item] = "missing"
+            else:
+                out["depends_on:%s" % item] = _hash_path(path)
+        elif isinstance(item, types.ModuleType):
+            try:
+                source = inspect.getsource(item)
+            except (OSError, TypeError):
+                source = repr(getattr(item, "__file__", item.__name__))
+            out["depends_on:module %s" % item.__name__] = digest_bytes(source.encode())
+        else:
+            name = "%s.%s" % (item.__module__, item.__qualname__)
+            try:
+                out["depends_on:%s" % name] = digest_bytes(normalized_source(item).encode())
+            except (OSError, TypeError, SyntaxError):
+                out["depends_on:%s" % name] = "unavailable"
+    return out
+
+
+def assigned_attributes(step_func) -> set[str] | None:
+    """Names the step assigns as ``self.NAME = ...`` (or augments, deletes).
+
+    None when it cannot be known: ``self`` is passed somewhere (a helper may set
+    anything) or the source is unavailable.
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(step_func)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    func = tree.body[0]
+    args = getattr(func, "args", None)
+    self_name = args.args[0].arg if args and args.args else "self"
+    assigned: set[str] = set()
+    bases = set()
+    for node in ast.walk(func):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id == self_name:
+                bases.add(id(node.value))
+                if isinstance(node.ctx, (ast.Store, ast.Del)):
+                    assigned.add(node.attr)
+    for node in ast.walk(func):
+        if isinstance(node, ast.Name) and node.id == self_name and id(node) not in bases:
+            return None
+    # In-place mutation (self.x.append(...)) changes the content hash, so it is
+    # caught by comparing hashes; only same-value assignment needs this list.
+    return assigned

@@ -1,0 +1,74 @@
+"""Settings. Each has one name, METAFLOW_MEMOIZE_*, read through Metaflow's
+configuration mechanism (environment, then Metaflow config files).
+
+Values are read when asked for, not at import: `--memoize-refresh` sets an
+environment variable in the orchestrator after this module is imported.
+"""
+
+import os
+
+from metaflow.metaflow_config_funcs import from_conf
+
+MODES = ("on", "off", "read", "refresh")
+DEFAULT_ROOT_NAME = "memoize-cache"  # not a valid Python class name: no flow can collide
+
+ENV_ROOT = "METAFLOW_MEMOIZE_ROOT"
+ENV_MODE = "METAFLOW_MEMOIZE_MODE"
+ENV_REFRESH = "METAFLOW_MEMOIZE_REFRESH"
+ENV_STRICT = "METAFLOW_MEMOIZE_STRICT"
+ENV_SIGNING_KEY = "METAFLOW_MEMOIZE_SIGNING_KEY"
+ENV_LOCK_LEASE = "METAFLOW_MEMOIZE_LOCK_LEASE"
+
+_TRUE = ("1", "true", "yes", "on", "all", "*")
+_FALSE = ("", "0", "false", "no", "off", "none")
+
+
+def _conf(name: str) -> str | None:
+    value = from_conf(name)
+    return None if value is None else str(value)
+
+
+def cache_root_setting() -> str | None:
+    return _conf("MEMOIZE_ROOT") or None
+
+
+def mode() -> str:
+    value = (_conf("MEMOIZE_MODE") or "on").strip().lower()
+    if value not in MODES:
+        from .exceptions import MemoizeException
+
+        raise MemoizeException(
+            "%s=%r is not a mode: use one of %s" % (ENV_MODE, value, ", ".join(MODES))
+        )
+    return value
+
+
+def refresh_request() -> tuple[bool, frozenset[str]]:
+    """(refresh every memoized step, the set of step names to refresh)."""
+    value = (_conf("MEMOIZE_REFRESH") or "").strip()
+    if value.lower() in _FALSE:
+        return False, frozenset()
+    if value.lower() in _TRUE:
+        return True, frozenset()
+    return False, frozenset(s.strip() for s in value.split(",") if s.strip())
+
+
+def strict() -> bool:
+    return (_conf("MEMOIZE_STRICT") or "").strip().lower() in _TRUE
+
+
+def signing_key() -> str | None:
+    return _conf("MEMOIZE_SIGNING_KEY") or None
+
+
+def lock_lease_seconds() -> float:
+    return float(_conf("MEMOIZE_LOCK_LEASE") or 600)
+
+
+def default_root(datastore_type: str, datastore_root: str | None) -> str:
+    """The cache root when none is configured: a prefix under the datastore root."""
+    if datastore_root:
+        if datastore_type == "s3" or datastore_root.startswith("s3://"):
+            return datastore_root.rstrip("/") + "/" + DEFAULT_ROOT_NAME
+        return os.path.join(datastore_root, DEFAULT_ROOT_NAME)
+    return os.path.join(os.getcwd(), ".metaflow", DEFAULT_ROOT_NAME)

@@ -1,0 +1,398 @@
+"""The @memoize step decorator: coordinates key, cache and restore; computes nothing itself."""
+
+import os
+import sys
+import time
+from typing import Any
+
+from metaflow.decorators import StepDecorator
+
+from . import config
+from . import metaflow_compat as mf
+from .cache import Cache
+from .code_identity import assigned_attributes
+from .durations import format_duration
+from .exceptions import CacheFault, CorruptEntry, MemoizeException, MemoizeStrictError
+from .identity import (
+    UnidentifiableInput,
+    environment_component,
+    task_components,
+    unstable_inputs,
+)
+from .keys import BOOKKEEPING_ARTIFACTS, diff_components, key_of
+from .manifest import ArtifactRecord, Manifest
+from .settings import parse_arguments
+from .stores import open_store
+from .transfer import export_blobs, import_blobs
+from .version import __version__
+
+# Never restored from an entry: per-task state that Metaflow sets itself.
+_NEVER_RESTORED = BOOKKEEPING_ARTIFACTS | {"name", "input", "index"}
+
+
+def _request_refresh_all():
+    os.environ[config.ENV_REFRESH] = "1"
+
+
+def _request_refresh_steps(steps):
+    current = os.environ.get(config.ENV_REFRESH, "")
+    if current.strip().lower() in ("1", "true", "yes", "on", "all", "*"):
+        return
+    names = [s for s in current.split(",") if s.strip()] + list(steps)
+    os.environ[config.ENV_REFRESH] = ",".join(sorted(set(names)))
+
+
+mf.install_run_options(_request_refresh_all, _request_refresh_steps)
+
+
+def log(message: str) -> None:
+    print("[memoize] %s" % message, file=sys.stderr, flush=True)
+
+
+class MemoizeDecorator(StepDecorator):
+    """
+    Skip the step when its code and inputs are unchanged since an earlier run,
+    restoring the artifacts it produced then.
+
+    Parameters
+    ----------
+    ttl : Union[int, str], optional, default None
+        How long an entry stays valid: seconds, or "90s", "30m", "12h", "7d",
+        "2w". None: never expires.
+    version : str, optional, default None
+        Mixed into the key: change it to invalidate entries by hand.
+    inputs : List[str], optional, default None
+        Only these artifacts (plus the foreach item) enter the key.
+    ignore : List[str], optional, default None
+        Artifacts left out of the key.
+    outputs : List[str], optional, default None
+        Only these artifacts are stored and restored.
+    refresh : bool, default False
+        Always recompute this step and overwrite its entry.
+    store : str, optional, default None
+        Cache root for this step: a directory or s3://bucket/prefix.
+    depends_on : List[Union[str, Callable, ModuleType]], optional, default None
+        Extra things whose content enters the key: files, directories,
+        functions, modules.
+    env : List[str], optional, default None
+        Installed packages whose versions enter the key.
+    lock : bool, default False
+        Single flight: while one task computes a key, others wait for its entry.
+    """
+
+    name = "memoize"
+    defaults = {
+        "ttl": None,
+        "version": None,
+        "inputs": None,
+        "ignore": None,
+        "outputs": None,
+        "refresh": False,
+        "store": None,
+        "depends_on": None,
+        "env": None,
+        "lock": False,
+    }
+
+    # -- orchestrator and task: validate -------------------------------------
+    def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
+        self._step_name = step_name
+        flow_file = mf.flow_file(flow)
+        flow_dir = os.path.dirname(os.path.abspath(flow_file)) if flow_file else os.getcwd()
+        self.args = parse_arguments(step_name, self.attributes, flow_dir)
+        if mf.has_parallel_or_ubf(graph, step_name) or any(
+            d.name == "parallel" for d in decorators
+        ):
+            from .exceptions import MemoizeArgumentError
+
+            raise MemoizeArgumentError(
+                step_name,
+                "@memoize",
+                "cannot be used on a @parallel step (its tasks are not independent)",
+                "Remove @memoize from this step.",
+            )
+        self._env_component = environment_component(decorators, self.args["env"])
+        self._datastore_type = getattr(flow_datastore, "TYPE", "local")
+        self._datastore_root = mf.datastore_root_for_cli(flow_datastore)
+        config.mode()  # fail fast on a bad METAFLOW_MEMOIZE_MODE
+
+    def cache_root(self) -> str:
+        return (
+            self.args["store"]
+            or config.cache_root_setting()
+            or config.default_root(self._datastore_type, self._datastore_root)
+        )
+
+    # -- task ----------------------------------------------------------------
+    def task_pre_step(
+        self,
+        step_name,
+        task_datastore,
+        metadata,
+        run_id,
+        task_id,
+        flow,
+        graph,
+        retry_count,
+        max_user_code_retries,
+        ubf_context,
+        inputs,
+    ):
+        self._task = {
+            "flow": flow,
+            "graph": graph,
+            "output": task_datastore,
+            "inputs": inputs,
+            "metadata": metadata,
+            "run_id": run_id,
+            "task_id": task_id,
+            "retry": retry_count,
+        }
+        self._status = None
+        self._manifest = None
+        self._components = None
+        self._body_ok = False
+        self._body_seconds = 0.0
+        self._transition = None
+        self._cache = None
+        self._strict = config.strict()
+        mode = config.mode()
+        self._mode = mode
+        meta: dict[str, Any] = {}
+        if mode == "off" or ubf_context:
+            self._status = "disabled"
+            self._register({"memoize_status": "disabled"})
+            return
+        try:
+            self._cache = Cache(open_store(self.cache_root()), signing_key=config.signing_key())
+            try:
+                self._components = task_components(
+                    flow, graph, step_name, inputs, self.args, self._env_component
+                )
+            except UnidentifiableInput as err:
+                self._status = "uncacheable"
+                log("%s: not cached: %s" % (step_name, err))
+                self._register({"memoize_status": "uncacheable", "memoize_reason": str(err)})
+                return
+            key = key_of(self._components)
+            self._key = key
+            meta["memoize_key"] = key
+            refresh_all, refresh_steps = config.refresh_request()
+            refresh = (
+                mode == "refresh" or self.args["refresh"] or refresh_all or step_name in refresh_steps
+            )
+            if refresh:
+                self._status = "refresh"
+                log("refresh %s key=%s (recomputing)" % (step_name, key[:12]))
+            else:
+                self._status = self._look_up(flow.name, step_name, key, meta)
+        except CacheFault as err:
+            self._fault(step_name, err, meta)
+        meta["memoize_status"] = self._status
+        self._register(meta)
+
+    def _look_up(self, flow_name, step_name, key, meta) -> str:
+        found = self._cache.lookup(flow_name, step_name, key)
+        if found.status == "found":
+            manifest = found.manifest
+            changed = self._passthrough_changed(manifest)
+            if changed:
+                reason = (
+                    "input '%s' is not in the key but changed, and the step may set it"
+                    % changed[0]
+                )
+                meta["memoize_reason"] = reason
+                log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
+                return "miss"
+            try:
+                import_blobs(mf.DatastoreBlobs(self._task["output"]), self._cache, manifest.artifacts)
+            except CorruptEntry as err:
+                self._quarantine(flow_name, step_name, key)
+                raise CorruptEntry("entry %s is corrupt (%s); removed" % (key[:12], err), key)
+            except FileNotFoundError as err:
+                raise CorruptEntry("entry %s lost a blob (%s)" % (key[:12], err), key)
+            self._manifest = manifest
+            meta["memoize_origin"] = manifest.origin
+            saved = format_duration(manifest.body_seconds)
+            log("hit %s key=%s from %s (saved %s)" % (step_name, key[:12], manifest.origin, saved))
+            try:
+                self._cache.record_use(flow_name, step_name, key)
+            except CacheFault:
+                pass  # recency is best effort: never worth a miss
+            return "hit"
+        if found.status == "unsigned":
+            log(
+                "WARNING: %s: ignoring cache entry %s: %s (METAFLOW_MEMOIZE_SIGNING_KEY is set)"
+                % (step_name, key[:12], found.detail)
+            )
+            meta["memoize_reason"] = found.detail
+            return "miss"
+        reason = found.detail
+        if found.status == "absent":
+            previous = self._cache.latest_entry(flow_name, step_name)
+            if previous is not None:
+                reasons = diff_components(previous.components, self._components)
+                if reasons:
+                    reason = "; ".join(reasons)
+        meta["memoize_reason"] = reason
+        log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
+        return "miss"
+
+    def _passthrough_changed(self, manifest):
+        if not manifest.passthrough or not self._task["inputs"]:
+            return []
+        current = mf.artifact_hashes(self._task["inputs"][0])
+        return sorted(n for n, sha in manifest.passthrough.items() if current.get(n) != sha)
+
+    def _quarantine(self, flow_name, step_name, key):
+        try:
+            self._cache.remove_entry(flow_name, step_name, key)
+        except CacheFault:
+            pass
+
+    def _fault(self, step_name, err, meta):
+        where = self._cache.store.url if self._cache else self.cache_root()
+        if self._strict:
+            raise MemoizeStrictError(
+                "Step *%s*: cache %s failed: %s (METAFLOW_MEMOIZE_STRICT is set)" % (step_name, where, err)
+            )
+        log("WARNING: %s runs uncached: cache %s failed: %s" % (step_name, where, err))
+        self._status = "error"
+        meta["memoize_error"] = str(err)
+
+    def _register(self, fields):
+        t = self._task
+        try:
+            mf.register_task_metadata(
+                t["metadata"], t["run_id"], self._step_name, t["task_id"], t["retry"], fields
+            )
+        except Exception as err:  # metadata is informative; never fail the task on it
+            log("could not record task metadata: %s" % err)
+
+    def task_decorate(self, step_func, flow, graph, retry_count, max_user_code_retries, ubf_context):
+        if self._status == "hit":
+            manifest = self._manifest
+
+            def restored_step(*args):
+                mf.replay(
+                    flow,
+                    {n: {"sha": a.sha, "info": a.info} for n, a in manifest.artifacts.items()},
+                    manifest.transition,
+                )
+
+            return restored_step
+        if self._status in ("miss", "refresh"):
+
+            def timed_step(*args):
+                started = time.time()
+                step_func(*args)
+                self._body_seconds = time.time() - started
+
+            return timed_step
+        return step_func
+
+    def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
+        if self._status in ("miss", "refresh"):
+            self._body_ok = True
+            self._transition = mf.record_transition(flow)
+
+    def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
+        if self._status not in ("miss", "refresh") or self._mode == "read":
+            return
+        # @catch fallbacks and failed bodies never reach task_post_step
+        if not (is_task_ok and self._body_ok):
+            return
+        meta: dict[str, Any] = {}
+        try:
+            self._store_entry(step_name, flow, graph)
+        except CacheFault as err:
+            self._fault(step_name, err, meta)
+            meta["memoize_status"] = "error"
+            self._register(meta)
+        except MemoizeException:
+            raise
+        except OSError as err:
+            self._fault(step_name, CacheFault(str(err)), meta)
+            self._register(meta)
+
+    def _store_entry(self, step_name, flow, graph):
+        t = self._task
+        output = t["output"]
+        produced, passthrough = self._produced_artifacts(output, graph, step_name)
+        now = self._cache.clock()
+        manifest = Manifest(
+            key=self._key,
+            flow=flow.name,
+            step=step_name,
+            components=self._components,
+            artifacts=produced,
+            transition=self._transition,
+            created=now,
+            expires=None if self.args["ttl"] is None else now + self.args["ttl"],
+            origin="%s/%s/%s/%s" % (flow.name, t["run_id"], step_name, t["task_id"]),
+            body_seconds=self._body_seconds,
+            versions={"metaflow": _metaflow_version(), "metaflow-memoize": __version__},
+            passthrough=passthrough,
+        )
+        copied = export_blobs(mf.DatastoreBlobs(output), self._cache, produced)
+        published = self._cache.publish(manifest, overwrite=self._status == "refresh")
+        if published:
+            log(
+                "stored %s key=%s (%d artifacts, %d bytes copied)"
+                % (step_name, self._key[:12], len(produced), copied)
+            )
+        else:
+            log("%s key=%s: another run stored this entry first; keeping it" % (step_name, self._key[:12]))
+        self._warn_unstable(t["inputs"])
+
+    def _produced_artifacts(self, output, graph, step_name):
+        """(artifacts the step set, inherited-unkeyed hashes a hit must still see).
+
+        Inherited artifacts that are in the key come from the current inputs on
+        a hit. For the others, an unchanged hash is ambiguous (untouched, or set
+        to the same value): the step's code decides which, and when it cannot be
+        known the hash is pinned in the manifest.
+        """
+        final = mf.artifact_hashes(output)
+        infos = mf.artifact_infos(output)
+        inherited: dict[str, str] = {}
+        if mf.node_type(graph, step_name) != "join" and self._task["inputs"]:
+            inherited = mf.artifact_hashes(self._task["inputs"][0])
+        keyed = self._components.get("inputs")
+        keyed = set(keyed) if isinstance(keyed, dict) else set()
+        assigned = assigned_attributes(mf.step_function(self._task["flow"], step_name))
+        wanted = self.args["outputs"]
+        produced, passthrough = {}, {}
+        for name, sha in final.items():
+            if name in _NEVER_RESTORED:
+                continue
+            if wanted is not None and name not in wanted:
+                continue
+            if inherited.get(name) == sha:
+                if name in keyed or (assigned is not None and name not in assigned):
+                    continue  # passed down: a hit takes it from the current inputs
+                if assigned is None:
+                    passthrough[name] = sha
+                    continue
+            produced[name] = ArtifactRecord(sha=sha, info=infos.get(name, {}))
+        return produced, passthrough
+
+    def _warn_unstable(self, inputs):
+        if not inputs or not isinstance(self._components.get("inputs"), dict):
+            return
+        names = unstable_inputs(mf.artifact_infos(inputs[0]), list(self._components["inputs"]))
+        for name in names:
+            log(
+                "WARNING: %s: input '%s' is a set: sets of strings pickle differently in every "
+                "process, so this step may never hit. Fix: @memoize(ignore=['%s']) or store it "
+                "as a sorted list." % (self._step_name, name, name)
+            )
+
+
+def _metaflow_version() -> str:
+    try:
+        from metaflow.metaflow_version import get_version
+
+        return get_version()
+    except Exception:
+        return "unknown"

@@ -1,0 +1,170 @@
+"""Assembles a task's key components from Metaflow objects (inputs, foreach
+frames, decorators); keys.py turns them into a digest."""
+
+import os
+import pickle
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import metaflow_compat as mf
+from .code_identity import code_components, dependency_components, reads_attribute
+from .keys import build_components, digest_bytes, join_inputs_component, select_inputs
+from .settings import package_version
+
+# Decorators whose arguments change what a step computes. Everything else
+# (resources, retry, timeout, catch, card, ...) stays out of the key.
+_ENV_DECORATOR_ARGS = {
+    "environment": ("vars",),
+    "pypi": ("packages", "python"),
+    "conda": ("packages", "libraries", "python"),
+    "pypi_base": ("packages", "python"),
+    "conda_base": ("packages", "libraries", "python"),
+    "kubernetes": ("image",),
+    "batch": ("image",),
+}
+
+
+class UnidentifiableInput(Exception):
+    """An input whose identity cannot be established: the task must not use the cache."""
+
+
+def environment_component(decorators: Sequence[Any], env_packages: Sequence[str]) -> dict[str, Any]:
+    env: dict[str, Any] = {"python": "%d.%d" % sys.version_info[:2]}
+    for deco in decorators:
+        wanted = _ENV_DECORATOR_ARGS.get(getattr(deco, "name", None))
+        if not wanted:
+            continue
+        attrs = getattr(deco, "attributes", {}) or {}
+        for arg in wanted:
+            value = attrs.get(arg)
+            if value not in (None, {}, [], ""):
+                env["%s.%s" % (deco.name, arg)] = _jsonable(value)
+    for name in env_packages:
+        env["package:%s" % name] = package_version(name)
+    return env
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def args_component(args: dict[str, Any]) -> dict[str, Any]:
+    """The decorator arguments that decide the result (not ttl/refresh/store/lock)."""
+    return {
+        "version": args["version"],
+        "inputs": args["inputs"],
+        "ignore": sorted(args["ignore"]),
+        "outputs": args["outputs"],
+    }
+
+
+def item_digest(item: Any) -> str:
+    try:
+        return digest_bytes(pickle.dumps(item, protocol=4))
+    except Exception as err:
+        raise UnidentifiableInput("foreach item cannot be pickled: %s" % err)
+
+
+def foreach_component(flow, source_datastore) -> tuple[list[dict[str, Any]], list[str]]:
+    """One entry per enclosing foreach frame, and the frames' list artifact names.
+
+    The item is identified by the digest of its value, read from the list
+    artifact visible in ``source_datastore``. When the list cannot be found or
+    does not match what Metaflow recorded for the frame, the task's identity is
+    unknown: raise rather than guess.
+    """
+    frames = mf.foreach_frames(flow)
+    out, list_names = [], []
+    for frame in frames:
+        if frame.var is None:
+            raise UnidentifiableInput("foreach frame of %s has no variable" % frame.step)
+        list_names.append(frame.var)
+        try:
+            values = source_datastore[frame.var]
+        except Exception:
+            raise UnidentifiableInput(
+                "the foreach list '%s' of step %s is no longer visible" % (frame.var, frame.step)
+            )
+        try:
+            item = values[frame.index]
+        except TypeError:
+            item = list(values)[frame.index]
+        except Exception as err:
+            raise UnidentifiableInput("foreach item %s[%s]: %s" % (frame.var, frame.index, err))
+        if frame.num_splits is not None:
+            try:
+                if len(values) != frame.num_splits:
+                    raise UnidentifiableInput(
+                        "foreach list '%s' was replaced after the split" % frame.var
+                    )
+            except TypeError:
+                pass
+        if frame.value is not None and mf.foreach_item_repr(flow, item) != frame.value:
+            raise UnidentifiableInput("foreach list '%s' was replaced after the split" % frame.var)
+        out.append({"step": frame.step, "var": frame.var, "item": item_digest(item)})
+    return out, list_names
+
+
+def task_components(
+    flow,
+    graph,
+    step_name: str,
+    inputs: Sequence[Any],
+    args: dict[str, Any],
+    env: dict[str, Any],
+) -> dict[str, Any]:
+    step_func = mf.step_function(flow, step_name)
+    flow_file = mf.flow_file(flow)
+    flow_dir = os.path.dirname(os.path.abspath(flow_file)) if flow_file else os.getcwd()
+    code = code_components(step_func, flow.__class__, flow_file)
+    code.update(dependency_components(args["depends_on"], flow_dir))
+
+    is_join = mf.node_type(graph, step_name) == "join"
+    source = inputs[0] if inputs else None
+    foreach, list_names = foreach_component(flow, source) if source is not None else ([], [])
+    # A foreach list stays out of an item's key (re-ordering the list must still
+    # hit) only when the step's code cannot read it.
+    drop = [name for name in list_names if not reads_attribute(step_func, name)]
+
+    def selected(ds):
+        return select_inputs(mf.artifact_hashes(ds), args["inputs"], args["ignore"], drop)
+
+    if is_join:
+        rows = [mf.input_identity(ds) + (selected(ds),) for ds in inputs]
+        key_inputs: Any = join_inputs_component(rows)
+    else:
+        key_inputs = selected(source) if source is not None else {}
+    return build_components(
+        flow=flow.name,
+        step=step_name,
+        code=code,
+        args=args_component(args),
+        inputs=key_inputs,
+        foreach=foreach,
+        env=env,
+    )
+
+
+_UNSTABLE_TYPES = ("set", "frozenset")
+
+
+def unstable_inputs(infos: dict[str, dict[str, Any]], keyed: Sequence[str]) -> list[str]:
+    """Keyed input artifacts whose pickled bytes may differ in every process.
+
+    A set or frozenset of strings pickles in hash-seed order, which changes per
+    process: its content hash, hence the key, never repeats. Metaflow records
+    each artifact's type, so this costs no load.
+    """
+    out = []
+    for name in keyed:
+        type_name = str((infos.get(name) or {}).get("type", ""))
+        if type_name.split(".")[-1].strip("<>' ").replace("class '", "") in _UNSTABLE_TYPES:
+            out.append(name)
+    return sorted(out)

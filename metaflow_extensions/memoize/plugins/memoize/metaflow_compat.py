@@ -1,0 +1,246 @@
+"""Every use of Metaflow internals lives here, so a Metaflow upgrade is a one-file change.
+
+Verified against metaflow 2.19.x (see docs/concepts.md). What we rely on:
+
+* ``TaskDataStore._objects`` / ``_info``: name -> content hash (sha1 of the
+  pickled bytes) and per-artifact info; ``persist()`` copies the flow's
+  ``_datastore`` maps into the task's output.
+* The content-addressed store layout ``<root>/<Flow>/data/<sha[:2]>/<sha>``
+  (plus ``<path>_meta`` on local storage) and ``DataStoreStorage`` methods.
+* The flow's transition attributes (``_transition``, ``_foreach_*``).
+* ``LazyGroup._lazy_load``: the only way to add options to ``run``/``resume``.
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+from metaflow.metadata_provider import MetaDatum
+
+TRANSITION_ATTRIBUTES = (
+    "_transition",
+    "_foreach_var",
+    "_foreach_num_splits",
+    "_foreach_values",
+    "_unbounded_foreach",
+)
+
+
+# -- artifacts --------------------------------------------------------------
+def artifact_hashes(task_datastore) -> dict[str, str]:
+    """name -> content hash of every artifact visible in a task datastore (nothing loaded)."""
+    return dict(getattr(task_datastore, "_objects", None) or {})
+
+
+def artifact_infos(task_datastore) -> dict[str, dict[str, Any]]:
+    return {k: dict(v) for k, v in (getattr(task_datastore, "_info", None) or {}).items()}
+
+
+def input_identity(task_datastore):
+    """(step name, foreach index of the task or None) of an input datastore."""
+    index = None
+    try:
+        stack = task_datastore["_foreach_stack"]
+        if stack:
+            index = stack[-1].index
+    except Exception:
+        index = None
+    return task_datastore.step_name, index
+
+
+def foreach_frames(flow) -> list[Any]:
+    return list(getattr(flow, "_foreach_stack", None) or [])
+
+
+def foreach_item_repr(flow, item) -> Any:
+    """The truncated representation Metaflow records for a foreach item."""
+    getter = getattr(flow, "_get_foreach_item_value", None)
+    return getter(item) if getter else None
+
+
+def step_function(flow, step_name):
+    return getattr(flow.__class__, step_name)
+
+
+def record_transition(flow) -> dict[str, Any]:
+    """The step's recorded transition, JSON-able, to replay on a hit."""
+    recorded = {}
+    for attr in TRANSITION_ATTRIBUTES:
+        value = flow.__dict__.get(attr, getattr(flow, attr, None))
+        if attr == "_transition" and value is not None:
+            funcs, foreach = value[0], value[1]
+            extra = list(value[2:]) if len(value) > 2 else []
+            value = {"funcs": list(funcs), "foreach": foreach, "extra": extra}
+        recorded[attr] = value
+    return recorded
+
+
+def replay(flow, artifacts: dict[str, dict[str, Any]], transition: dict[str, Any]) -> None:
+    """Make the task look as if the step body had run: restore artifacts by reference
+    and set the recorded transition. ``artifacts``: name -> {"sha", "info"}."""
+    datastore = flow._datastore
+    for name, record in artifacts.items():
+        # attributes on the flow object win over the datastore in persist()
+        flow.__dict__.pop(name, None)
+        datastore._objects[name] = record["sha"]
+        datastore._info[name] = dict(record["info"])
+    for attr in TRANSITION_ATTRIBUTES:
+        value = transition.get(attr)
+        if attr == "_transition" and value is not None:
+            value = tuple([value["funcs"], value["foreach"]] + list(value.get("extra") or []))
+        setattr(flow, attr, value)
+
+
+def has_parallel_or_ubf(graph, step_name) -> bool:
+    node = graph[step_name]
+    return bool(getattr(node, "parallel_step", False) or getattr(node, "parallel_foreach", False))
+
+
+def node_type(graph, step_name) -> str:
+    return graph[step_name].type
+
+
+def flow_file(flow) -> str | None:
+    import sys
+
+    module = sys.modules.get(flow.__class__.__module__)
+    return getattr(module, "__file__", None)
+
+
+# -- metadata ---------------------------------------------------------------
+def register_task_metadata(metadata, run_id, step_name, task_id, retry_count, fields):
+    tags = ["attempt_id:%d" % retry_count]
+    metadata.register_metadata(
+        run_id,
+        step_name,
+        task_id,
+        [MetaDatum(field=k, value=str(v), type=k, tags=tags) for k, v in fields.items()],
+    )
+
+
+# -- the run's datastore, seen as a blob source/destination -----------------
+class DatastoreBlobs:
+    """Metaflow's content-addressed artifact blobs of one flow in one datastore."""
+
+    def __init__(self, task_datastore):
+        ca_store = task_datastore._ca_store
+        self._storage = ca_store._storage_impl
+        self._prefix = ca_store._prefix
+        self.kind = "s3" if self._storage.TYPE == "s3" else "local"
+        self.root = self._storage.datastore_root
+
+    def path(self, sha: str) -> str:
+        return self._storage.path_join(self._prefix, sha[:2], sha)
+
+    def url(self, sha: str) -> str:
+        """Absolute local path or s3:// URL of a blob."""
+        return self._storage.full_uri(self.path(sha))
+
+    def existing(self, shas: Iterable[str]) -> set[str]:
+        shas = list(shas)
+        if not shas:
+            return set()
+        flags = self._storage.is_file([self.path(s) for s in shas])
+        return {s for s, present in zip(shas, flags) if present}
+
+    def cas_meta(self, sha: str) -> dict[str, Any] | None:
+        exists, meta = self._storage.info_file(self.path(sha))
+        return meta if exists else None
+
+    def write_local_blob(self, sha: str, verified_file: str, meta: dict[str, Any]) -> None:
+        """Move a verified blob file into a local datastore (meta first, then the blob)."""
+        full = self.url(sha)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        fd, tmp_meta = tempfile.mkstemp(dir=os.path.dirname(full))
+        with os.fdopen(fd, "w") as f:
+            json.dump(meta, f)
+        os.replace(tmp_meta, full + "_meta")
+        os.replace(verified_file, full)
+
+    def write_blob(self, sha: str, verified_file: str, meta: dict[str, Any]) -> None:
+        if self.kind == "local":
+            self.write_local_blob(sha, verified_file, meta)
+            return
+        with open(verified_file, "rb") as f:
+            self._storage.save_bytes([(self.path(sha), (f, meta))], overwrite=True, len_hint=1)
+
+    def download(self, sha: str, dest: str) -> None:
+        """Copy a blob's stored bytes to a local file (S3 datastore to a local cache)."""
+        with self._storage.load_bytes([self.path(sha)]) as loaded:
+            for _key, path, _meta in loaded:
+                if path is None:
+                    raise FileNotFoundError(self.url(sha))
+                with open(path, "rb") as src, open(dest, "wb") as out:
+                    while True:
+                        chunk = src.read(8 << 20)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+
+
+def datastore_root_for_cli(flow_datastore) -> str | None:
+    return getattr(flow_datastore, "datastore_root", None)
+
+
+# -- `run --memoize-refresh` -------------------------------------------------
+_OPTIONS_INSTALLED = False
+
+
+def install_run_options(on_refresh_all, on_refresh_steps) -> None:
+    """Add --memoize-refresh / --memoize-refresh-step to `run` and `resume`.
+
+    Metaflow has no hook for extensions to add options to these commands; we
+    wrap LazyGroup._lazy_load and append click options to the loaded commands.
+    """
+    global _OPTIONS_INSTALLED
+    if _OPTIONS_INSTALLED:
+        return
+    _OPTIONS_INSTALLED = True
+    from metaflow._vendor import click
+    from metaflow.cli_components import utils
+
+    original = utils.LazyGroup._lazy_load
+
+    def refresh_all_cb(ctx, param, value):
+        if value:
+            on_refresh_all()
+        return value
+
+    def refresh_steps_cb(ctx, param, value):
+        if value:
+            on_refresh_steps(list(value))
+        return value
+
+    def add_options(cmd):
+        if getattr(cmd, "_memoize_options", False):
+            return
+        cmd._memoize_options = True
+        cmd.params.append(
+            click.Option(
+                ["--memoize-refresh"],
+                is_flag=True,
+                default=False,
+                expose_value=False,
+                callback=refresh_all_cb,
+                help="Recompute every @memoize step and overwrite its cache entry.",
+            )
+        )
+        cmd.params.append(
+            click.Option(
+                ["--memoize-refresh-step"],
+                multiple=True,
+                expose_value=False,
+                callback=refresh_steps_cb,
+                help="Recompute this @memoize step (repeatable) and overwrite its entry.",
+            )
+        )
+
+    def lazy_load(self, cmd_name):
+        cmd = original(self, cmd_name)
+        if cmd_name in ("run", "resume"):
+            add_options(cmd)
+        return cmd
+
+    utils.LazyGroup._lazy_load = lazy_load

@@ -1,0 +1,403 @@
+"""A cache store under an S3 prefix (``s3://bucket/prefix``), via boto3.
+
+Credentials come from the standard AWS chain. The endpoint comes from
+``METAFLOW_S3_ENDPOINT_URL`` (environment, then Metaflow's config) or else
+``AWS_ENDPOINT_URL_S3``, so the cache talks to the same S3 as the Metaflow
+datastore (MinIO, moto, ...). Every failure other than "not found" becomes
+``StoreUnavailable`` so the caller can run the step uncached.
+"""
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..exceptions import StoreUnavailable
+from .base import ObjectInfo, Store, check_key
+
+# Short enough that an unreachable store costs a step seconds, not minutes;
+# long enough for a slow-but-alive endpoint to answer a 16 MB part.
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 60
+MAX_ATTEMPTS = 3
+# One pool per client is shared by all threads, including the transfer
+# manager's workers: it must be at least MAX_CONCURRENCY or they queue.
+MAX_POOL_CONNECTIONS = 16
+
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
+MAX_CONCURRENCY = 8
+
+DELETE_BATCH = 1000  # the DeleteObjects limit on AWS
+
+_NOT_FOUND_CODES = frozenset(("NoSuchKey", "404", "NotFound"))
+_PRECONDITION_CODES = frozenset(("PreconditionFailed", "412"))
+_CONFLICT_CODES = frozenset(("ConditionalRequestConflict", "409"))
+
+_clients: dict[tuple[int, str | None, str], Any] = {}
+_clients_lock = threading.Lock()
+_transfer_config = None
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """Split ``s3://bucket/some/prefix/`` into ``("bucket", "some/prefix")``."""
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise ValueError("not an S3 URL: %r" % (url,))
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    if not bucket:
+        raise ValueError("S3 URL %r has no bucket" % (url,))
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ValueError("S3 URL %r has an empty, '.' or '..' path segment" % (url,))
+    return bucket, prefix
+
+
+def describe_error(err: BaseException) -> str:
+    """A one-line, human-readable cause for a boto3/botocore exception."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        code = error.get("Code") or "?"
+        message = error.get("Message") or ""
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        text = "%s%s" % (code, ": " + message if message else "")
+        if status:
+            text += " (HTTP %s)" % status
+    else:
+        # botocore's own messages name the endpoint, which is the useful part
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def _error_code(err: BaseException) -> str | None:
+    from botocore.exceptions import ClientError
+
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code")
+        return str(code) if code is not None else None
+    return None
+
+
+def _is_not_found(err: BaseException) -> bool:
+    return _error_code(err) in _NOT_FOUND_CODES
+
+
+def _store_errors() -> tuple[type, ...]:
+    """Every exception type that means "the store failed", for except clauses."""
+    import boto3.exceptions
+    import s3transfer.exceptions
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    extra = tuple(
+        getattr(s3transfer.exceptions, name)
+        for name in (
+            "RetriesExceededError",
+            "S3UploadFailedError",
+            "S3DownloadFailedError",
+            "S3CopyFailedError",
+            "FatalError",
+        )
+        if hasattr(s3transfer.exceptions, name)
+    )
+    return (BotoCoreError, ClientError, boto3.exceptions.Boto3Error) + extra
+
+
+def _endpoint_url() -> str | None:
+    url = os.environ.get("METAFLOW_S3_ENDPOINT_URL")
+    if not url:
+        # ~/.metaflowconfig may set it without the environment doing so
+        try:
+            from metaflow.metaflow_config import S3_ENDPOINT_URL
+
+            url = S3_ENDPOINT_URL
+        except Exception:
+            url = None
+    return url or os.environ.get("AWS_ENDPOINT_URL_S3") or None
+
+
+def _region() -> str:
+    return (
+        os.environ.get("AWS_DEFAULT_REGION")
+        or os.environ.get("AWS_REGION")
+        or "us-east-1"
+    )
+
+
+def _client_for(endpoint_url: str | None, region: str):
+    # Keyed by pid too: a forked child must not share the parent's sockets.
+    key = (os.getpid(), endpoint_url, region)
+    client = _clients.get(key)
+    if client is not None:
+        return client
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                connect_timeout=CONNECT_TIMEOUT,
+                read_timeout=READ_TIMEOUT,
+                retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                max_pool_connections=MAX_POOL_CONNECTIONS,
+            )
+            # A private session: boto3's default session is not thread-safe
+            # to create clients from.
+            session = boto3.session.Session()
+            client = session.client(
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config
+            )
+            _clients[key] = client
+    return client
+
+
+def _transfer():
+    global _transfer_config
+    if _transfer_config is None:
+        from boto3.s3.transfer import TransferConfig
+
+        _transfer_config = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_CHUNKSIZE,
+            max_concurrency=MAX_CONCURRENCY,
+        )
+    return _transfer_config
+
+
+class S3Store(Store):
+    def __init__(self, url: str):
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.url = url
+        # "prefix/" so that a sibling like "prefix-old/" is never in scope
+        self._root = self.prefix + "/" if self.prefix else ""
+        self._client = None
+        self._bucket_checked = False
+
+    @property
+    def client(self):
+        """The (shared, lazily built) boto3 S3 client this store uses."""
+        if self._client is None:
+            try:
+                self._client = _client_for(_endpoint_url(), _region())
+            except _store_errors() as err:
+                raise self._unavailable("connect", None, err) from err
+        return self._client
+
+    def _full(self, key: str) -> str:
+        return self._root + check_key(key)
+
+    def url_for(self, key: str) -> str:
+        return "s3://%s/%s" % (self.bucket, self._full(key))
+
+    def _unavailable(
+        self, action: str, key: str | None, err: BaseException
+    ) -> StoreUnavailable:
+        from botocore.exceptions import ClientError
+
+        cause = describe_error(err)
+        if isinstance(err, ClientError):
+            where = " %s" % key if key else ""
+            msg = "S3 cache %s: %s%s failed: %s" % (self.url, action, where, cause)
+        else:
+            msg = "S3 cache %s unreachable: %s" % (self.url, cause)
+        return StoreUnavailable(msg)
+
+    @contextmanager
+    def _errors(self, action: str, key: str | None = None):
+        try:
+            yield
+        except _store_errors() as err:
+            raise self._unavailable(action, key, err) from err
+
+    def _check_bucket(self) -> None:
+        """Tell a missing key from a missing bucket after a bodiless 404.
+
+        HEAD responses carry no error code, so a 404 from head_object cannot
+        say which one is missing; one head_bucket per store settles it.
+        """
+        if self._bucket_checked:
+            return
+        with self._errors("check bucket", self.bucket):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except Exception as err:
+                if _is_not_found(err):
+                    raise StoreUnavailable(
+                        "S3 cache %s: bucket %s does not exist (HTTP 404)"
+                        % (self.url, self.bucket)
+                    ) from err
+                raise
+        self._bucket_checked = True
+
+    def get(self, key: str) -> bytes | None:
+        full = self._full(key)
+        with self._errors("get", key):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=full)
+            except Exception as err:
+                if _error_code(err) == "NoSuchKey":
+                    return None
+                raise
+            with response["Body"] as body:
+                return body.read()
+
+    def put(self, key: str, data: bytes) -> None:
+        full = self._full(key)
+        with self._errors("put", key):
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        full = self._full(key)
+        with self._errors("put", key):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*"
+                )
+            except Exception as err:
+                code = _error_code(err)
+                # 409: a concurrent conditional write to the same key is in
+                # flight; someone else is creating it, so we did not.
+                if code in _PRECONDITION_CODES or code in _CONFLICT_CODES:
+                    return False
+                raise
+        return True
+
+    def head(self, key: str) -> ObjectInfo | None:
+        full = self._full(key)
+        with self._errors("head", key):
+            try:
+                response = self.client.head_object(Bucket=self.bucket, Key=full)
+            except Exception as err:
+                if _is_not_found(err):
+                    self._check_bucket()
+                    return None
+                raise
+        return ObjectInfo(
+            key, int(response["ContentLength"]), response["LastModified"].timestamp()
+        )
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Directory semantics as in LocalStore: "a" and "a/" both mean a/.
+        sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
+        with self._errors("list", prefix or "/"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root + sub)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    rel = obj["Key"][len(self._root) :]
+                    try:
+                        check_key(rel)
+                    except ValueError:
+                        # written by something else; we could not address it
+                        continue
+                    yield ObjectInfo(
+                        rel, int(obj["Size"]), obj["LastModified"].timestamp()
+                    )
+
+    def delete(self, keys: Iterable[str]) -> int:
+        # Validate everything first: an unsafe key must not leave a half-done
+        # deletion behind.
+        fulls = [self._full(key) for key in keys]
+        for start in range(0, len(fulls), DELETE_BATCH):
+            batch = fulls[start : start + DELETE_BATCH]
+            with self._errors("delete", batch[0][len(self._root) :]):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            errors: list[dict] = [
+                e for e in response.get("Errors", ()) if e.get("Code") != "NoSuchKey"
+            ]
+            if errors:
+                first = errors[0]
+                raise StoreUnavailable(
+                    "S3 cache %s: delete failed for %d of %d objects, e.g. %s: %s %s"
+                    % (
+                        self.url,
+                        len(errors),
+                        len(batch),
+                        first.get("Key", "?")[len(self._root) :],
+                        first.get("Code", "?"),
+                        first.get("Message", ""),
+                    )
+                )
+        return len(fulls)
+
+    def put_file(self, key: str, path: str) -> None:
+        full = self._full(key)
+        with self._errors("upload", key):
+            try:
+                self.client.upload_file(path, self.bucket, full, Config=_transfer())
+            except OSError as err:
+                from botocore.exceptions import BotoCoreError
+
+                if isinstance(err, BotoCoreError):
+                    raise
+                raise StoreUnavailable(
+                    "S3 cache %s: upload %s failed reading %s: %s"
+                    % (self.url, key, path, err)
+                ) from err
+
+    def get_file(self, key: str, path: str) -> bool:
+        full = self._full(key)
+        directory = os.path.dirname(os.path.abspath(path))
+        tmp = None
+        with self._errors("download", key):
+            try:
+                os.makedirs(directory, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+                os.close(fd)
+                try:
+                    self.client.download_file(
+                        self.bucket, full, tmp, Config=_transfer()
+                    )
+                except Exception as err:
+                    if _is_not_found(err):
+                        self._check_bucket()
+                        return False
+                    raise
+                os.replace(tmp, path)
+                tmp = None
+                return True
+            except OSError as err:
+                from botocore.exceptions import BotoCoreError
+
+                if isinstance(err, BotoCoreError):
+                    raise
+                raise StoreUnavailable(
+                    "S3 cache %s: download %s to %s failed: %s"
+                    % (self.url, key, path, err)
+                ) from err
+            finally:
+                if tmp is not None:
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
+
+    def copy_from_url(self, key: str, source_url: str) -> bool:
+        """Server-side copy (multipart for big objects); False if the source is gone."""
+        full = self._full(key)
+        try:
+            src_bucket, src_key = parse_s3_url(source_url)
+        except ValueError:
+            return False
+        if not src_key:
+            return False
+        with self._errors("copy from %s to" % source_url, key):
+            try:
+                self.client.copy(
+                    {"Bucket": src_bucket, "Key": src_key},
+                    self.bucket,
+                    full,
+                    Config=_transfer(),
+                )
+            except Exception as err:
+                if _is_not_found(err):
+                    self._check_bucket()
+                    return False
+                raise
+        return True

@@ -1,0 +1,1 @@
+from s3_server import *  # noqa: F401,F403
