@@ -7,6 +7,9 @@ datastore (MinIO, moto, ...). Every failure other than "not found" becomes
 ``StoreUnavailable`` so the caller can run the step uncached.
 """
 
+from __future__ import annotations
+
+import functools
 import os
 import tempfile
 import threading
@@ -85,6 +88,7 @@ def _is_not_found(err: BaseException) -> bool:
     return _error_code(err) in _NOT_FOUND_CODES
 
 
+@functools.cache
 def _store_errors() -> tuple[type, ...]:
     """Every exception type that means "the store failed", for except clauses."""
     import boto3.exceptions
@@ -119,11 +123,7 @@ def _endpoint_url() -> str | None:
 
 
 def _region() -> str:
-    return (
-        os.environ.get("AWS_DEFAULT_REGION")
-        or os.environ.get("AWS_REGION")
-        or "us-east-1"
-    )
+    return os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
 
 
 def _client_for(endpoint_url: str | None, region: str):
@@ -182,7 +182,8 @@ class S3Store(Store):
         if self._client is None:
             try:
                 self._client = _client_for(_endpoint_url(), _region())
-            except _store_errors() as err:
+            except (ValueError, *_store_errors()) as err:
+                # ValueError: botocore's verdict on a malformed endpoint URL
                 raise self._unavailable("connect", None, err) from err
         return self._client
 
@@ -192,17 +193,15 @@ class S3Store(Store):
     def url_for(self, key: str) -> str:
         return "s3://%s/%s" % (self.bucket, self._full(key))
 
-    def _unavailable(
-        self, action: str, key: str | None, err: BaseException
-    ) -> StoreUnavailable:
-        from botocore.exceptions import ClientError
+    def _unavailable(self, action: str, key: str | None, err: BaseException) -> StoreUnavailable:
+        from botocore.exceptions import ConnectionError, HTTPClientError
 
         cause = describe_error(err)
-        if isinstance(err, ClientError):
+        if isinstance(err, (ConnectionError, HTTPClientError, ValueError)):
+            msg = "S3 cache %s unreachable: %s" % (self.url, cause)
+        else:
             where = " %s" % key if key else ""
             msg = "S3 cache %s: %s%s failed: %s" % (self.url, action, where, cause)
-        else:
-            msg = "S3 cache %s unreachable: %s" % (self.url, cause)
         return StoreUnavailable(msg)
 
     @contextmanager
@@ -226,8 +225,7 @@ class S3Store(Store):
             except Exception as err:
                 if _is_not_found(err):
                     raise StoreUnavailable(
-                        "S3 cache %s: bucket %s does not exist (HTTP 404)"
-                        % (self.url, self.bucket)
+                        "S3 cache %s: bucket %s does not exist (HTTP 404)" % (self.url, self.bucket)
                     ) from err
                 raise
         self._bucket_checked = True
@@ -253,13 +251,14 @@ class S3Store(Store):
         full = self._full(key)
         with self._errors("put", key):
             try:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*"
-                )
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
             except Exception as err:
                 code = _error_code(err)
                 # 409: a concurrent conditional write to the same key is in
-                # flight; someone else is creating it, so we did not.
+                # flight; someone else is creating it, so we did not. (A retry
+                # of our own write whose reply was lost also lands here: we
+                # then say False for an object we wrote, which is harmless for
+                # first-writer-wins publication.)
                 if code in _PRECONDITION_CODES or code in _CONFLICT_CODES:
                     return False
                 raise
@@ -275,9 +274,7 @@ class S3Store(Store):
                     self._check_bucket()
                     return None
                 raise
-        return ObjectInfo(
-            key, int(response["ContentLength"]), response["LastModified"].timestamp()
-        )
+        return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp())
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Directory semantics as in LocalStore: "a" and "a/" both mean a/.
@@ -293,9 +290,7 @@ class S3Store(Store):
                     except ValueError:
                         # written by something else; we could not address it
                         continue
-                    yield ObjectInfo(
-                        rel, int(obj["Size"]), obj["LastModified"].timestamp()
-                    )
+                    yield ObjectInfo(rel, int(obj["Size"]), obj["LastModified"].timestamp())
 
     def delete(self, keys: Iterable[str]) -> int:
         # Validate everything first: an unsafe key must not leave a half-done
@@ -337,8 +332,7 @@ class S3Store(Store):
                 if isinstance(err, BotoCoreError):
                     raise
                 raise StoreUnavailable(
-                    "S3 cache %s: upload %s failed reading %s: %s"
-                    % (self.url, key, path, err)
+                    "S3 cache %s: upload %s failed reading %s: %s" % (self.url, key, path, err)
                 ) from err
 
     def get_file(self, key: str, path: str) -> bool:
@@ -351,9 +345,7 @@ class S3Store(Store):
                 fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
                 os.close(fd)
                 try:
-                    self.client.download_file(
-                        self.bucket, full, tmp, Config=_transfer()
-                    )
+                    self.client.download_file(self.bucket, full, tmp, Config=_transfer())
                 except Exception as err:
                     if _is_not_found(err):
                         self._check_bucket()
@@ -368,8 +360,7 @@ class S3Store(Store):
                 if isinstance(err, BotoCoreError):
                     raise
                 raise StoreUnavailable(
-                    "S3 cache %s: download %s to %s failed: %s"
-                    % (self.url, key, path, err)
+                    "S3 cache %s: download %s to %s failed: %s" % (self.url, key, path, err)
                 ) from err
             finally:
                 if tmp is not None:
