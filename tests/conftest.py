@@ -1,7 +1,6 @@
-from s3_server import *  # noqa: F401,F403
-
 import pytest  # noqa: E402
 from flowrunner import FlowRunner  # noqa: E402
+from s3_server import *  # noqa: F401,F403
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Every step shape Metaflow has, each one memoized. Used by tests/test_shapes.py."""
 
 from _counter import record
-
 from metaflow import FlowSpec, Parameter, memoize, step
 
 

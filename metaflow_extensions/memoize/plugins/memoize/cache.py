@@ -11,6 +11,8 @@ Blobs are written before the manifest that references them, and the manifest
 is published with put-if-absent (first writer wins) unless refreshing.
 """
 
+from __future__ import annotations
+
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator

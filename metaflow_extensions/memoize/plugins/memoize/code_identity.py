@@ -7,6 +7,8 @@ packages) that the step uses are followed transitively, and module-level
 constants it reads are included by value.
 """
 
+from __future__ import annotations
+
 import ast
 import inspect
 import os
@@ -129,8 +131,7 @@ def _constant_digest(value: Any) -> str | None:
             return [
                 "dict",
                 sorted(
-                    [canonical_json(plain(k, depth + 1)), plain(x, depth + 1)]
-                    for k, x in v.items()
+                    [canonical_json(plain(k, depth + 1)), plain(x, depth + 1)] for k, x in v.items()
                 ),
             ]
         raise TypeError
@@ -159,7 +160,9 @@ def code_components(step_func, flow_class, flow_file: str | None) -> dict[str, s
     for attr in sorted(_self_attributes(fn)):
         method = flow_class.__dict__.get(attr) if flow_class is not None else None
         if isinstance(method, types.FunctionType) and not getattr(method, "is_step", False):
-            _add_object("%s.%s" % (flow_class.__name__, attr), method, components, queue, seen, user_roots)
+            _add_object(
+                "%s.%s" % (flow_class.__name__, attr), method, components, queue, seen, user_roots
+            )
     while queue:
         obj, globs = queue.pop()
         for ref in sorted(_referenced_globals(obj)):

@@ -5,6 +5,8 @@ Values are read when asked for, not at import: `--memoize-refresh` sets an
 environment variable in the orchestrator after this module is imported.
 """
 
+from __future__ import annotations
+
 import os
 
 from metaflow.metaflow_config_funcs import from_conf

@@ -1,5 +1,7 @@
 """The @memoize step decorator: coordinates key, cache and restore; computes nothing itself."""
 
+from __future__ import annotations
+
 import os
 import sys
 import time
@@ -42,7 +44,11 @@ def _request_refresh_steps(steps):
     os.environ[config.ENV_REFRESH] = ",".join(sorted(set(names)))
 
 
-mf.install_run_options(_request_refresh_all, _request_refresh_steps)
+def _receive_refresh_request(value):
+    os.environ[config.ENV_REFRESH] = value
+
+
+mf.install_run_options(_request_refresh_all, _request_refresh_steps, _receive_refresh_request)
 
 
 def log(message: str) -> None:
@@ -123,6 +129,12 @@ class MemoizeDecorator(StepDecorator):
             or config.default_root(self._datastore_type, self._datastore_root)
         )
 
+    def runtime_step_cli(self, cli_args, retry_count, max_user_code_retries, ubf_context):
+        # The environment reaches local tasks only; the command line reaches all.
+        request = os.environ.get(config.ENV_REFRESH, "").strip()
+        if request:
+            mf.forward_refresh_request(cli_args, request)
+
     # -- task ----------------------------------------------------------------
     def task_pre_step(
         self,
@@ -179,7 +191,10 @@ class MemoizeDecorator(StepDecorator):
             meta["memoize_key"] = key
             refresh_all, refresh_steps = config.refresh_request()
             refresh = (
-                mode == "refresh" or self.args["refresh"] or refresh_all or step_name in refresh_steps
+                mode == "refresh"
+                or self.args["refresh"]
+                or refresh_all
+                or step_name in refresh_steps
             )
             if refresh:
                 self._status = "refresh"
@@ -198,14 +213,15 @@ class MemoizeDecorator(StepDecorator):
             changed = self._passthrough_changed(manifest)
             if changed:
                 reason = (
-                    "input '%s' is not in the key but changed, and the step may set it"
-                    % changed[0]
+                    "input '%s' is not in the key but changed, and the step may set it" % changed[0]
                 )
                 meta["memoize_reason"] = reason
                 log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
                 return "miss"
             try:
-                import_blobs(mf.DatastoreBlobs(self._task["output"]), self._cache, manifest.artifacts)
+                import_blobs(
+                    mf.DatastoreBlobs(self._task["output"]), self._cache, manifest.artifacts
+                )
             except CorruptEntry as err:
                 self._quarantine(flow_name, step_name, key)
                 raise CorruptEntry("entry %s is corrupt (%s); removed" % (key[:12], err), key)
@@ -254,7 +270,8 @@ class MemoizeDecorator(StepDecorator):
         where = self._cache.store.url if self._cache else self.cache_root()
         if self._strict:
             raise MemoizeStrictError(
-                "Step *%s*: cache %s failed: %s (METAFLOW_MEMOIZE_STRICT is set)" % (step_name, where, err)
+                "Step *%s*: cache %s failed: %s (METAFLOW_MEMOIZE_STRICT is set)"
+                % (step_name, where, err)
             )
         log("WARNING: %s runs uncached: cache %s failed: %s" % (step_name, where, err))
         self._status = "error"
@@ -269,7 +286,9 @@ class MemoizeDecorator(StepDecorator):
         except Exception as err:  # metadata is informative; never fail the task on it
             log("could not record task metadata: %s" % err)
 
-    def task_decorate(self, step_func, flow, graph, retry_count, max_user_code_retries, ubf_context):
+    def task_decorate(
+        self, step_func, flow, graph, retry_count, max_user_code_retries, ubf_context
+    ):
         if self._status == "hit":
             manifest = self._manifest
 
@@ -342,7 +361,10 @@ class MemoizeDecorator(StepDecorator):
                 % (step_name, self._key[:12], len(produced), copied)
             )
         else:
-            log("%s key=%s: another run stored this entry first; keeping it" % (step_name, self._key[:12]))
+            log(
+                "%s key=%s: another run stored this entry first; keeping it"
+                % (step_name, self._key[:12])
+            )
         self._warn_unstable(t["inputs"])
 
     def _produced_artifacts(self, output, graph, step_name):

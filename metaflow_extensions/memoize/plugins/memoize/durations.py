@@ -1,5 +1,7 @@
 """Parsing and formatting of durations (TTLs, ages) and byte sizes. Pure."""
 
+from __future__ import annotations
+
 import re
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -9,6 +9,8 @@ Two families, handled differently:
   disk). It never fails a flow unless strict mode is on: the step runs uncached.
 """
 
+from __future__ import annotations
+
 from metaflow.exception import MetaflowException
 
 

@@ -1,6 +1,8 @@
 """Assembles a task's key components from Metaflow objects (inputs, foreach
 frames, decorators); keys.py turns them into a digest."""
 
+from __future__ import annotations
+
 import os
 import pickle
 import sys

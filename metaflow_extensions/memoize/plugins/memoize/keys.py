@@ -6,6 +6,8 @@ them changed (``diff_components``). Nothing here does I/O or loads artifacts:
 inputs are identified by the content hashes Metaflow already computed.
 """
 
+from __future__ import annotations
+
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any

@@ -5,6 +5,8 @@ produced (name -> Metaflow content hash and datastore info), the recorded
 transition, times, origin and versions. Blobs live apart, content-addressed.
 """
 
+from __future__ import annotations
+
 import hashlib
 import hmac
 import json
@@ -73,7 +75,7 @@ class Manifest:
     def signing_payload(self) -> bytes:
         return canonical_json(self.to_dict(include_signature=False)).encode("utf-8")
 
-    def sign(self, secret: str | None) -> "Manifest":
+    def sign(self, secret: str | None) -> Manifest:
         self.signature = _hmac(secret, self.signing_payload()) if secret else None
         return self
 
@@ -86,7 +88,7 @@ class Manifest:
         return canonical_json(self.to_dict()).encode("utf-8")
 
     @classmethod
-    def loads(cls, data: bytes, expected_key: str | None = None) -> "Manifest":
+    def loads(cls, data: bytes, expected_key: str | None = None) -> Manifest:
         try:
             d = json.loads(data.decode("utf-8"))
             if d.get("format") != MANIFEST_FORMAT:
@@ -96,9 +98,7 @@ class Manifest:
                 flow=d["flow"],
                 step=d["step"],
                 components=d["components"],
-                artifacts={
-                    name: ArtifactRecord.from_dict(a) for name, a in d["artifacts"].items()
-                },
+                artifacts={name: ArtifactRecord.from_dict(a) for name, a in d["artifacts"].items()},
                 transition=d["transition"],
                 created=float(d["created"]),
                 expires=None if d.get("expires") is None else float(d["expires"]),

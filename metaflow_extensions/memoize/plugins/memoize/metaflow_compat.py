@@ -11,6 +11,8 @@ Verified against metaflow 2.19.x (see docs/concepts.md). What we rely on:
 * ``LazyGroup._lazy_load``: the only way to add options to ``run``/``resume``.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import tempfile
@@ -185,14 +187,20 @@ def datastore_root_for_cli(flow_datastore) -> str | None:
 
 
 # -- `run --memoize-refresh` -------------------------------------------------
+#: top-level flow option that carries a refresh request to every task command
+#: line; Metaflow forwards top-level options to remote tasks (`kubernetes step`,
+#: `batch step`), where an environment variable of this process would not arrive
+TOP_LEVEL_REFRESH_OPTION = "memoize-refresh-request"
 _OPTIONS_INSTALLED = False
 
 
-def install_run_options(on_refresh_all, on_refresh_steps) -> None:
-    """Add --memoize-refresh / --memoize-refresh-step to `run` and `resume`.
+def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) -> None:
+    """Add --memoize-refresh / --memoize-refresh-step to `run` and `resume`, and the
+    top-level --memoize-refresh-request that task command lines carry.
 
-    Metaflow has no hook for extensions to add options to these commands; we
-    wrap LazyGroup._lazy_load and append click options to the loaded commands.
+    Metaflow has no hook for extensions to add options to these commands: we wrap
+    LazyGroup._lazy_load (run/resume are loaded lazily) and the constructor of the
+    top-level command collection, and append click options.
     """
     global _OPTIONS_INSTALLED
     if _OPTIONS_INSTALLED:
@@ -201,7 +209,8 @@ def install_run_options(on_refresh_all, on_refresh_steps) -> None:
     from metaflow._vendor import click
     from metaflow.cli_components import utils
 
-    original = utils.LazyGroup._lazy_load
+    original_lazy_load = utils.LazyGroup._lazy_load
+    original_collection_init = utils.LazyPluginCommandCollection.__init__
 
     def refresh_all_cb(ctx, param, value):
         if value:
@@ -213,7 +222,12 @@ def install_run_options(on_refresh_all, on_refresh_steps) -> None:
             on_refresh_steps(list(value))
         return value
 
-    def add_options(cmd):
+    def refresh_request_cb(ctx, param, value):
+        if value:
+            on_refresh_request(value)
+        return value
+
+    def add_run_options(cmd):
         if getattr(cmd, "_memoize_options", False):
             return
         cmd._memoize_options = True
@@ -238,9 +252,33 @@ def install_run_options(on_refresh_all, on_refresh_steps) -> None:
         )
 
     def lazy_load(self, cmd_name):
-        cmd = original(self, cmd_name)
+        cmd = original_lazy_load(self, cmd_name)
         if cmd_name in ("run", "resume"):
-            add_options(cmd)
+            add_run_options(cmd)
         return cmd
 
+    def collection_init(self, *args, **kwargs):
+        original_collection_init(self, *args, **kwargs)
+        if self.name == "start" and not any(
+            p.name == TOP_LEVEL_REFRESH_OPTION.replace("-", "_") for p in self.params
+        ):
+            # exposed (not expose_value=False) so it lands in the context's params,
+            # which `kubernetes step` / `batch step` forward to the remote command;
+            # `start` swallows unknown keyword arguments in **deco_options
+            self.params.append(
+                click.Option(
+                    ["--" + TOP_LEVEL_REFRESH_OPTION],
+                    default=None,
+                    hidden=True,
+                    callback=refresh_request_cb,
+                    help="Internal: carries --memoize-refresh to task command lines.",
+                )
+            )
+
     utils.LazyGroup._lazy_load = lazy_load
+    utils.LazyPluginCommandCollection.__init__ = collection_init
+
+
+def forward_refresh_request(cli_args, value: str) -> None:
+    """Put a refresh request on a task's command line (local or remote)."""
+    cli_args.top_level_options[TOP_LEVEL_REFRESH_OPTION] = value

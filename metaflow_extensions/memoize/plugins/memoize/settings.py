@@ -3,6 +3,8 @@
 `--with memoize:ttl=7d` passes strings, so every argument accepts its string form.
 """
 
+from __future__ import annotations
+
 import importlib
 import inspect
 import os
@@ -79,7 +81,10 @@ def parse_arguments(step: str, attributes: dict[str, Any], flow_dir: str) -> dic
         )
     if isinstance(store, str) and "://" in store and not store.startswith(("s3://", "file://")):
         raise MemoizeArgumentError(
-            step, "store", "uses an unsupported scheme (%s)" % store, "Use a path or s3://bucket/prefix."
+            step,
+            "store",
+            "uses an unsupported scheme (%s)" % store,
+            "Use a path or s3://bucket/prefix.",
         )
     parsed = {
         "ttl": ttl,
@@ -96,7 +101,9 @@ def parse_arguments(step: str, attributes: dict[str, Any], flow_dir: str) -> dic
     for name in parsed["env"]:
         if package_version(name) is None:
             raise MemoizeArgumentError(
-                step, "env", "names %r, which is not installed" % name,
+                step,
+                "env",
+                "names %r, which is not installed" % name,
                 "List installed distribution names, e.g. env=['pandas'].",
             )
     return parsed
@@ -116,13 +123,17 @@ def _parse_depends_on(step, value, flow_dir) -> list[Any]:
             path = item if os.path.isabs(item) else os.path.join(flow_dir, item)
             if not os.path.exists(path):
                 raise MemoizeArgumentError(
-                    step, "depends_on", "names %r, which does not exist" % item,
+                    step,
+                    "depends_on",
+                    "names %r, which does not exist" % item,
                     "Give a path relative to the flow file (%s) or an absolute path." % flow_dir,
                 )
             out.append(item)
         else:
             raise MemoizeArgumentError(
-                step, "depends_on", "contains %r" % (item,),
+                step,
+                "depends_on",
+                "contains %r" % (item,),
                 "Use functions, modules, or file/directory paths.",
             )
     return out

@@ -6,6 +6,8 @@ several blobs move in parallel. Every blob read back from the cache is checked
 against its content hash before the task can use it.
 """
 
+from __future__ import annotations
+
 import gzip
 import hashlib
 import os
@@ -54,7 +56,9 @@ def verify_blob_file(path: str, sha: str, cas_raw: bool) -> None:
         raise CorruptEntry("blob %s does not match its content hash" % sha)
 
 
-def export_blobs(datastore: DatastoreBlobs, cache: Cache, artifacts: dict[str, ArtifactRecord]) -> int:
+def export_blobs(
+    datastore: DatastoreBlobs, cache: Cache, artifacts: dict[str, ArtifactRecord]
+) -> int:
     """Copy the artifacts' blobs from the datastore into the cache; return bytes copied.
 
     Fills in ``cas_raw`` and ``stored_size`` of each record from the datastore.
@@ -92,7 +96,9 @@ def export_blobs(datastore: DatastoreBlobs, cache: Cache, artifacts: dict[str, A
     return sum(_parallel(one, sorted(by_sha)))
 
 
-def import_blobs(datastore: DatastoreBlobs, cache: Cache, artifacts: dict[str, ArtifactRecord]) -> int:
+def import_blobs(
+    datastore: DatastoreBlobs, cache: Cache, artifacts: dict[str, ArtifactRecord]
+) -> int:
     """Make every artifact's blob present in the run's datastore; return bytes copied.
 
     Blobs already in the datastore are not touched (a zero-copy hit). Others are

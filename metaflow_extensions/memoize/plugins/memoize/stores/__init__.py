@@ -1,9 +1,11 @@
 """Cache stores: where manifests and blobs live. See base.Store for the contract."""
 
+from __future__ import annotations
+
 from .base import ObjectInfo, Store, check_key  # noqa: F401
 
 
-def open_store(url: str) -> "Store":
+def open_store(url: str) -> Store:
     """The store for a cache root URL: ``s3://bucket/prefix`` or a local path."""
     if url.startswith("s3://"):
         from .s3 import S3Store

@@ -5,6 +5,8 @@ slash-separated keys under a root. The local directory and S3 implement it and
 one contract test suite runs against both (tests/test_store_contract.py).
 """
 
+from __future__ import annotations
+
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator

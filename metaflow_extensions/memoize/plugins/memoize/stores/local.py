@@ -1,5 +1,7 @@
 """A cache store in a local (or network-mounted) directory."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import tempfile
