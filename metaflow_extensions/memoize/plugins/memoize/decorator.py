@@ -219,7 +219,7 @@ class MemoizeDecorator(StepDecorator):
                 log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
                 return "miss"
             try:
-                import_blobs(
+                moved = import_blobs(
                     mf.DatastoreBlobs(self._task["output"]), self._cache, manifest.artifacts
                 )
             except CorruptEntry as err:
@@ -230,7 +230,10 @@ class MemoizeDecorator(StepDecorator):
             self._manifest = manifest
             meta["memoize_origin"] = manifest.origin
             saved = format_duration(manifest.body_seconds)
-            log("hit %s key=%s from %s (saved %s)" % (step_name, key[:12], manifest.origin, saved))
+            log(
+                "hit %s key=%s from %s (saved %s; %s)"
+                % (step_name, key[:12], manifest.origin, saved, moved.describe())
+            )
             try:
                 self._cache.record_use(flow_name, step_name, key)
             except CacheFault:
@@ -353,12 +356,12 @@ class MemoizeDecorator(StepDecorator):
             versions={"metaflow": _metaflow_version(), "metaflow-memoize": __version__},
             passthrough=passthrough,
         )
-        copied = export_blobs(mf.DatastoreBlobs(output), self._cache, produced)
+        moved = export_blobs(mf.DatastoreBlobs(output), self._cache, produced)
         published = self._cache.publish(manifest, overwrite=self._status == "refresh")
         if published:
             log(
-                "stored %s key=%s (%d artifacts, %d bytes copied)"
-                % (step_name, self._key[:12], len(produced), copied)
+                "stored %s key=%s (%d artifacts; %s)"
+                % (step_name, self._key[:12], len(produced), moved.describe())
             )
         else:
             log(

@@ -15,6 +15,7 @@ import tempfile
 import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from .cache import Cache
 from .exceptions import CorruptEntry
@@ -22,6 +23,32 @@ from .manifest import ArtifactRecord
 from .metaflow_compat import DatastoreBlobs
 
 MAX_PARALLEL = 8
+
+
+@dataclass
+class TransferStats:
+    """What a transfer moved: blobs copied through this process, server side, or skipped."""
+
+    copied: int = 0
+    server_side: int = 0
+    present: int = 0
+    bytes: int = 0
+
+    def add(self, how: str, size: int) -> None:
+        setattr(self, how, getattr(self, how) + 1)
+        self.bytes += size if how != "present" else 0
+
+    def describe(self) -> str:
+        parts = []
+        if self.copied:
+            parts.append("%d blob(s) copied" % self.copied)
+        if self.server_side:
+            parts.append("%d copied server-side" % self.server_side)
+        if self.present:
+            parts.append("%d already present" % self.present)
+        return ", ".join(parts) or "no blobs"
+
+
 _CHUNK = 8 << 20
 
 
@@ -58,15 +85,17 @@ def verify_blob_file(path: str, sha: str, cas_raw: bool) -> None:
 
 def export_blobs(
     datastore: DatastoreBlobs, cache: Cache, artifacts: dict[str, ArtifactRecord]
-) -> int:
-    """Copy the artifacts' blobs from the datastore into the cache; return bytes copied.
+) -> TransferStats:
+    """Copy the artifacts' blobs from the datastore into the cache.
 
     Fills in ``cas_raw`` and ``stored_size`` of each record from the datastore.
+    Blobs the cache already holds are not copied again.
     """
     by_sha: dict[str, list[ArtifactRecord]] = {}
     for record in artifacts.values():
         by_sha.setdefault(record.sha, []).append(record)
     store = cache.store
+    stats = TransferStats()
 
     def one(sha):
         meta = datastore.cas_meta(sha)
@@ -74,11 +103,14 @@ def export_blobs(
             raise FileNotFoundError("blob %s is not in the datastore" % sha)
         key = cache.blob_key(sha)
         existing = store.head(key)
-        copied = 0
+        how = "present"
         if existing is None:
             if datastore.kind == "local":
                 store.put_file(key, datastore.url(sha))
-            elif not store.copy_from_url(key, datastore.url(sha)):
+                how = "copied"
+            elif store.copy_from_url(key, datastore.url(sha)):
+                how = "server_side"
+            else:
                 fd, tmp = tempfile.mkstemp(prefix="memoize-")
                 os.close(fd)
                 try:
@@ -86,30 +118,34 @@ def export_blobs(
                     store.put_file(key, tmp)
                 finally:
                     os.unlink(tmp)
+                how = "copied"
             existing = store.head(key)
-            copied = existing.size if existing else 0
+        size = existing.size if existing else 0
         for record in by_sha[sha]:
             record.cas_raw = bool(meta.get("cas_raw", False))
             record.stored_size = existing.size if existing else None
-        return copied
+        return how, size
 
-    return sum(_parallel(one, sorted(by_sha)))
+    for how, size in _parallel(one, sorted(by_sha)):
+        stats.add(how, size)
+    return stats
 
 
 def import_blobs(
     datastore: DatastoreBlobs, cache: Cache, artifacts: dict[str, ArtifactRecord]
-) -> int:
-    """Make every artifact's blob present in the run's datastore; return bytes copied.
+) -> TransferStats:
+    """Make every artifact's blob present in the run's datastore.
 
     Blobs already in the datastore are not touched (a zero-copy hit). Others are
-    fetched from the cache, verified, then moved into place.
+    fetched from the cache, verified against their content hash, then moved into
+    place. A blob that fails verification is deleted from the cache.
     """
     wanted = {}
     for record in artifacts.values():
         wanted.setdefault(record.sha, record)
-    missing = sorted(set(wanted) - datastore.existing(wanted))
-    if not missing:
-        return 0
+    present = datastore.existing(wanted)
+    missing = sorted(set(wanted) - present)
+    stats = TransferStats(present=len(present))
     store = cache.store
 
     def one(sha):
@@ -117,29 +153,46 @@ def import_blobs(
         meta = {"cas_raw": record.cas_raw, "cas_version": 1}
         key = cache.blob_key(sha)
         if datastore.kind == "s3" and store.url.startswith("s3://"):
+            # S3 to S3: the bytes never pass through this task; S3 guarantees
+            # integrity of the copy, the size check catches a truncated source.
             info = store.head(key)
             if info is None:
                 raise CorruptEntry("blob %s is missing from the cache" % sha)
             if record.stored_size is not None and info.size != record.stored_size:
+                _discard(store, key)
                 raise CorruptEntry("blob %s has the wrong size" % sha)
-            if _server_side_copy_out(store, key, datastore.url(sha)):
-                return info.size
+            if store.copy_to_url(key, datastore.url(sha), meta):
+                return "server_side", info.size
         fd, tmp = tempfile.mkstemp(prefix="memoize-", dir=_temp_dir_for(datastore, sha))
         os.close(fd)
         try:
             if not store.get_file(key, tmp):
                 raise CorruptEntry("blob %s is missing from the cache" % sha)
             size = os.path.getsize(tmp)
-            if record.stored_size is not None and size != record.stored_size:
-                raise CorruptEntry("blob %s is truncated or has the wrong size" % sha)
-            verify_blob_file(tmp, sha, record.cas_raw)
+            try:
+                if record.stored_size is not None and size != record.stored_size:
+                    raise CorruptEntry("blob %s is truncated or has the wrong size" % sha)
+                verify_blob_file(tmp, sha, record.cas_raw)
+            except CorruptEntry:
+                _discard(store, key)
+                raise
             datastore.write_blob(sha, tmp, meta)
-            return size
+            return "copied", size
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    return sum(_parallel(one, missing))
+    for how, size in _parallel(one, missing):
+        stats.add(how, size)
+    return stats
+
+
+def _discard(store, key: str) -> None:
+    """Remove a corrupt blob so that the next writer stores a good copy."""
+    try:
+        store.delete([key])
+    except Exception:
+        pass
 
 
 def _temp_dir_for(datastore: DatastoreBlobs, sha: str):
@@ -149,11 +202,6 @@ def _temp_dir_for(datastore: DatastoreBlobs, sha: str):
     directory = os.path.dirname(datastore.url(sha))
     os.makedirs(directory, exist_ok=True)
     return directory
-
-
-def _server_side_copy_out(store, key: str, dest_url: str) -> bool:
-    copier = getattr(store, "copy_to_url", None)
-    return bool(copier and copier(key, dest_url))
 
 
 def blob_sizes(cache: Cache, shas: Iterable[str]) -> dict[str, int]:

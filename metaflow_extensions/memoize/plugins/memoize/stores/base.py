@@ -83,6 +83,10 @@ class Store(ABC):
         """Server-side copy from another URL of the same kind; False when not possible."""
         return False
 
+    def copy_to_url(self, key: str, dest_url: str, metadata: dict | None = None) -> bool:
+        """Server-side copy to another URL of the same kind; False when not possible."""
+        return False
+
     def url_for(self, key: str) -> str:
         """A URL for an object in this store (s3://... or a local path)."""
         raise NotImplementedError

@@ -10,6 +10,7 @@ datastore (MinIO, moto, ...). Every failure other than "not found" becomes
 from __future__ import annotations
 
 import functools
+import json
 import os
 import tempfile
 import threading
@@ -389,6 +390,36 @@ class S3Store(Store):
             except Exception as err:
                 if _is_not_found(err):
                     self._check_bucket()
+                    return False
+                raise
+        return True
+
+    def copy_to_url(self, key: str, dest_url: str, metadata: dict | None = None) -> bool:
+        """Server-side copy of one of our objects to another S3 location.
+
+        ``metadata`` replaces the destination's user metadata: Metaflow's S3
+        datastore keeps each blob's packing info there (metaflow-user-attributes).
+        """
+        dest_bucket, dest_key = parse_s3_url(dest_url)
+        if not dest_key:
+            return False
+        extra = {}
+        if metadata is not None:
+            extra = {
+                "Metadata": {"metaflow-user-attributes": json.dumps(metadata)},
+                "MetadataDirective": "REPLACE",
+            }
+        with self._errors("copy to %s from" % dest_url, key):
+            try:
+                self.client.copy(
+                    {"Bucket": self.bucket, "Key": self._full(key)},
+                    dest_bucket,
+                    dest_key,
+                    ExtraArgs=extra or None,
+                    Config=_transfer(),
+                )
+            except Exception as err:
+                if _is_not_found(err):
                     return False
                 raise
         return True
