@@ -118,13 +118,30 @@ class Cache:
             except CacheFault as err:
                 yield info, None, str(err)
 
-    def latest_entry(self, flow: str, step: str) -> Manifest | None:
-        """The most recently created readable entry of a step (to explain a miss)."""
-        best = None
-        for _info, manifest, _err in self.entries(flow, step):
-            if manifest is not None and (best is None or manifest.created > best.created):
-                best = manifest
-        return best
+    def latest_entry(self, flow: str, step: str, prefer=None, limit: int = 25) -> Manifest | None:
+        """The most recent readable entry of a step, to explain a miss.
+
+        Reads at most ``limit`` of the newest manifests (a foreach step may have
+        thousands); among them the newest one that ``prefer(manifest)`` accepts
+        (e.g. same foreach item) wins, else the newest.
+        """
+        infos = [
+            i
+            for i in self.store.list(self.entry_prefix(flow, step))
+            if self.parse_manifest_key(i.key)
+        ]
+        infos.sort(key=lambda i: i.modified, reverse=True)
+        newest = None
+        for info in infos[:limit]:
+            try:
+                manifest = self.read_manifest(info.key)
+            except CacheFault:
+                continue
+            if prefer is not None and prefer(manifest):
+                return manifest
+            if newest is None:
+                newest = manifest
+        return newest
 
     def last_used(self, flow: str, step: str, key: str) -> float | None:
         info = self.store.head(self.used_key(flow, step, key))
@@ -153,3 +170,27 @@ class Cache:
         """Delete an entry: the manifest first, so a reader never sees an entry without its marker."""
         self.store.delete([self.manifest_key(flow, step, key)])
         self.store.delete([self.used_key(flow, step, key)])
+
+    # -- maintenance (listing markers and blobs; used by maintenance.py) -----
+    @staticmethod
+    def used_prefix(flow: str | None = None, step: str | None = None) -> str:
+        parts = [LAYOUT, "used"] + [p for p in (flow, step) if p]
+        return check_key("/".join(parts)) + "/"
+
+    @staticmethod
+    def parse_used_key(object_key: str) -> tuple[str, str, str] | None:
+        """(flow, step, key) for a last-use marker name, None for anything else."""
+        parts = object_key.split("/")
+        if len(parts) != 5 or parts[0] != LAYOUT or parts[1] != "used":
+            return None
+        return parts[2], parts[3], parts[4]
+
+    @staticmethod
+    def parse_blob_key(object_key: str) -> str | None:
+        """The sha of a blob object name, None for anything else."""
+        parts = object_key.split("/")
+        if len(parts) != 4 or parts[0] != LAYOUT or parts[1] != "blobs":
+            return None
+        if not parts[3].startswith(parts[2]) or len(parts[3]) < 3:
+            return None
+        return parts[3]

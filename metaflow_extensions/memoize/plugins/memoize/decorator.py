@@ -24,6 +24,7 @@ from .identity import (
 from .keys import BOOKKEEPING_ARTIFACTS, diff_components, key_of
 from .manifest import ArtifactRecord, Manifest
 from .settings import parse_arguments
+from .singleflight import Lease
 from .stores import open_store
 from .transfer import export_blobs, import_blobs
 from .version import __version__
@@ -117,10 +118,36 @@ class MemoizeDecorator(StepDecorator):
                 "cannot be used on a @parallel step (its tasks are not independent)",
                 "Remove @memoize from this step.",
             )
+        self._check_inputs_exist(flow, step_name)
         self._env_component = environment_component(decorators, self.args["env"])
         self._datastore_type = getattr(flow_datastore, "TYPE", "local")
         self._datastore_root = mf.datastore_root_for_cli(flow_datastore)
         config.mode()  # fail fast on a bad METAFLOW_MEMOIZE_MODE
+
+    def _check_inputs_exist(self, flow, step_name):
+        """`inputs` naming an artifact no step ever sets is a typo: say so at start.
+
+        Only checked when every step's assignments can be read from its source.
+        """
+        if not self.args["inputs"]:
+            return
+        known = set(mf.parameter_names(flow)) | {"input"}
+        for func in mf.step_functions(flow):
+            assigned = assigned_attributes(func)
+            if assigned is None:
+                return  # a step passes `self` around: anything may be set
+            known |= assigned
+        unknown = [n for n in self.args["inputs"] if n not in known]
+        if unknown:
+            from .exceptions import MemoizeArgumentError
+
+            raise MemoizeArgumentError(
+                step_name,
+                "inputs",
+                "names %s, which no step of %s sets and no parameter is called"
+                % (", ".join(repr(u) for u in unknown), flow.name),
+                "Use the names of artifacts (self.NAME = ...) or parameters.",
+            )
 
     def cache_root(self) -> str:
         return (
@@ -167,6 +194,8 @@ class MemoizeDecorator(StepDecorator):
         self._body_seconds = 0.0
         self._transition = None
         self._cache = None
+        self._lease = None
+        self._rewrite_after_fault = False
         self._strict = config.strict()
         mode = config.mode()
         self._mode = mode
@@ -201,13 +230,37 @@ class MemoizeDecorator(StepDecorator):
                 log("refresh %s key=%s (recomputing)" % (step_name, key[:12]))
             else:
                 self._status = self._look_up(flow.name, step_name, key, meta)
+                if self._status == "miss" and self.args["lock"] and mode == "on":
+                    self._status = self._single_flight(flow.name, step_name, key, meta)
         except CacheFault as err:
+            # a corrupt entry was removed: recomputing may store a good one
+            self._rewrite_after_fault = isinstance(err, CorruptEntry)
             self._fault(step_name, err, meta)
         meta["memoize_status"] = self._status
         self._register(meta)
 
+    def _single_flight(self, flow_name, step_name, key, meta) -> str:
+        lease = Lease(self._cache, flow_name, step_name, key, config.lock_lease_seconds())
+        if lease.try_acquire():
+            self._lease = lease
+            return "miss"
+        log("%s key=%s: another task is computing it; waiting (lock=True)" % (step_name, key[:12]))
+        outcome = lease.wait(
+            lambda: self._cache.lookup(flow_name, step_name, key).status == "found"
+        )
+        if outcome == "acquired":
+            self._lease = lease
+            log("%s key=%s: the other task's lease expired; computing" % (step_name, key[:12]))
+            return "miss"
+        meta.pop("memoize_reason", None)
+        return self._look_up(flow_name, step_name, key, meta)
+
     def _look_up(self, flow_name, step_name, key, meta) -> str:
-        found = self._cache.lookup(flow_name, step_name, key)
+        try:
+            found = self._cache.lookup(flow_name, step_name, key)
+        except CorruptEntry as err:
+            self._quarantine(flow_name, step_name, key)
+            raise CorruptEntry("entry %s is corrupt (%s); removed" % (key[:12], err), key)
         if found.status == "found":
             manifest = found.manifest
             changed = self._passthrough_changed(manifest)
@@ -248,7 +301,10 @@ class MemoizeDecorator(StepDecorator):
             return "miss"
         reason = found.detail
         if found.status == "absent":
-            previous = self._cache.latest_entry(flow_name, step_name)
+            same_item = self._components.get("foreach")
+            previous = self._cache.latest_entry(
+                flow_name, step_name, prefer=lambda m: m.components.get("foreach") == same_item
+            )
             if previous is not None:
                 reasons = diff_components(previous.components, self._components)
                 if reasons:
@@ -303,7 +359,7 @@ class MemoizeDecorator(StepDecorator):
                 )
 
             return restored_step
-        if self._status in ("miss", "refresh"):
+        if self._status in ("miss", "refresh", "error"):
 
             def timed_step(*args):
                 started = time.time()
@@ -314,7 +370,7 @@ class MemoizeDecorator(StepDecorator):
         return step_func
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
-        if self._status in ("miss", "refresh"):
+        if self._status in ("miss", "refresh", "error"):
             self._body_ok = True
             self._transition = mf.record_transition(flow)
 

@@ -100,6 +100,15 @@ def has_parallel_or_ubf(graph, step_name) -> bool:
     return bool(getattr(node, "parallel_step", False) or getattr(node, "parallel_foreach", False))
 
 
+def parameter_names(flow) -> list[str]:
+    return [name for name, _param in flow._get_parameters()]
+
+
+def step_functions(flow) -> list:
+    """The flow's step functions (methods marked by @step)."""
+    return list(flow)
+
+
 def node_type(graph, step_name) -> str:
     return graph[step_name].type
 
