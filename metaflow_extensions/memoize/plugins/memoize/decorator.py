@@ -162,6 +162,13 @@ class MemoizeDecorator(StepDecorator):
         if request:
             mf.forward_refresh_request(cli_args, request)
 
+    # -- orchestrator: end-of-run summary ------------------------------------
+    def runtime_init(self, flow, graph, package, run_id):
+        _RunSummary.start(flow.name, run_id)
+
+    def runtime_finished(self, exception):
+        _RunSummary.finish()
+
     # -- task ----------------------------------------------------------------
     def task_pre_step(
         self,
@@ -282,6 +289,7 @@ class MemoizeDecorator(StepDecorator):
                 raise CorruptEntry("entry %s lost a blob (%s)" % (key[:12], err), key)
             self._manifest = manifest
             meta["memoize_origin"] = manifest.origin
+            meta["memoize_saved_seconds"] = "%.3f" % manifest.body_seconds
             saved = format_duration(manifest.body_seconds)
             log(
                 "hit %s key=%s from %s (saved %s; %s)"
@@ -468,6 +476,35 @@ class MemoizeDecorator(StepDecorator):
                 "process, so this step may never hit. Fix: @memoize(ignore=['%s']) or store it "
                 "as a sorted list." % (self._step_name, name, name)
             )
+
+
+class _RunSummary:
+    """One line after a run: hits, misses, refreshes, compute time saved.
+
+    Every @memoize instance gets the runtime hooks; the summary prints once.
+    """
+
+    flow_name = None
+    run_id = None
+    printed = False
+
+    @classmethod
+    def start(cls, flow_name, run_id):
+        cls.flow_name, cls.run_id, cls.printed = flow_name, run_id, False
+
+    @classmethod
+    def finish(cls):
+        if cls.printed or cls.run_id is None:
+            return
+        cls.printed = True
+        try:
+            from .summary import run_summary_line
+
+            line = run_summary_line(cls.flow_name, cls.run_id)
+        except Exception as err:  # informative only: never fail a finished run
+            line = "summary unavailable (%s)" % err
+        if line:
+            log(line)
 
 
 def _metaflow_version() -> str:

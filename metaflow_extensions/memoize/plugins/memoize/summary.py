@@ -1,0 +1,41 @@
+"""The end-of-run line: `[memoize] 7 hits, 2 misses, saved 41m12s`."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .durations import format_duration
+
+
+def summarize(statuses: list[tuple[str, float]]) -> str:
+    """One line from (memoize_status, saved seconds) per memoized task."""
+    if not statuses:
+        return ""
+    counts = Counter(status for status, _ in statuses)
+    saved = sum(seconds for status, seconds in statuses if status == "hit")
+
+    plurals = {"hit": "hits", "miss": "misses", "refresh": "refreshes"}
+
+    def n(count, word):
+        return "%d %s" % (count, word if count == 1 else plurals[word])
+
+    parts = [n(counts.pop("hit", 0), "hit"), n(counts.pop("miss", 0), "miss")]
+    if counts.get("refresh"):
+        parts.append(n(counts.pop("refresh"), "refresh"))
+    for status, count in sorted(counts.items()):
+        parts.append("%d %s" % (count, status))
+    return "%s, saved %s" % (", ".join(parts), format_duration(saved) if saved else "0s")
+
+
+def run_summary_line(flow_name: str, run_id: str) -> str:
+    from metaflow import Run, namespace
+
+    namespace(None)
+    statuses = []
+    for step in Run("%s/%s" % (flow_name, run_id)):
+        for task in step:
+            meta = task.metadata_dict
+            status = meta.get("memoize_status")
+            if status:
+                statuses.append((status, float(meta.get("memoize_saved_seconds") or 0.0)))
+    return summarize(statuses)
