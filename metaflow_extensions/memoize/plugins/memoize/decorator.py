@@ -405,6 +405,12 @@ class MemoizeDecorator(StepDecorator):
         t = self._task
         output = t["output"]
         produced, passthrough = self._produced_artifacts(output, graph, step_name)
+        final = mf.artifact_hashes(output)
+        unrestored = {
+            n: sha
+            for n, sha in final.items()
+            if n in _NEVER_RESTORED and n not in BOOKKEEPING_ARTIFACTS
+        }
         now = self._cache.clock()
         manifest = Manifest(
             key=self._key,
@@ -419,6 +425,7 @@ class MemoizeDecorator(StepDecorator):
             body_seconds=self._body_seconds,
             versions={"metaflow": _metaflow_version(), "metaflow-memoize": __version__},
             passthrough=passthrough,
+            unrestored=unrestored,
         )
         moved = export_blobs(mf.DatastoreBlobs(output), self._cache, produced)
         published = self._cache.publish(manifest, overwrite=self._status == "refresh")

@@ -122,27 +122,44 @@ def task_components(
     args: dict[str, Any],
     env: dict[str, Any],
 ) -> dict[str, Any]:
+    """The key components of a running task, from its input datastores."""
+    source = inputs[0] if inputs else None
+    foreach, list_names = foreach_component(flow, source) if source is not None else ([], [])
+    input_maps = [mf.input_identity(ds) + (mf.artifact_hashes(ds),) for ds in inputs]
+    return components_for(flow, graph, step_name, input_maps, foreach, list_names, args, env)
+
+
+def components_for(
+    flow,
+    graph,
+    step_name: str,
+    input_maps: Sequence[tuple[str, int | None, dict[str, str]]],
+    foreach: list[dict[str, Any]],
+    list_names: Sequence[str],
+    args: dict[str, Any],
+    env: dict[str, Any],
+) -> dict[str, Any]:
+    """Key components from already-gathered facts: shared by tasks and `memoize plan`.
+
+    ``input_maps``: (parent step, foreach index or None, {artifact: hash}) per input.
+    """
     step_func = mf.step_function(flow, step_name)
     flow_file = mf.flow_file(flow)
     flow_dir = os.path.dirname(os.path.abspath(flow_file)) if flow_file else os.getcwd()
     code = code_components(step_func, flow.__class__, flow_file)
     code.update(dependency_components(args["depends_on"], flow_dir))
-
-    is_join = mf.node_type(graph, step_name) == "join"
-    source = inputs[0] if inputs else None
-    foreach, list_names = foreach_component(flow, source) if source is not None else ([], [])
     # A foreach list stays out of an item's key (re-ordering the list must still
     # hit) only when the step's code cannot read it.
     drop = [name for name in list_names if not reads_attribute(step_func, name)]
 
-    def selected(ds):
-        return select_inputs(mf.artifact_hashes(ds), args["inputs"], args["ignore"], drop)
+    def selected(artifacts):
+        return select_inputs(artifacts, args["inputs"], args["ignore"], drop)
 
-    if is_join:
-        rows = [mf.input_identity(ds) + (selected(ds),) for ds in inputs]
+    if mf.node_type(graph, step_name) == "join":
+        rows = [(parent, index, selected(arts)) for parent, index, arts in input_maps]
         key_inputs: Any = join_inputs_component(rows)
     else:
-        key_inputs = selected(source) if source is not None else {}
+        key_inputs = selected(input_maps[0][2]) if input_maps else {}
     return build_components(
         flow=flow.name,
         step=step_name,

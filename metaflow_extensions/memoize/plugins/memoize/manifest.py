@@ -52,6 +52,9 @@ class Manifest:
     # inherited artifacts outside the key that the step might have set: a hit
     # is only valid while the current inputs still carry these hashes
     passthrough: dict[str, str] = field(default_factory=dict)
+    # what Metaflow itself sets in the task's output (e.g. `name`): never
+    # restored, recorded so that `memoize plan` can follow a join's outputs
+    unrestored: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
     signature: str | None = None
 
@@ -106,6 +109,7 @@ class Manifest:
                 body_seconds=float(d.get("body_seconds") or 0.0),
                 versions=d.get("versions") or {},
                 passthrough=d.get("passthrough") or {},
+                unrestored=d.get("unrestored") or {},
                 format=d["format"],
                 signature=d.get("signature"),
             )

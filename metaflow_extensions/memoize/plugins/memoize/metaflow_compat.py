@@ -109,6 +109,55 @@ def step_functions(flow) -> list:
     return list(flow)
 
 
+def parameter_artifact_hashes(flow, graph, param_values, config_options, environment):
+    """{artifact: content hash} of the `_parameters` task a run with these values creates.
+
+    Computed by Metaflow itself: set the constants on the flow and persist them
+    into a throwaway local datastore, exactly as `run` does.
+    """
+    import shutil
+
+    from metaflow.datastore import FlowDataStore
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    flow._set_constants(graph, param_values, config_options)
+    root = tempfile.mkdtemp(prefix="memoize-plan-")
+    try:
+        fds = FlowDataStore(flow.name, environment, storage_impl=LocalStorage, ds_root=root)
+        ds = fds.get_task_datastore("plan", "_parameters", "0", attempt=0, mode="w")
+        ds.init_task()
+        ds.persist(flow)
+        return dict(ds._objects), {k: dict(v) for k, v in ds._info.items()}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def load_from_datastore(flow_datastore, sha: str):
+    """Unpickled value of an artifact blob in the flow's datastore, or raise KeyError."""
+    import pickle
+
+    for key, blob in flow_datastore.ca_store.load_blobs([sha]):
+        if key == sha:
+            return pickle.loads(blob)
+    raise KeyError(sha)
+
+
+def join_type(graph, step_name) -> str | None:
+    """ "foreach" or "split" for a join step, None for other steps."""
+    node = graph[step_name]
+    if node.type != "join" or not node.split_parents:
+        return None
+    return "foreach" if graph[node.split_parents[-1]].type == "foreach" else "split"
+
+
+def sorted_steps(graph) -> list[str]:
+    return list(graph.sorted_nodes)
+
+
+def out_funcs(graph, step_name) -> list[str]:
+    return list(graph[step_name].out_funcs)
+
+
 def node_type(graph, step_name) -> str:
     return graph[step_name].type
 

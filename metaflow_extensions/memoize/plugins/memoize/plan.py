@@ -1,0 +1,285 @@
+"""`memoize plan`: which steps a run would hit and which it would run, without running any.
+
+Keys are computed the way a task computes them (identity.components_for):
+`start` from the parameter values, each later step from the recorded outputs of
+the entries its parents would hit. A chain of hits is followed through the graph,
+foreach splits included (the foreach list is read from the cache to know each
+item). Anything downstream of a step that will run is `unknown`: its inputs do
+not exist yet.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import config
+from . import metaflow_compat as mf
+from .cache import Cache
+from .exceptions import CacheFault
+from .identity import UnidentifiableInput, components_for, item_digest
+from .keys import diff_components, key_of
+from .stores import open_store
+
+HIT, RUN, UNKNOWN, NOT_MEMOIZED = "hit", "run", "unknown", "not memoized"
+
+
+@dataclass(frozen=True)
+class Frame:
+    step: str
+    var: str
+    index: int
+    item: str  # digest of the item's value
+
+
+@dataclass
+class Context:
+    """What a task of the next step would see: None visible means unknown."""
+
+    parent: str
+    visible: dict[str, str] | None
+    frames: tuple[Frame, ...] = ()
+
+
+@dataclass
+class TaskVerdict:
+    verdict: str
+    reason: str = ""
+    key: str | None = None
+    origin: str | None = None
+    saved_seconds: float = 0.0
+    foreach_index: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepPlan:
+    step: str
+    tasks: list[TaskVerdict] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        kinds = {t.verdict for t in self.tasks}
+        if not kinds:
+            return "not reached"
+        if len(kinds) == 1:
+            return kinds.pop()
+        return "mixed"
+
+    def summary(self) -> str:
+        if not self.tasks:
+            return "not reached"
+        if len(self.tasks) == 1:
+            return self.tasks[0].verdict
+        hits = sum(t.verdict == HIT for t in self.tasks)
+        if hits == len(self.tasks):
+            return "%d/%d hit" % (hits, len(self.tasks))
+        return "%d/%d hit, %d run" % (
+            hits,
+            len(self.tasks),
+            sum(t.verdict == RUN for t in self.tasks),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "verdict": self.verdict,
+            "summary": self.summary(),
+            "tasks": [t.__dict__ for t in self.tasks],
+        }
+
+
+@dataclass
+class PlanResult:
+    flow: str
+    steps: list[StepPlan]
+
+    def counts(self) -> dict[str, int]:
+        out = {HIT: 0, RUN: 0, UNKNOWN: 0, NOT_MEMOIZED: 0}
+        for s in self.steps:
+            for t in s.tasks:
+                out[t.verdict] = out.get(t.verdict, 0) + 1
+        return out
+
+    @property
+    def saved_seconds(self) -> float:
+        return sum(t.saved_seconds for s in self.steps for t in s.tasks if t.verdict == HIT)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flow": self.flow,
+            "steps": [s.to_dict() for s in self.steps],
+            "counts": self.counts(),
+            "saved_seconds": round(self.saved_seconds, 3),
+        }
+
+
+class Planner:
+    def __init__(self, flow, graph, flow_datastore, decorators: dict[str, Any]):
+        self.flow = flow
+        self.graph = graph
+        self.flow_datastore = flow_datastore
+        self.decorators = decorators  # step -> MemoizeDecorator
+        self._caches: dict[str, Cache] = {}
+        self._records: dict[str, Any] = {}  # sha -> ArtifactRecord seen in manifests
+        self.mode = config.mode()
+        self.refresh_all, self.refresh_steps = config.refresh_request()
+
+    def cache_for(self, deco) -> Cache:
+        root = deco.cache_root()
+        if root not in self._caches:
+            self._caches[root] = Cache(open_store(root), signing_key=config.signing_key())
+        return self._caches[root]
+
+    # -- the walk -----------------------------------------------------------
+    def plan(self, parameter_hashes: dict[str, str]) -> PlanResult:
+        incoming: dict[str, list[Context]] = {s: [] for s in mf.sorted_steps(self.graph)}
+        start = self.graph.start_step if hasattr(self.graph, "start_step") else "start"
+        incoming[start].append(Context("_parameters", dict(parameter_hashes)))
+        plans = []
+        for step in mf.sorted_steps(self.graph):
+            plan = StepPlan(step)
+            plans.append(plan)
+            for inputs, frames in self._tasks(step, incoming[step]):
+                verdict, outputs = self._evaluate(step, inputs, frames)
+                plan.tasks.append(verdict)
+                for child, ctx in outputs:
+                    incoming.setdefault(child, []).append(ctx)
+        return PlanResult(self.flow.name, plans)
+
+    def _tasks(self, step, contexts):
+        """Group the contexts reaching a step into its tasks: (inputs, frames) each."""
+        if not contexts:
+            return []
+        if any(c.visible is None for c in contexts):
+            return [([Context(contexts[0].parent, None)], ())]
+        kind = mf.join_type(self.graph, step)
+        if kind is None:
+            return [([c], c.frames) for c in contexts]
+        groups: dict[tuple, list[Context]] = {}
+        for c in contexts:
+            group = c.frames[:-1] if kind == "foreach" else c.frames
+            groups.setdefault(group, []).append(c)
+        return [(members, frames) for frames, members in groups.items()]
+
+    def _unknown_children(self, step, reason_ctx_parent):
+        return [(child, Context(step, None)) for child in mf.out_funcs(self.graph, step)]
+
+    def _evaluate(self, step, inputs: list[Context], frames):
+        deco = self.decorators.get(step)
+        index = [f.index for f in frames]
+        if deco is None:
+            return TaskVerdict(NOT_MEMOIZED, foreach_index=index), self._unknown_children(
+                step, None
+            )
+        if any(c.visible is None for c in inputs):
+            verdict = TaskVerdict(
+                UNKNOWN, "inputs come from a step that will run", foreach_index=index
+            )
+            return verdict, self._unknown_children(step, None)
+        if self.mode == "off":
+            return TaskVerdict(
+                RUN, "METAFLOW_MEMOIZE_MODE=off", foreach_index=index
+            ), self._unknown_children(step, None)
+        try:
+            components = components_for(
+                self.flow,
+                self.graph,
+                step,
+                [(c.parent, c.frames[-1].index if c.frames else None, c.visible) for c in inputs],
+                [{"step": f.step, "var": f.var, "item": f.item} for f in frames],
+                [f.var for f in frames],
+                deco.args,
+                deco._env_component,
+            )
+        except UnidentifiableInput as err:
+            return TaskVerdict(UNKNOWN, str(err), foreach_index=index), self._unknown_children(
+                step, None
+            )
+        key = key_of(components)
+        if (
+            self.mode == "refresh"
+            or deco.args["refresh"]
+            or self.refresh_all
+            or step in self.refresh_steps
+        ):
+            verdict = TaskVerdict(RUN, "refresh requested", key, foreach_index=index)
+            return verdict, self._unknown_children(step, None)
+        cache = self.cache_for(deco)
+        try:
+            found = cache.lookup(self.flow.name, step, key)
+        except CacheFault as err:
+            verdict = TaskVerdict(RUN, "cache unreadable: %s" % err, key, foreach_index=index)
+            return verdict, self._unknown_children(step, None)
+        if found.status != "found":
+            reason = found.detail
+            if found.status == "absent":
+                try:
+                    previous = cache.latest_entry(
+                        self.flow.name,
+                        step,
+                        prefer=lambda m: m.components.get("foreach") == components.get("foreach"),
+                    )
+                except CacheFault:
+                    previous = None
+                if previous is not None:
+                    reason = "; ".join(diff_components(previous.components, components)) or reason
+            return TaskVerdict(RUN, reason, key, foreach_index=index), self._unknown_children(
+                step, None
+            )
+        manifest = found.manifest
+        current = inputs[0].visible
+        if mf.join_type(self.graph, step) is None and any(
+            current.get(n) != sha for n, sha in manifest.passthrough.items()
+        ):
+            verdict = TaskVerdict(RUN, "an input outside the key changed", key, foreach_index=index)
+            return verdict, self._unknown_children(step, None)
+        for record in manifest.artifacts.values():
+            self._records[record.sha] = (record, cache)
+        verdict = TaskVerdict(
+            HIT, "", key, manifest.origin, manifest.body_seconds, foreach_index=index
+        )
+        return verdict, self._children(step, inputs, frames, manifest)
+
+    def _children(self, step, inputs, frames, manifest):
+        produced = {n: a.sha for n, a in manifest.artifacts.items()}
+        if mf.join_type(self.graph, step) is None:
+            visible = dict(inputs[0].visible)
+            visible.update(produced)
+        else:
+            visible = dict(produced)
+            visible.update(manifest.unrestored)
+        transition = (manifest.transition or {}).get("_transition") or {}
+        funcs = transition.get("funcs") or []
+        var = transition.get("foreach")
+        if not var:
+            return [(child, Context(step, visible, frames)) for child in funcs]
+        try:
+            values = self._load(visible[var])
+            children = []
+            for i, item in enumerate(values):
+                frame = Frame(funcs[0], var, i, item_digest(item))
+                children.append((funcs[0], Context(step, visible, tuple(frames) + (frame,))))
+            return children
+        except (
+            KeyError,
+            UnidentifiableInput,
+            CacheFault,
+            ValueError,
+            TypeError,
+            pickle.UnpicklingError,
+        ):
+            return [(child, Context(step, None)) for child in funcs]
+
+    def _load(self, sha: str):
+        """A foreach list's value: from the cache (verified) or the flow's datastore."""
+        if sha in self._records:
+            record, cache = self._records[sha]
+            data = cache.store.get(cache.blob_key(sha))
+            if data is not None:
+                raw = data if record.cas_raw else gzip.decompress(data)
+                if hashlib.sha1(raw).hexdigest() == sha:
+                    return pickle.loads(raw)
+        return mf.load_from_datastore(self.flow_datastore, sha)
