@@ -118,30 +118,39 @@ class Cache:
             except CacheFault as err:
                 yield info, None, str(err)
 
-    def latest_entry(self, flow: str, step: str, prefer=None, limit: int = 25) -> Manifest | None:
+    def latest_entry(self, flow: str, step: str, prefer=None, limit: int = 8) -> Manifest | None:
         """The most recent readable entry of a step, to explain a miss.
 
-        Reads at most ``limit`` of the newest manifests (a foreach step may have
-        thousands); among them the newest one that ``prefer(manifest)`` accepts
-        (e.g. same foreach item) wins, else the newest.
+        Reads at most ``limit`` of the newest manifests, in parallel (a foreach
+        step may have thousands, and this runs on every miss); among them the
+        newest one that ``prefer(manifest)`` accepts (e.g. same foreach item)
+        wins, else the newest.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         infos = [
             i
             for i in self.store.list(self.entry_prefix(flow, step))
             if self.parse_manifest_key(i.key)
         ]
         infos.sort(key=lambda i: i.modified, reverse=True)
-        newest = None
-        for info in infos[:limit]:
+        infos = infos[:limit]
+        if not infos:
+            return None
+
+        def read(info):
             try:
-                manifest = self.read_manifest(info.key)
+                return self.read_manifest(info.key)
             except CacheFault:
-                continue
-            if prefer is not None and prefer(manifest):
-                return manifest
-            if newest is None:
-                newest = manifest
-        return newest
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(8, len(infos))) as pool:
+            manifests = [m for m in pool.map(read, infos) if m is not None]
+        if prefer is not None:
+            for manifest in manifests:
+                if prefer(manifest):
+                    return manifest
+        return manifests[0] if manifests else None
 
     def last_used(self, flow: str, step: str, key: str) -> float | None:
         info = self.store.head(self.used_key(flow, step, key))
