@@ -1,0 +1,25 @@
+"""Tests rewrite the decorator of `work` (marker: BAD-ARGS) with an invalid argument."""
+
+from _counter import record
+from metaflow import FlowSpec, memoize, step
+
+
+class T2BadArgsFlow(FlowSpec):
+    @step
+    def start(self):
+        record("start")
+        self.next(self.work)
+
+    @memoize()  # BAD-ARGS
+    @step
+    def work(self):
+        record("work")
+        self.next(self.end)
+
+    @step
+    def end(self):
+        record("end")
+
+
+if __name__ == "__main__":
+    T2BadArgsFlow()
