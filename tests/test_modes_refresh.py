@@ -240,3 +240,21 @@ def test_expired_entry_is_replaced_by_a_fresh_one(runner):
     _, t = run_tasks(runner)
     assert counts(runner, LINEAR) == {"start": 1, "middle": 2, "end": 1}
     assert step_status(t, "middle") == "hit"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (same root cause as the expired entry): with METAFLOW_MEMOIZE_SIGNING_KEY "
+    "set, an unsigned entry is ignored, the step recomputes, but its signed result is "
+    "published with put_if_absent and loses to the unsigned file: the step never hits again.",
+)
+def test_an_ignored_unsigned_entry_is_replaced_by_a_signed_one(runner):
+    runner.add_flow("t2_linear_flow.py")
+    run_tasks(runner)
+    signed = {"METAFLOW_MEMOIZE_SIGNING_KEY": "t2-secret"}
+    _, t = run_tasks(runner, env=signed)
+    assert counts(runner, LINEAR) == ones(2)
+    assert statuses(t) == {s: ["miss"] for s in LINEAR}
+    _, t = run_tasks(runner, env=signed)
+    assert counts(runner, LINEAR) == ones(2), "the signed run's results were not stored"
+    assert statuses(t) == {s: ["hit"] for s in LINEAR}

@@ -208,6 +208,12 @@ def test_run_with_memoize_on_an_undecorated_flow_memoizes_every_step(runner):
     (end,) = of_step(second_tasks, "end")
     assert end["artifacts"]["final"] == repr((3, [2, 4, 6]))
 
-    # without --with memoize nothing is cached: every body runs again
-    runner.run("t2_plain_flow.py")
+    # arguments in their string form: a new version invalidates every step
+    third = runner.run("t2_plain_flow.py", "--with", "memoize:version=2,ttl=7d")
     assert counts(runner, steps) == {k: 2 * v for k, v in steps.items()}
+    third_tasks = tasks(runner, "T2PlainFlow", third.run_id)
+    for t in third_tasks:
+        assert t["metadata"]["memoize_status"] == "miss", t
+        assert "version" in t["metadata"]["memoize_reason"], t
+    expires = {json.loads(p.read_text())["expires"] for p in entry_files(runner, "T2PlainFlow")}
+    assert None in expires and len(expires) > 1  # version=2 entries carry the ttl

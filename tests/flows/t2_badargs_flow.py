@@ -1,4 +1,4 @@
-"""Tests rewrite the decorator of `work` (marker: BAD-ARGS) with an invalid argument."""
+"""Tests rewrite the decorator of `train_model` (marker: BAD-ARGS) with an invalid argument."""
 
 from _counter import record
 from metaflow import FlowSpec, memoize, step
@@ -8,12 +8,12 @@ class T2BadArgsFlow(FlowSpec):
     @step
     def start(self):
         record("start")
-        self.next(self.work)
+        self.next(self.train_model)
 
     @memoize()  # BAD-ARGS
     @step
-    def work(self):
-        record("work")
+    def train_model(self):
+        record("train_model")
         self.next(self.end)
 
     @step
