@@ -91,8 +91,8 @@ class Cache:
         if manifest.flow != flow or manifest.step != step:
             raise CorruptEntry("manifest belongs to %s/%s" % (manifest.flow, manifest.step), key)
         if self.signing_key and not manifest.signature_valid(self.signing_key):
-            why = "unsigned" if not manifest.signature else "bad signature"
-            return Lookup("unsigned", manifest, "entry has %s" % why)
+            why = "is unsigned" if not manifest.signature else "has a bad signature"
+            return Lookup("unsigned", manifest, "entry %s" % why)
         if manifest.is_expired(self.clock()):
             return Lookup("expired", manifest, "expired")
         return Lookup("found", manifest)

@@ -101,9 +101,29 @@ class MemoizeDecorator(StepDecorator):
         "lock": False,
     }
 
+    def __init__(self, attributes=None, statically_defined=False, inserted_by=None):
+        # Metaflow rejects unknown arguments here, before the step is known; we
+        # keep them aside and reject them in step_init with the step's name.
+        attributes = dict(attributes or {})
+        self._unknown_arguments = sorted(
+            k for k in attributes if k not in self.defaults and not k.startswith("_")
+        )
+        for name in self._unknown_arguments:
+            attributes.pop(name)
+        super().__init__(attributes, statically_defined, inserted_by)
+
     # -- orchestrator and task: validate -------------------------------------
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         self._step_name = step_name
+        if self._unknown_arguments:
+            from .exceptions import MemoizeArgumentError
+
+            raise MemoizeArgumentError(
+                step_name,
+                self._unknown_arguments[0],
+                "is not an argument of @memoize",
+                "Supported arguments: %s." % ", ".join(sorted(self.defaults)),
+            )
         flow_file = mf.flow_file(flow)
         flow_dir = os.path.dirname(os.path.abspath(flow_file)) if flow_file else os.getcwd()
         self.args = parse_arguments(step_name, self.attributes, flow_dir)
@@ -203,6 +223,7 @@ class MemoizeDecorator(StepDecorator):
         self._cache = None
         self._lease = None
         self._rewrite_after_fault = False
+        self._replace_entry = False
         self._strict = config.strict()
         mode = config.mode()
         self._mode = mode
@@ -277,6 +298,7 @@ class MemoizeDecorator(StepDecorator):
                 )
                 meta["memoize_reason"] = reason
                 log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
+                self._replace_entry = True
                 return "miss"
             try:
                 moved = import_blobs(
@@ -306,8 +328,10 @@ class MemoizeDecorator(StepDecorator):
                 % (step_name, key[:12], found.detail)
             )
             meta["memoize_reason"] = found.detail
+            self._replace_entry = True  # our signed result replaces the unusable entry
             return "miss"
         reason = found.detail
+        self._replace_entry = found.status == "expired"
         if found.status == "absent":
             same_item = self._components.get("foreach")
             previous = self._cache.latest_entry(
@@ -383,7 +407,19 @@ class MemoizeDecorator(StepDecorator):
             self._transition = mf.record_transition(flow)
 
     def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
-        if self._status not in ("miss", "refresh") or self._mode == "read":
+        try:
+            self._finish(step_name, flow, graph, is_task_ok)
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+                self._lease = None
+
+    def _finish(self, step_name, flow, graph, is_task_ok):
+        # after a corrupt entry was removed, recomputing may store a good one
+        writable = self._status in ("miss", "refresh") or (
+            self._status == "error" and self._rewrite_after_fault and self._components
+        )
+        if not writable or self._mode == "read":
             return
         # @catch fallbacks and failed bodies never reach task_post_step
         if not (is_task_ok and self._body_ok):
@@ -428,7 +464,11 @@ class MemoizeDecorator(StepDecorator):
             unrestored=unrestored,
         )
         moved = export_blobs(mf.DatastoreBlobs(output), self._cache, produced)
-        published = self._cache.publish(manifest, overwrite=self._status == "refresh")
+        # An absent key is published first-writer-wins; an entry we could not
+        # use (expired, unsigned, stale pass-through) or a refresh is replaced.
+        published = self._cache.publish(
+            manifest, overwrite=self._status == "refresh" or self._replace_entry
+        )
         if published:
             log(
                 "stored %s key=%s (%d artifacts; %s)"

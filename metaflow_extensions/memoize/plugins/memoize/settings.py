@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import os
 import types
 from typing import Any
@@ -69,7 +70,7 @@ def parse_arguments(step: str, attributes: dict[str, Any], flow_dir: str) -> dic
         raise MemoizeArgumentError(
             step, "ttl", "is invalid (%s)" % err, "Example: @memoize(ttl='7d')."
         )
-    if ttl is not None and ttl <= 0:
+    if ttl is not None and (not math.isfinite(ttl) or ttl <= 0):
         raise MemoizeArgumentError(step, "ttl", "must be positive", "Example: ttl='12h'.")
     version = a.get("version")
     if version is not None and not isinstance(version, (str, int)):

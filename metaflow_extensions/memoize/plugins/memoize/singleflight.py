@@ -72,6 +72,9 @@ class Lease:
 
     def release(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            # a renewal in flight would re-create the lease after our delete
+            self._thread.join(timeout=30)
         try:
             held = self._current()
             if held is not None and held.get("owner") == self.owner:
