@@ -839,8 +839,11 @@ def test_crashed_lock_holder_does_not_block(tmp_path, fault):
         start_new_session=True,
     )
     try:
+        # kill once the holder has the lease *and* its body has started
         deadline = time.time() + 120
-        while not _lock_file(root, "T6LockFlow", "start") and time.time() < deadline:
+        while time.time() < deadline and not (
+            _lock_file(root, "T6LockFlow", "start") and runner.count("start") == 1
+        ):
             assert holder.poll() is None, (runner.workdir / "holder.log").read_text()
             time.sleep(0.05)
         (lock,) = _lock_file(root, "T6LockFlow", "start")
