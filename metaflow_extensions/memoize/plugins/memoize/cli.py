@@ -1,6 +1,70 @@
-"""`python flow.py memoize ...`: parses, calls the cache, prints."""
+"""`python flow.py memoize ...`: parses, calls maintenance, prints.
+
+Every command acts on a *scope*: the flow's cache roots (flow-level commands)
+or one root given by URL (the standalone `metaflow-memoize`, which reuses these
+commands). Decisions live in maintenance.py, formatting in report.py.
+"""
+
+import functools
+import sys
+import time
 
 from metaflow._vendor import click
+
+from . import config, report
+from . import maintenance as mt
+from . import metaflow_compat as mf
+from .durations import parse_duration, parse_size
+from .exceptions import CacheFault, MemoizeCliError, UnsafePath
+
+SCOPE = "memoize.scope"  # ctx.meta key: the scope the group set up
+STANDALONE_COMMANDS = ("list", "show", "stats", "invalidate", "prune")
+
+
+class FlowScope:
+    """The roots a flow uses: --store, else the default root plus each step's store=."""
+
+    show_flow = False
+
+    def __init__(self, obj):
+        self.obj = obj
+        self.flow = obj.flow.name
+
+    def targets(self, store=None):
+        flow = self.obj.flow
+        if store:
+            roots = [store]
+        else:
+            ds = self.obj.flow_datastore
+            default = config.cache_root_setting() or config.default_root(
+                ds.TYPE, mf.datastore_root_for_cli(ds)
+            )
+            roots = mt.flow_roots(flow, default)
+        return _unique([mt.open_target(root, flow.name) for root in roots])
+
+
+class RootScope:
+    """One root by URL, one flow or all of them (the standalone command)."""
+
+    def __init__(self, root, flow=None):
+        self.root = root
+        self.flow = flow
+        self.show_flow = flow is None
+
+    def targets(self, store=None):
+        root = store or self.root
+        if not root:
+            raise MemoizeCliError("no cache root: pass --root URL or set %s" % config.ENV_ROOT)
+        return [mt.open_target(root, self.flow)]
+
+
+def _unique(targets):
+    seen, out = set(), []
+    for t in targets:
+        if t.root not in seen:
+            seen.add(t.root)
+            out.append(t)
+    return out
 
 
 @click.group()
@@ -9,6 +73,190 @@ def cli():
 
 
 @cli.group(help="Inspect and manage the @memoize cache of this flow.")
-@click.pass_obj
-def memoize(obj):
-    pass
+@click.pass_context
+def memoize(ctx):
+    ctx.meta[SCOPE] = FlowScope(ctx.obj)
+
+
+# -- shared plumbing ---------------------------------------------------------
+def command(name, **kwargs):
+    """Register ``fn(scope, targets, **options)`` as ``memoize <name>``, with --store.
+
+    ``targets()`` opens the cache roots in scope (one per root); ``scope.obj`` is
+    Metaflow's CLI state for flow-level commands. Errors become one line.
+    """
+
+    def wrap(fn):
+        @click.option(
+            "--store",
+            metavar="URL",
+            default=None,
+            help="Cache root to act on (directory or s3://bucket/prefix) instead of the flow's.",
+        )
+        @click.pass_context
+        @functools.wraps(fn)
+        def run(ctx, store, **options):
+            scope = ctx.meta[SCOPE]
+            try:
+                return fn(scope, lambda: scope.targets(store), **options)
+            except MemoizeCliError as err:
+                raise click.ClickException(err.message)
+            except UnsafePath as err:
+                raise click.ClickException(str(err))
+            except CacheFault as err:
+                raise click.ClickException("cache unavailable: %s" % err)
+
+        return memoize.command(name, **kwargs)(run)
+
+    return wrap
+
+
+def _parsed(parse, value, option):
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as err:
+        raise MemoizeCliError("%s: %s" % (option, err))
+
+
+def _require_consent_possible(yes):
+    if not yes and not sys.stdin.isatty():
+        raise MemoizeCliError(
+            "refusing to delete without --yes: stdin is not a terminal, so nobody can confirm"
+        )
+
+
+def _confirm(yes, plans):
+    if yes or all(p.empty for p in plans):
+        return
+    what = "; ".join(report.plan_summary(p) for p in plans if not p.empty)
+    if not click.confirm("Remove %s?" % what, default=False, err=True):
+        raise MemoizeCliError("nothing removed")
+
+
+def _echo(text):
+    click.echo(text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+step_option = click.option("--step", metavar="STEP", default=None, help="Only this step.")
+yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+
+
+# -- commands ----------------------------------------------------------------
+@command("list", help="One line per cache entry.")
+@step_option
+@json_option
+def list_entries(scope, targets, step, as_json):
+    now = time.time()
+    found = [(t, mt.scan(t, step)) for t in targets()]
+    if as_json:
+        _echo(
+            report.to_json(
+                [report.entry_dict(e, t.root, now) for t, inv in found for e in inv.entries]
+            )
+        )
+        return
+    for t, inv in found:
+        _echo(report.root_heading(t.root, len(inv.entries)))
+        if inv.entries:
+            _echo(report.entries_table(inv.entries, now, scope.show_flow))
+
+
+@command("show", help="The manifest of one entry; KEY may be a unique prefix.")
+@click.argument("key")
+@json_option
+def show(scope, targets, key, as_json):
+    now = time.time()
+    resolved = targets()
+    found = [(t, e) for t in resolved for e in mt.find_entries(t, key)]
+    mt.resolve_key([e for _, e in found], key, ", ".join(t.root for t in resolved))
+    if as_json:
+        docs = [report.entry_dict(e, t.root, now) for t, e in found]
+        _echo(report.to_json(docs[0] if len(docs) == 1 else docs))
+        return
+    _echo("\n\n".join(report.entry_text(e, t.root, now) for t, e in found))
+
+
+@command("stats", help="Entries, blobs and bytes (shared blobs counted once), per step.")
+@step_option
+@json_option
+def stats(scope, targets, step, as_json):
+    now = time.time()
+    per_root = [(t.root, *mt.summarize(mt.scan(t, step), now)) for t in targets()]
+    if as_json:
+        _echo(report.to_json(report.stats_json(scope.flow, step, per_root)))
+        return
+    for root, total, per_step in per_root:
+        _echo(report.stats_text(root, total, per_step, scope.show_flow))
+
+
+@command("invalidate", help="Remove entries so that the next run recomputes them.")
+@step_option
+@click.option(
+    "--key", metavar="KEY", default=None, help="The entry with this key (or unique prefix)."
+)
+@click.option("--all", "everything", is_flag=True, help="Every entry in scope.")
+@yes_option
+@json_option
+def invalidate(scope, targets, step, key, everything, yes, as_json):
+    if everything == bool(step or key):
+        raise click.UsageError("say what to invalidate: --step STEP, --key KEY, or --all")
+    _require_consent_possible(yes)
+    resolved = targets()
+    plans = [mt.plan_invalidate(t, step, key) for t in resolved]
+    if key is not None:
+        mt.check_one_key(plans, key, ", ".join(t.root for t in resolved))
+    _confirm(yes, plans)
+    _print_removal(
+        scope, [(p, mt.execute(t, p)) for t, p in zip(resolved, plans)], False, None, as_json
+    )
+
+
+@command(
+    "prune", help="Delete expired, old or least recently used entries, then unreferenced blobs."
+)
+@click.option("--expired", is_flag=True, help="Entries past their ttl (the default criterion).")
+@click.option("--older-than", metavar="DUR", help="Entries created longer ago than DUR (e.g. 30d).")
+@click.option(
+    "--max-size",
+    metavar="SIZE",
+    help="Evict least recently used entries until the cache fits SIZE (e.g. 20GB).",
+)
+@step_option
+@click.option(
+    "--grace",
+    metavar="DUR",
+    default="1h",
+    show_default=True,
+    help="Never delete blobs younger than this.",
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@yes_option
+@json_option
+def prune(scope, targets, expired, older_than, max_size, step, grace, dry_run, yes, as_json):
+    older = _parsed(parse_duration, older_than, "--older-than")
+    size = _parsed(parse_size, max_size, "--max-size")
+    grace_s = _parsed(parse_duration, grace, "--grace")
+    criteria = mt.PruneCriteria(expired or (older is None and size is None), older, size)
+    if not dry_run:
+        _require_consent_possible(yes)
+    now = time.time()
+    resolved = targets()
+    plans = [mt.plan_prune(t, criteria, now, grace_s, step) for t in resolved]
+    if dry_run:
+        _print_removal(scope, [(p, None) for p in plans], True, grace_s, as_json)
+        return
+    _confirm(yes, plans)
+    results = [(p, mt.execute(t, p)) for t, p in zip(resolved, plans)]
+    _print_removal(scope, results, False, grace_s, as_json)
+
+
+def _print_removal(scope, results, dry_run, grace, as_json):
+    if as_json:
+        _echo(report.to_json(report.removal_json(results, dry_run)))
+        return
+    now = time.time()
+    for plan, outcome in results:
+        _echo(report.removal_text(plan, outcome, now, scope.show_flow, grace))

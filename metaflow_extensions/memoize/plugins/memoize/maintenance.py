@@ -1,0 +1,531 @@
+"""Cache maintenance: what to list, invalidate, prune and garbage-collect.
+
+Two halves, kept apart:
+
+* Decisions are pure functions of an inventory and a clock value passed in
+  (``select_for_prune``, ``select_garbage_blobs``, ``select_orphan_markers``,
+  ``summarize``): no I/O, table-testable.
+* ``scan`` reads an inventory from a ``Cache``; ``execute`` applies a ``Plan``.
+
+Deletion order makes an interrupted prune harmless: manifests first, then
+last-use markers, then blobs that no manifest anywhere under the root
+references. A blob is never deleted while a manifest that references it exists,
+so every entry left behind is complete. Only objects under ``v1/entries``,
+``v1/used`` and ``v1/blobs`` are ever deleted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .cache import LAYOUT, Cache
+from .durations import format_duration
+from .exceptions import CorruptEntry, MemoizeCliError
+from .manifest import Manifest
+from .stores import ObjectInfo, check_key, open_store
+
+#: a blob younger than this is never collected: a writer may be about to
+#: publish a manifest that references it
+DEFAULT_GRACE = 3600.0
+#: parallel manifest reads (S3 GETs); matches the S3 store's connection pool
+READ_PARALLELISM = 16
+
+
+# -- inventory -----------------------------------------------------------------
+@dataclass
+class EntryInfo:
+    """One entry (manifest object) as found in the store."""
+
+    flow: str
+    step: str
+    key: str
+    object: ObjectInfo  # the manifest object: key, size, modified
+    manifest: Manifest | None = None
+    error: str | None = None  # why the manifest cannot be used (corrupt entries)
+    refs: frozenset[str] = frozenset()  # blob shas the manifest names
+    last_used: float | None = None  # mtime of the last-use marker
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return self.flow, self.step, self.key
+
+    @property
+    def created(self) -> float:
+        return self.manifest.created if self.manifest else self.object.modified
+
+    @property
+    def expires(self) -> float | None:
+        return self.manifest.expires if self.manifest else None
+
+    @property
+    def recency(self) -> float:
+        """Last use (marker mtime), else creation: what LRU orders by."""
+        return self.last_used if self.last_used is not None else self.created
+
+    def expired(self, now: float) -> bool:
+        return self.manifest is not None and self.manifest.is_expired(now)
+
+    def blob_sizes(self) -> dict[str, int]:
+        """Stored size of each distinct blob, as recorded in the manifest."""
+        out: dict[str, int] = {}
+        if self.manifest:
+            for record in self.manifest.artifacts.values():
+                out[record.sha] = record.stored_size or 0
+        return out
+
+    @property
+    def size(self) -> int:
+        """Bytes of the entry's blobs, each distinct blob once."""
+        return sum(self.blob_sizes().values())
+
+
+@dataclass
+class Inventory:
+    """What a scan found under one cache root."""
+
+    root: str
+    flow: str | None
+    step: str | None
+    entries: list[EntryInfo]  # in scope
+    markers: dict[tuple[str, str, str], ObjectInfo]  # in scope
+    # only with a full scan (for garbage collection):
+    blobs: dict[str, ObjectInfo] | None = None  # every blob under the root
+    outside_refs: frozenset[str] = frozenset()  # shas named by manifests out of scope
+    manifests_seen: dict[str, ObjectInfo] = field(default_factory=dict)  # every manifest read
+
+
+@dataclass
+class Target:
+    """A cache root and the part of it a command acts on."""
+
+    cache: Cache
+    flow: str | None = None
+
+    @property
+    def root(self) -> str:
+        return self.cache.store.url
+
+
+def open_target(root: str, flow: str | None = None) -> Target:
+    try:
+        store = open_store(root)
+    except ValueError as err:
+        raise MemoizeCliError(str(err))
+    return Target(Cache(store), flow)
+
+
+def flow_roots(flow, default_root: str) -> list[str]:
+    """The default root, then each distinct ``@memoize(store=...)`` of the flow's steps."""
+    roots = [default_root]
+    for step in flow:
+        for deco in getattr(step, "decorators", ()):
+            if deco.name == "memoize":
+                store = deco.attributes.get("store")
+                if isinstance(store, str) and store.strip() and store not in roots:
+                    roots.append(store)
+    return roots
+
+
+def _loose_refs(data: bytes | None) -> frozenset[str]:
+    """Blob shas named by a manifest that does not parse (e.g. a newer format).
+
+    Garbage collection must not take their blobs: whatever can be read as a
+    sha is kept.
+    """
+    try:
+        doc = json.loads((data or b"").decode("utf-8"))
+        artifacts = doc.get("artifacts")
+        return frozenset(
+            a["sha"]
+            for a in artifacts.values()
+            if isinstance(a, dict) and isinstance(a.get("sha"), str)
+        )
+    except Exception:
+        return frozenset()
+
+
+def _read_entry(cache: Cache, info: ObjectInfo) -> EntryInfo | None:
+    parsed = Cache.parse_manifest_key(info.key)
+    if parsed is None:
+        return None
+    flow, step, key = parsed
+    entry = EntryInfo(flow, step, key, info)
+    data = cache.store.get(info.key)
+    if data is None:  # deleted since the listing
+        return None
+    try:
+        manifest = Manifest.loads(data, expected_key=key)
+        if manifest.flow != flow or manifest.step != step:
+            raise CorruptEntry("manifest belongs to %s/%s" % (manifest.flow, manifest.step))
+        entry.manifest = manifest
+        entry.refs = frozenset(manifest.blob_shas)
+    except CorruptEntry as err:
+        entry.error = str(err)
+        entry.refs = _loose_refs(data)
+    return entry
+
+
+def read_entries(cache: Cache, infos: Iterable[ObjectInfo]) -> list[EntryInfo]:
+    """Read manifests in parallel (one GET each); vanished ones are skipped."""
+    infos = [i for i in infos if Cache.parse_manifest_key(i.key) is not None]
+    if len(infos) <= 1:
+        found = [_read_entry(cache, i) for i in infos]
+    else:
+        with ThreadPoolExecutor(max_workers=min(READ_PARALLELISM, len(infos))) as pool:
+            found = list(pool.map(lambda i: _read_entry(cache, i), infos))
+    return [e for e in found if e is not None]
+
+
+def list_markers(cache: Cache, flow: str | None, step: str | None) -> dict[tuple, ObjectInfo]:
+    out = {}
+    for info in cache.store.list(Cache.used_prefix(flow, step)):
+        parsed = Cache.parse_used_key(info.key)
+        if parsed is not None:
+            out[parsed] = info
+    return out
+
+
+def list_blobs(cache: Cache) -> dict[str, ObjectInfo]:
+    out = {}
+    for info in cache.store.list(Cache.blob_prefix()):
+        sha = Cache.parse_blob_key(info.key)
+        if sha is not None:
+            out[sha] = info
+    return out
+
+
+def scan(target: Target, step: str | None = None, full: bool = False) -> Inventory:
+    """Read the entries (and markers) in scope: the target's flow (or all), one step (or all).
+
+    ``full``: also list every blob and read every manifest under the root,
+    whatever the scope: garbage collection needs to know all references.
+    """
+    cache, flow = target.cache, target.flow
+    # a step name alone is no prefix (v1/entries/<Flow>/<step>): filter instead
+    prefix = Cache.entry_prefix(flow, step if flow else None)
+
+    def in_scope(ident: tuple[str, str, str]) -> bool:
+        return (flow is None or ident[0] == flow) and (step is None or ident[1] == step)
+
+    listed = list(cache.store.list(Cache.entry_prefix() if full else prefix))
+    entries = read_entries(cache, listed)
+    markers = list_markers(cache, flow, step if flow else None)
+    inventory = Inventory(
+        target.root,
+        flow,
+        step,
+        [e for e in entries if in_scope(e.ident)],
+        {i: m for i, m in markers.items() if in_scope(i)},
+    )
+    for entry in inventory.entries:
+        marker = inventory.markers.get(entry.ident)
+        entry.last_used = marker.modified if marker else None
+    if full:
+        inventory.blobs = list_blobs(cache)
+        outside: set[str] = set()
+        for entry in entries:
+            if not in_scope(entry.ident):
+                outside |= entry.refs
+        inventory.outside_refs = frozenset(outside)
+        inventory.manifests_seen = {e.object.key: e.object for e in entries}
+    return inventory
+
+
+def find_entries(target: Target, prefix: str) -> list[EntryInfo]:
+    """Entries in scope whose key starts with ``prefix`` (read; no other manifest is)."""
+    prefix = prefix.strip().lower()
+    if not prefix:
+        raise MemoizeCliError("an empty key matches nothing")
+    cache = target.cache
+    matching = []
+    for info in cache.store.list(Cache.entry_prefix(target.flow)):
+        parsed = Cache.parse_manifest_key(info.key)
+        if parsed is not None and parsed[2].startswith(prefix):
+            matching.append(info)
+    entries = read_entries(cache, matching)
+    for entry in entries:
+        entry.last_used = cache.last_used(*entry.ident)
+    return entries
+
+
+def resolve_key(candidates: list[EntryInfo], prefix: str, where: str) -> list[EntryInfo]:
+    """The entries of the one key that ``prefix`` names; an error if none or several."""
+    keys = sorted({e.key for e in candidates})
+    if not keys:
+        raise MemoizeCliError("no cache entry has a key starting with %r in %s" % (prefix, where))
+    if len(keys) > 1:
+        shown = ", ".join(k[:12] for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+        raise MemoizeCliError(
+            "key prefix %r is ambiguous: %d keys match (%s); give more characters"
+            % (prefix, len(keys), shown)
+        )
+    return candidates
+
+
+# -- decisions (pure) ----------------------------------------------------------
+@dataclass(frozen=True)
+class PruneCriteria:
+    expired: bool = False
+    older_than: float | None = None  # seconds since creation
+    max_size: int | None = None  # bytes the scope must fit in (LRU evicts the rest)
+
+    @property
+    def any(self) -> bool:
+        return self.expired or self.older_than is not None or self.max_size is not None
+
+
+def select_for_prune(
+    entries: list[EntryInfo],
+    now: float,
+    criteria: PruneCriteria,
+) -> list[tuple[EntryInfo, str]]:
+    """(entry, reason) for each entry to remove: expired, too old, then LRU over the size.
+
+    Corrupt entries are left alone (``invalidate`` removes them). ``max_size``
+    evicts the least recently used entries (last use, else creation) until what
+    remains occupies at most ``max_size`` bytes: manifests plus each distinct
+    blob once (the ``bytes`` of ``summarize``).
+    """
+    chosen: list[tuple[EntryInfo, str]] = []
+    remaining: list[EntryInfo] = []
+    for entry in entries:
+        if entry.manifest is None:
+            remaining.append(entry)
+        elif criteria.expired and entry.expired(now):
+            chosen.append((entry, "expired"))
+        elif criteria.older_than is not None and now - entry.created > criteria.older_than:
+            chosen.append((entry, "older than %s" % format_duration(criteria.older_than)))
+        else:
+            remaining.append(entry)
+    if criteria.max_size is None:
+        return chosen
+    sizes = {}
+    for entry in remaining:
+        sizes.update(entry.blob_sizes())
+    refcount: dict[str, int] = {}
+    for entry in remaining:
+        for sha in entry.blob_sizes():
+            refcount[sha] = refcount.get(sha, 0) + 1
+    total = sum(e.object.size for e in remaining) + sum(sizes.values())
+    evictable = sorted(
+        (e for e in remaining if e.manifest is not None),
+        key=lambda e: (e.recency, e.created, e.key),
+    )
+    for entry in evictable:
+        if total <= criteria.max_size:
+            break
+        chosen.append((entry, "least recently used"))
+        total -= entry.object.size
+        for sha in entry.blob_sizes():
+            refcount[sha] -= 1
+            if refcount[sha] == 0:
+                total -= sizes[sha]
+    return chosen
+
+
+def select_garbage_blobs(
+    blobs: dict[str, ObjectInfo], referenced: set[str] | frozenset[str], now: float, grace: float
+) -> tuple[list[ObjectInfo], list[ObjectInfo]]:
+    """(blobs to delete, unreferenced blobs kept because younger than ``grace``)."""
+    delete, young = [], []
+    for sha in sorted(blobs):
+        if sha in referenced:
+            continue
+        info = blobs[sha]
+        (young if now - info.modified < grace else delete).append(info)
+    return delete, young
+
+
+def select_orphan_markers(
+    markers: dict[tuple, ObjectInfo], live: set[tuple], now: float, grace: float
+) -> list[ObjectInfo]:
+    """Last-use markers whose entry is gone (a hit raced a removal), older than ``grace``."""
+    return [
+        info
+        for ident, info in sorted(markers.items())
+        if ident not in live and now - info.modified >= grace
+    ]
+
+
+@dataclass
+class Plan:
+    """What a prune or an invalidation removes from one root, in deletion order."""
+
+    root: str
+    entries: list[tuple[EntryInfo, str]] = field(default_factory=list)
+    markers: list[ObjectInfo] = field(default_factory=list)
+    blobs: list[ObjectInfo] = field(default_factory=list)
+    young_blobs: list[ObjectInfo] = field(default_factory=list)  # unreferenced, kept (grace)
+    # every manifest the scan read: one not in here at deletion time is new
+    seen: dict[str, ObjectInfo] = field(default_factory=dict)
+
+    @property
+    def bytes_freed(self) -> int:
+        return (
+            sum(e.object.size for e, _ in self.entries)
+            + sum(m.size for m in self.markers)
+            + sum(b.size for b in self.blobs)
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.entries or self.markers or self.blobs)
+
+
+def plan_removal(
+    inventory: Inventory,
+    chosen: list[tuple[EntryInfo, str]],
+    now: float,
+    grace: float | None = DEFAULT_GRACE,
+) -> Plan:
+    """Remove ``chosen`` entries and their markers; with a full inventory and a
+    ``grace``, also the orphaned markers and every blob nothing else references."""
+    plan = Plan(inventory.root, entries=list(chosen), seen=inventory.manifests_seen)
+    removed = {e.ident for e, _ in chosen}
+    plan.markers = [inventory.markers[i] for i in sorted(removed) if i in inventory.markers]
+    if grace is None or inventory.blobs is None:
+        return plan
+    live = {e.ident for e in inventory.entries} - removed
+    plan.markers += select_orphan_markers(
+        {i: m for i, m in inventory.markers.items() if i not in removed}, live, now, grace
+    )
+    referenced = set(inventory.outside_refs)
+    for entry in inventory.entries:
+        if entry.ident not in removed:
+            referenced |= entry.refs
+    plan.blobs, plan.young_blobs = select_garbage_blobs(inventory.blobs, referenced, now, grace)
+    return plan
+
+
+def plan_prune(
+    target: Target, criteria: PruneCriteria, now: float, grace: float, step: str | None = None
+) -> Plan:
+    """Entries the criteria select in scope, then every blob left unreferenced under the root."""
+    inventory = scan(target, step, full=True)
+    return plan_removal(inventory, select_for_prune(inventory.entries, now, criteria), now, grace)
+
+
+def plan_invalidate(target: Target, step: str | None = None, key: str | None = None) -> Plan:
+    """Every entry in scope (corrupt ones too), or those whose key starts with ``key``.
+
+    Blobs stay: ``prune`` collects them once unreferenced (a full-root scan).
+    """
+    if key is None:
+        inventory = scan(target, step)
+        return plan_removal(inventory, [(e, "invalidated") for e in inventory.entries], 0, None)
+    entries = [e for e in find_entries(target, key) if step is None or e.step == step]
+    markers = [ObjectInfo(Cache.used_key(*e.ident), 0, 0.0) for e in entries]
+    return Plan(target.root, [(e, "invalidated") for e in entries], markers)
+
+
+def check_one_key(plans: list[Plan], prefix: str, where: str) -> None:
+    """A key prefix must name exactly one key across the plans' entries."""
+    resolve_key([e for p in plans for e, _ in p.entries], prefix, where)
+
+
+@dataclass
+class StepStats:
+    flow: str | None
+    step: str | None
+    entries: int = 0
+    expired: int = 0
+    corrupt: int = 0
+    blobs: int = 0
+    blob_bytes: int = 0
+    manifest_bytes: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.blob_bytes + self.manifest_bytes
+
+
+def _stats_of(flow, step, entries: list[EntryInfo], now: float) -> StepStats:
+    stats = StepStats(flow, step, entries=len(entries))
+    sizes: dict[str, int] = {}
+    for entry in entries:
+        stats.manifest_bytes += entry.object.size
+        stats.expired += entry.expired(now)
+        stats.corrupt += entry.manifest is None
+        sizes.update(entry.blob_sizes())
+    stats.blobs = len(sizes)
+    stats.blob_bytes = sum(sizes.values())
+    return stats
+
+
+def summarize(inventory: Inventory, now: float) -> tuple[StepStats, list[StepStats]]:
+    """(totals, per flow/step) with shared blobs counted once in each figure."""
+    by_step: dict[tuple[str, str], list[EntryInfo]] = {}
+    for entry in inventory.entries:
+        by_step.setdefault((entry.flow, entry.step), []).append(entry)
+    total = _stats_of(inventory.flow, inventory.step, inventory.entries, now)
+    steps = [_stats_of(f, s, by_step[(f, s)], now) for f, s in sorted(by_step)]
+    return total, steps
+
+
+# -- execution -----------------------------------------------------------------
+def _deletable(keys: list[str], area: str) -> list[str]:
+    """The keys, if each is a safe name under ``v1/<area>/``; else refuse them all."""
+    prefix = "%s/%s/" % (LAYOUT, area)
+    for key in keys:
+        if not key.startswith(prefix):
+            raise MemoizeCliError("refusing to delete %r: it is not under %s" % (key, prefix))
+        check_key(key)
+    return keys
+
+
+@dataclass
+class Outcome:
+    entries: int = 0
+    markers: int = 0
+    blobs: int = 0
+    blobs_spared: int = 0  # planned, but a manifest published meanwhile references them
+    bytes_freed: int = 0
+
+
+def execute(target: Target, plan: Plan) -> Outcome:
+    """Apply a plan: manifests, then markers, then blobs; each kind in one batched delete.
+
+    Before blobs go, the manifest listing is checked again: a manifest that the
+    scan did not read (``plan.seen``: published, or refreshed, since) protects
+    the blobs it references.
+    """
+    store = target.cache.store
+    out = Outcome()
+    # every name is checked before anything is deleted
+    manifest_keys = _deletable([e.object.key for e, _ in plan.entries], "entries")
+    marker_keys = _deletable([m.key for m in plan.markers], "used")
+    _deletable([b.key for b in plan.blobs], "blobs")
+    if manifest_keys:
+        store.delete(manifest_keys)
+        out.entries = len(manifest_keys)
+        out.bytes_freed += sum(e.object.size for e, _ in plan.entries)
+    if marker_keys:
+        store.delete(marker_keys)
+        out.markers = len(marker_keys)
+        out.bytes_freed += sum(m.size for m in plan.markers)
+    blobs = plan.blobs
+    if blobs:
+        protected = _new_references(target.cache, plan.seen)
+        out.blobs_spared = sum(Cache.parse_blob_key(b.key) in protected for b in blobs)
+        blobs = [b for b in blobs if Cache.parse_blob_key(b.key) not in protected]
+    if blobs:
+        store.delete([b.key for b in blobs])
+        out.blobs = len(blobs)
+        out.bytes_freed += sum(b.size for b in blobs)
+    return out
+
+
+def _new_references(cache: Cache, seen: dict[str, ObjectInfo]) -> set[str]:
+    fresh = [
+        info
+        for info in cache.store.list(Cache.entry_prefix())
+        if seen.get(info.key) is None
+        or (seen[info.key].modified, seen[info.key].size) != (info.modified, info.size)
+    ]
+    refs: set[str] = set()
+    for entry in read_entries(cache, fresh):
+        refs |= entry.refs
+    return refs

@@ -1,0 +1,391 @@
+"""Formatting for the memoize commands: aligned tables for people, JSON for scripts.
+
+Pure: takes what maintenance.py computed and a clock value, returns strings
+and JSON-ready dicts. The JSON shapes are documented in docs (field names are
+stable; new fields may be added, none removed or renamed):
+
+* entry (``list --json`` items, ``show --json``)::
+
+    root, flow, step, key, object, created, expires, expired, last_used,
+    size, manifest_bytes, artifacts{name: {sha, size, type}}, origin, body_seconds,
+    components, versions, signed, error
+
+* stats (``stats --json``): the totals, ``steps`` (one per flow/step) and
+  ``roots`` (one per cache root), each with::
+
+    entries, expired, corrupt, blobs, bytes, blob_bytes, manifest_bytes
+
+* removal (``prune --json``, ``invalidate --json``)::
+
+    dry_run, entries, markers, blobs, bytes_freed,
+    roots[{root, entries[{flow, step, key, reason, created, last_used, size}],
+           markers, blobs, blobs_kept_young, blobs_spared, bytes_freed}]
+
+Times are seconds since the epoch (floats); sizes are bytes (ints).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .durations import format_duration, format_size
+from .maintenance import EntryInfo, Outcome, Plan, StepStats
+
+SHORT_KEY = 12
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
+# -- building blocks -----------------------------------------------------------
+def table(headers: list[str], rows: list[list[str]], right: tuple[str, ...] = ("SIZE",)) -> str:
+    """Columns aligned on the widest cell; headers in ``right`` are right-aligned."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells):
+        out = []
+        for i, cell in enumerate(cells):
+            last = i == len(cells) - 1
+            if headers[i] in right:
+                out.append(cell.rjust(widths[i]))
+            else:
+                out.append(cell if last else cell.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers)] + [line(r) for r in rows])
+
+
+def age(then: float | None, now: float) -> str:
+    """'3d ago', 'in 4h10m', 'never' (None)."""
+    if then is None:
+        return "never"
+    delta = now - then
+    if delta >= 0:
+        return "%s ago" % format_duration(delta)
+    return "in %s" % format_duration(-delta)
+
+
+def expiry(entry: EntryInfo, now: float) -> str:
+    if entry.manifest is None:
+        return "-"
+    if entry.expires is None:
+        return "never"
+    if entry.expired(now):
+        return "expired %s" % age(entry.expires, now)
+    return age(entry.expires, now)
+
+
+def timestamp(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value))
+
+
+# -- entries -------------------------------------------------------------------
+def entry_dict(entry: EntryInfo, root: str, now: float) -> dict[str, Any]:
+    m = entry.manifest
+    artifacts = None
+    if m is not None:
+        artifacts = {
+            name: {"sha": a.sha, "size": a.stored_size, "type": a.info.get("type")}
+            for name, a in sorted(m.artifacts.items())
+        }
+    return {
+        "root": root,
+        "flow": entry.flow,
+        "step": entry.step,
+        "key": entry.key,
+        "object": entry.object.key,
+        "created": entry.created,
+        "expires": entry.expires,
+        "expired": entry.expired(now),
+        "last_used": entry.last_used,
+        "size": entry.size,
+        "manifest_bytes": entry.object.size,
+        "artifacts": artifacts,
+        "origin": m.origin if m else None,
+        "body_seconds": m.body_seconds if m else None,
+        "components": m.components if m else None,
+        "versions": m.versions if m else None,
+        "signed": bool(m and m.signature),
+        "error": entry.error,
+    }
+
+
+def entries_table(entries: list[EntryInfo], now: float, show_flow: bool) -> str:
+    headers = (["FLOW"] if show_flow else []) + [
+        "STEP",
+        "KEY",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+        "SIZE",
+        "ORIGIN",
+    ]
+    rows = []
+    for e in entries:
+        origin = e.manifest.origin if e.manifest else "corrupt: %s" % e.error
+        rows.append(
+            ([e.flow] if show_flow else [])
+            + [
+                e.step,
+                e.key[:SHORT_KEY],
+                age(e.created, now),
+                expiry(e, now),
+                age(e.last_used, now),
+                format_size(e.size) if e.manifest else "-",
+                origin,
+            ]
+        )
+    return table(headers, rows)
+
+
+def _count(n: int, what: str) -> str:
+    """'1 entry', '2 entries', '1 blob', '0 blobs'."""
+    if n == 1:
+        return "1 %s" % what
+    return "%d %s" % (n, what[:-1] + "ies" if what.endswith("y") else what + "s")
+
+
+def root_heading(root: str, count: int) -> str:
+    return "Cache %s: %s" % (root, _count(count, "entry"))
+
+
+def entry_text(entry: EntryInfo, root: str, now: float) -> str:
+    m = entry.manifest
+    lines = [
+        ("key", entry.key),
+        ("flow", entry.flow),
+        ("step", entry.step),
+        ("root", root),
+        ("object", entry.object.key),
+    ]
+    if m is None:
+        lines.append(("error", entry.error or "unreadable"))
+        return _fields(lines)
+    lines += [
+        ("origin", m.origin),
+        ("created", "%s (%s)" % (timestamp(m.created), age(m.created, now))),
+        (
+            "expires",
+            "never"
+            if m.expires is None
+            else "%s (%s)" % (timestamp(m.expires), expiry(entry, now)),
+        ),
+        ("last used", "%s (%s)" % (timestamp(entry.last_used), age(entry.last_used, now))),
+        ("step time", format_duration(m.body_seconds)),
+        ("size", format_size(entry.size)),
+        ("signed", "yes" if m.signature else "no"),
+        ("versions", ", ".join("%s %s" % kv for kv in sorted(m.versions.items())) or "-"),
+    ]
+    out = [_fields(lines), "", "key components:"]
+    width = max([len(k) for k in m.components] + [0])
+    for name in sorted(m.components):
+        out.append("  %s  %s" % (name.ljust(width), _compact(m.components[name])))
+    out += ["", "artifacts (%d):" % len(m.artifacts)]
+    rows = [
+        [name, format_size(a.stored_size), str(a.info.get("type") or "-"), a.sha]
+        for name, a in sorted(m.artifacts.items())
+    ]
+    if rows:
+        out += ["  " + line for line in table(["NAME", "SIZE", "TYPE", "SHA"], rows).splitlines()]
+    if m.passthrough:
+        out += [
+            "",
+            "inherited artifacts a hit requires unchanged: %s" % ", ".join(sorted(m.passthrough)),
+        ]
+    return "\n".join(out)
+
+
+def _fields(pairs: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join("%s  %s" % (k.ljust(width), v) for k, v in pairs)
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(", ", ": "))
+
+
+# -- stats ---------------------------------------------------------------------
+def stats_dict(stats: StepStats) -> dict[str, Any]:
+    return {
+        "entries": stats.entries,
+        "expired": stats.expired,
+        "corrupt": stats.corrupt,
+        "blobs": stats.blobs,
+        "bytes": stats.bytes,
+        "blob_bytes": stats.blob_bytes,
+        "manifest_bytes": stats.manifest_bytes,
+    }
+
+
+def stats_json(
+    flow: str | None,
+    step: str | None,
+    per_root: list[tuple[str, StepStats, list[StepStats]]],
+) -> dict[str, Any]:
+    """Totals (summed over roots), then per flow/step, then per root."""
+    total = StepStats(flow, step)
+    steps: dict[tuple, StepStats] = {}
+    for _root, t, per_step in per_root:
+        _add(total, t)
+        for s in per_step:
+            _add(steps.setdefault((s.flow, s.step), StepStats(s.flow, s.step)), s)
+    doc = {"flow": flow, "step": step}
+    doc.update(stats_dict(total))
+    doc["steps"] = [
+        dict(flow=s.flow, step=s.step, **stats_dict(s)) for _, s in sorted(steps.items())
+    ]
+    doc["roots"] = [
+        dict(
+            root=root,
+            steps=[dict(flow=s.flow, step=s.step, **stats_dict(s)) for s in per_step],
+            **stats_dict(t),
+        )
+        for root, t, per_step in per_root
+    ]
+    return doc
+
+
+def _add(into: StepStats, other: StepStats) -> None:
+    for name in ("entries", "expired", "corrupt", "blobs", "blob_bytes", "manifest_bytes"):
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+
+
+def stats_text(root: str, total: StepStats, per_step: list[StepStats], show_flow: bool) -> str:
+    headers = (["FLOW"] if show_flow else []) + ["STEP", "ENTRIES", "EXPIRED", "BLOBS", "SIZE"]
+    rows = [
+        ([s.flow or ""] if show_flow else [])
+        + [s.step or "", str(s.entries), str(s.expired), str(s.blobs), format_size(s.bytes)]
+        for s in per_step
+    ]
+    rows.append(
+        (["total"] if show_flow else [])
+        + [
+            "" if show_flow else "total",
+            str(total.entries),
+            str(total.expired),
+            str(total.blobs),
+            format_size(total.bytes),
+        ]
+    )
+    head = "Cache %s: %s, %s, %s (shared blobs counted once)%s" % (
+        root,
+        _count(total.entries, "entry"),
+        _count(total.blobs, "blob"),
+        format_size(total.bytes),
+        ", %d expired" % total.expired if total.expired else "",
+    )
+    if total.corrupt:
+        head += ", %d corrupt" % total.corrupt
+    if not per_step:
+        return head
+    right = ("ENTRIES", "EXPIRED", "BLOBS", "SIZE")
+    return head + "\n" + table(headers, rows, right=right)
+
+
+# -- removals ------------------------------------------------------------------
+def removal_json(results: list[tuple[Plan, Outcome | None]], dry_run: bool) -> dict[str, Any]:
+    roots = []
+    for plan, outcome in results:
+        roots.append(
+            {
+                "root": plan.root,
+                "entries": [
+                    {
+                        "flow": e.flow,
+                        "step": e.step,
+                        "key": e.key,
+                        "reason": reason,
+                        "created": e.created,
+                        "last_used": e.last_used,
+                        "size": e.size,
+                    }
+                    for e, reason in plan.entries
+                ],
+                "markers": outcome.markers if outcome else len(plan.markers),
+                "blobs": outcome.blobs if outcome else len(plan.blobs),
+                "blobs_kept_young": len(plan.young_blobs),
+                "blobs_spared": outcome.blobs_spared if outcome else 0,
+                "bytes_freed": outcome.bytes_freed if outcome else plan.bytes_freed,
+            }
+        )
+    return {
+        "dry_run": dry_run,
+        "entries": sum(len(r["entries"]) for r in roots),
+        "markers": sum(r["markers"] for r in roots),
+        "blobs": sum(r["blobs"] for r in roots),
+        "bytes_freed": sum(r["bytes_freed"] for r in roots),
+        "roots": roots,
+    }
+
+
+def plan_summary(plan: Plan) -> str:
+    """One line: what a plan would remove (for the confirmation question)."""
+    what = _count(len(plan.entries), "entry")
+    if plan.blobs:
+        what += " and " + _count(len(plan.blobs), "blob")
+    return "%s (%s) from %s" % (what, format_size(plan.bytes_freed), plan.root)
+
+
+def removal_text(
+    plan: Plan, outcome: Outcome | None, now: float, show_flow: bool, grace: float | None
+) -> str:
+    """What was removed (``outcome``) or would be (dry run: ``outcome`` is None)."""
+    entries = outcome.entries if outcome else len(plan.entries)
+    blobs = outcome.blobs if outcome else len(plan.blobs)
+    freed = format_size(outcome.bytes_freed if outcome else plan.bytes_freed)
+    removed = "%s %s" % ("would remove" if outcome is None else "removed", _count(entries, "entry"))
+    if grace is None:  # invalidate: entries only
+        head = "%s: %s freed (unreferenced blobs are deleted by `prune`)" % (removed, freed)
+    else:
+        head = "%s and %d unreferenced %s: %s %s" % (
+            removed,
+            blobs,
+            "blob" if blobs == 1 else "blobs",
+            freed,
+            "would be freed" if outcome is None else "freed",
+        )
+    lines = ["Cache %s: %s" % (plan.root, head)]
+    if plan.entries:
+        headers = (["FLOW"] if show_flow else []) + [
+            "STEP",
+            "KEY",
+            "REASON",
+            "CREATED",
+            "LAST USED",
+            "SIZE",
+        ]
+        rows = [
+            ([e.flow] if show_flow else [])
+            + [
+                e.step,
+                e.key[:SHORT_KEY],
+                reason,
+                age(e.created, now),
+                age(e.last_used, now),
+                format_size(e.size),
+            ]
+            for e, reason in plan.entries
+        ]
+        lines += ["  " + line for line in table(headers, rows).splitlines()]
+    if plan.young_blobs and grace is not None:
+        lines.append(
+            "  kept %d unreferenced %s younger than %s (--grace): a run may be storing an entry that uses them"
+            % (
+                len(plan.young_blobs),
+                "blob" if len(plan.young_blobs) == 1 else "blobs",
+                format_duration(grace),
+            )
+        )
+    if outcome is not None and outcome.blobs_spared:
+        lines.append(
+            "  kept %d blobs that an entry stored during the prune references"
+            % outcome.blobs_spared
+        )
+    return "\n".join(lines)

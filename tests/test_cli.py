@@ -1,0 +1,502 @@
+"""`python flow.py memoize ...` and `metaflow-memoize`, on entries made by real flow runs.
+
+One module-scoped seed (four runs of tests/flows/t4_cache_flow.py) is copied
+into each test's own directory, so every test starts from the same real cache:
+
+    run 1  --n 1  (T4_TTL=2s: start's entry expires)
+    run 2  --n 2
+    run 3  --n 3
+    run 4  --n 2  (hits: start/2 and side/2 become the most recently used)
+
+`start` entries live in the default root (<workdir>/.metaflow/memoize-cache);
+`side` has @memoize(store="side-cache"), a second root the commands must cover.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flowrunner import FlowRunner
+
+FLOW = "t4_cache_flow.py"
+SIDE_ENV = {"T4_SIDE_STORE": "side-cache"}
+GAP = 4.0  # seconds between seed runs, so creation and use times are well apart
+STANDALONE = Path(sys.executable).with_name("metaflow-memoize")
+
+
+# -- helpers -------------------------------------------------------------------
+def default_root(workdir: Path) -> Path:
+    return workdir / ".metaflow" / "memoize-cache"
+
+
+def roots(workdir: Path):
+    return [default_root(workdir), workdir / "side-cache"]
+
+
+def files(root: Path, area: str) -> dict:
+    """{relative name: size} of the objects under root/v1/<area>."""
+    base = root / "v1" / area
+    if not base.is_dir():
+        return {}
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for p in base.rglob("*")
+        if p.is_file() and not p.name.startswith(".tmp-")
+    }
+
+
+def snapshot(workdir: Path) -> dict:
+    return {str(r): {a: files(r, a) for a in ("entries", "used", "blobs")} for r in roots(workdir)}
+
+
+def manifests(root: Path) -> dict:
+    """{key: manifest dict} of every entry under a root."""
+    out = {}
+    for name in files(root, "entries"):
+        doc = json.loads((root / name).read_text())
+        out[doc["key"]] = doc
+    return out
+
+
+def blob_name(sha: str) -> str:
+    return "v1/blobs/%s/%s" % (sha[:2], sha)
+
+
+def assert_consistent(root: Path) -> None:
+    """Every entry left has all its blobs."""
+    blobs = files(root, "blobs")
+    for key, doc in manifests(root).items():
+        for art in doc["artifacts"].values():
+            assert blob_name(art["sha"]) in blobs, "entry %s lost a blob" % key
+
+
+def memoize(runner, *args, check=True, input=None):
+    return runner.cli(FLOW, "memoize", *args, check=check, input=input)
+
+
+def memoize_json(runner, *args):
+    return json.loads(memoize(runner, *args, "--json").stdout)
+
+
+def error_lines(result) -> list:
+    return [line for line in result.stderr.splitlines() if line.startswith("Error")]
+
+
+def standalone(*args, env=None, cwd=None, check=True):
+    proc = subprocess.run(
+        [str(STANDALONE), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        input="",
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+# -- fixtures ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory):
+    runner = FlowRunner(tmp_path_factory.mktemp("t4seed") / "work", extra_env=SIDE_ENV)
+    runner.add_flow(FLOW)
+    started = 0.0
+    for n, env in [(1, {"T4_TTL": "2s"}), (2, {}), (3, {}), (2, {})]:
+        time.sleep(max(0.0, started + GAP - time.time()))
+        started = time.time()
+        runner.run(FLOW, "--n", str(n), env=env)
+    assert runner.count("start") == 3 and runner.count("side") == 3  # run 4 hit both
+    return runner.workdir
+
+
+@pytest.fixture
+def cached(seed, tmp_path):
+    """A private copy of the seeded work directory (datastore and both cache roots)."""
+    workdir = tmp_path / "work"
+    shutil.copytree(seed, workdir, symlinks=True)
+    return FlowRunner(workdir, extra_env=SIDE_ENV)
+
+
+# -- list / show / stats ---------------------------------------------------------
+def test_list_show_stats_match_what_was_stored(cached):
+    workdir = cached.workdir
+    listed = memoize_json(cached, "list")
+    on_disk = {str(r): manifests(r) for r in roots(workdir)}
+    assert {(e["root"], e["key"]) for e in listed} == {
+        (root, key) for root, docs in on_disk.items() for key in docs
+    }
+    assert sorted(e["step"] for e in listed) == ["side"] * 3 + ["start"] * 3
+    for e in listed:
+        doc = on_disk[e["root"]][e["key"]]
+        root = Path(e["root"])
+        blobs = files(root, "blobs")
+        shas = {a["sha"] for a in doc["artifacts"].values()}
+        assert e["size"] == sum(blobs[blob_name(s)] for s in shas)
+        assert e["created"] == doc["created"] and e["origin"] == doc["origin"]
+        assert e["components"] == doc["components"]
+        assert e["manifest_bytes"] == files(root, "entries")[e["object"]]
+        assert e["flow"] == "T4CacheFlow" and e["error"] is None
+        assert e["last_used"] >= e["created"] - 1
+        assert e["expired"] == (e["step"] == "start" and e["expires"] is not None)
+    assert sum(e["expired"] for e in listed) == 1
+    assert sorted(listed[0]) == sorted(
+        [
+            "root",
+            "flow",
+            "step",
+            "key",
+            "object",
+            "created",
+            "expires",
+            "expired",
+            "last_used",
+            "size",
+            "manifest_bytes",
+            "artifacts",
+            "origin",
+            "body_seconds",
+            "components",
+            "versions",
+            "signed",
+            "error",
+        ]
+    )
+
+    # people: one heading per root, one aligned row per entry
+    text = memoize(cached, "list").stdout
+    assert text.count("Cache %s: 3 entries" % default_root(workdir)) == 1
+    assert text.count("Cache %s: 3 entries" % (workdir / "side-cache")) == 1
+    for e in listed:
+        assert e["key"][:12] in text
+    header = next(line for line in text.splitlines() if line.startswith("STEP"))
+    assert header.split() == ["STEP", "KEY", "CREATED", "EXPIRES", "LAST", "USED", "SIZE", "ORIGIN"]
+    assert "expired" in text and "never" in text
+
+    only_side = memoize_json(cached, "list", "--step", "side")
+    assert sorted(e["step"] for e in only_side) == ["side"] * 3
+
+    stats = memoize_json(cached, "stats")
+    all_blobs = {r: files(r, "blobs") for r in roots(workdir)}
+    assert stats["entries"] == 6 and stats["expired"] == 1 and stats["corrupt"] == 0
+    # shared blob (`shared`, in every start entry) counted once: 3 data + 1 shared + 3 side
+    assert stats["blobs"] == 7 == sum(len(b) for b in all_blobs.values())
+    assert stats["blob_bytes"] == sum(sum(b.values()) for b in all_blobs.values())
+    assert stats["manifest_bytes"] == sum(sum(files(r, "entries").values()) for r in roots(workdir))
+    assert stats["bytes"] == stats["blob_bytes"] + stats["manifest_bytes"]
+    steps = {s["step"]: s for s in stats["steps"]}
+    assert (steps["start"]["entries"], steps["start"]["blobs"], steps["start"]["expired"]) == (
+        3,
+        4,
+        1,
+    )
+    assert (steps["side"]["entries"], steps["side"]["blobs"]) == (3, 3)
+    assert [r["root"] for r in stats["roots"]] == [str(r) for r in roots(workdir)]
+    text = memoize(cached, "stats").stdout
+    assert "7 blobs" not in text  # per root: 4 and 3
+    assert "3 entries, 4 blobs" in text and "3 entries, 3 blobs" in text
+
+    start = next(e for e in listed if e["step"] == "start" and not e["expired"])
+    shown = memoize_json(cached, "show", start["key"][:7])
+    assert shown == dict(start, last_used=shown["last_used"])
+    text = memoize(cached, "show", start["key"][:7]).stdout
+    for field in (
+        "key components:",
+        "artifacts (2):",
+        "data",
+        "shared",
+        start["origin"],
+        start["key"],
+    ):
+        assert field in text
+
+
+def test_show_needs_a_key_that_exists(cached):
+    result = memoize(cached, "show", "ffffzzzz", check=False)
+    assert result.returncode != 0
+    assert error_lines(result) == [
+        "Error: no cache entry has a key starting with 'ffffzzzz' in %s, %s"
+        % tuple(roots(cached.workdir))
+    ]
+
+
+# -- prune -----------------------------------------------------------------------
+def test_prune_expired_dry_run_then_for_real(cached):
+    workdir = cached.workdir
+    before = snapshot(workdir)
+    listed = memoize_json(cached, "list")
+    expired = next(e for e in listed if e["expired"])
+    data_blob = blob_name(expired["artifacts"]["data"]["sha"])
+    shared_blob = blob_name(expired["artifacts"]["shared"]["sha"])
+
+    dry = memoize_json(cached, "prune", "--expired", "--dry-run", "--grace", "0")
+    assert dry["dry_run"] is True
+    assert [(e["key"], e["reason"]) for r in dry["roots"] for e in r["entries"]] == [
+        (expired["key"], "expired")
+    ]
+    assert dry["blobs"] == 1 and dry["bytes_freed"] > 0
+    text = memoize(cached, "prune", "--expired", "--dry-run", "--grace", "0").stdout
+    assert "would remove 1 entry and 1 unreferenced blob" in text
+    assert snapshot(workdir) == before
+
+    # default grace (1h): the entry goes, its fresh blob stays for now
+    done = memoize_json(cached, "prune", "--expired", "--yes")
+    assert done["entries"] == 1 and done["blobs"] == 0
+    assert done["roots"][0]["blobs_kept_young"] == 1
+    root = default_root(workdir)
+    assert expired["object"] not in files(root, "entries")
+    assert not any(expired["key"] in name for name in files(root, "used"))
+    assert data_blob in files(root, "blobs")
+
+    # with no grace, the blob nothing references any more goes; the shared one stays
+    text = memoize(cached, "prune", "--grace", "0", "--yes").stdout
+    assert "removed 0 entries and 1 unreferenced blob" in text
+    assert data_blob not in files(root, "blobs")
+    assert shared_blob in files(root, "blobs")
+    assert len(manifests(root)) == 2
+    for r in roots(workdir):
+        assert_consistent(r)
+    assert snapshot(workdir)[str(workdir / "side-cache")] == before[str(workdir / "side-cache")]
+
+
+def test_prune_older_than(cached):
+    listed = memoize_json(cached, "list")
+    created = sorted(e["created"] for e in listed)  # runs 1, 2, 3: start then side
+    # a bit older than run 2's last entry: runs 1 and 2 go, run 3 (GAP later) stays
+    arg = "%.1fs" % (time.time() - created[3] - 0.3)
+    dry = memoize_json(cached, "prune", "--older-than", arg, "--dry-run", "--grace", "0")
+    chosen = sorted(e["created"] for r in dry["roots"] for e in r["entries"])
+    assert chosen == created[:4]
+    assert all(e["reason"].startswith("older than ") for r in dry["roots"] for e in r["entries"])
+    assert len(memoize_json(cached, "list")) == 6
+    memoize(cached, "prune", "--older-than", arg, "--grace", "0", "--yes")
+    left = memoize_json(cached, "list")
+    assert sorted(e["created"] for e in left) == created[4:]
+    for r in roots(cached.workdir):
+        assert_consistent(r)
+        assert len(files(r, "used")) == 1
+
+
+def test_prune_max_size_evicts_least_recently_used(cached):
+    listed = [e for e in memoize_json(cached, "list") if e["step"] == "start"]
+    by_created = sorted(listed, key=lambda e: e["created"])  # runs 1, 2, 3
+    run2 = by_created[1]
+    assert run2["last_used"] > by_created[2]["last_used"]  # run 4 hit it
+    budget = run2["manifest_bytes"] + run2["size"]  # exactly what run 2's entry needs
+    result = memoize_json(
+        cached, "prune", "--step", "start", "--max-size", str(budget), "--grace", "0", "--yes"
+    )
+    removed = [e["key"] for r in result["roots"] for e in r["entries"]]
+    # run 1's entry is the least recently used, then run 3's (used at creation,
+    # before run 4 used run 2's): creation order would have removed run 2's first
+    assert removed == [by_created[0]["key"], by_created[2]["key"]]
+    assert {e["reason"] for r in result["roots"] for e in r["entries"]} == {"least recently used"}
+    stats = memoize_json(cached, "stats", "--step", "start")
+    assert stats["entries"] == 1 and stats["bytes"] <= budget
+    root = default_root(cached.workdir)
+    assert set(manifests(root)) == {run2["key"]}
+    # run 2's blobs (its data and the shared one) are all there; the others are gone
+    assert set(files(root, "blobs")) == {blob_name(a["sha"]) for a in run2["artifacts"].values()}
+    assert len(memoize_json(cached, "list", "--step", "side")) == 3  # other step untouched
+
+
+def test_destructive_commands_refuse_without_yes_when_not_a_terminal(cached):
+    before = snapshot(cached.workdir)
+    for args in (["prune"], ["prune", "--max-size", "0"], ["invalidate", "--all"]):
+        result = memoize(cached, *args, check=False)
+        assert result.returncode != 0
+        assert error_lines(result) == [
+            "Error: refusing to delete without --yes: stdin is not a terminal, so nobody can confirm"
+        ]
+    assert snapshot(cached.workdir) == before
+
+
+def answer_prompt(runner, args, answer):
+    """Run a flow command on a terminal (a pty) and answer its question; (exit code, output)."""
+    import pty
+
+    argv = [sys.executable, FLOW, "--no-pylint", *args]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes the command
+        os.chdir(runner.workdir)
+        os.execve(sys.executable, argv, runner.env())
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+        if answer and b"[y/N]" in out:
+            os.write(fd, answer.encode() + b"\n")
+            answer = None
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_on_a_terminal_destructive_commands_ask_first(cached):
+    side = cached.workdir / "side-cache"
+    code, out = answer_prompt(cached, ["memoize", "invalidate", "--step", "side"], "n")
+    assert code != 0 and "Remove 3 entries" in out and "Error: nothing removed" in out
+    assert len(manifests(side)) == 3
+    code, out = answer_prompt(cached, ["memoize", "invalidate", "--step", "side"], "y")
+    assert code == 0 and "removed 3 entries" in out
+    assert manifests(side) == {}
+
+
+def test_bad_durations_and_sizes_are_one_line_errors(cached):
+    result = memoize(cached, "prune", "--older-than", "abc", "--yes", check=False)
+    assert result.returncode != 0
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("Error: --older-than: 'abc' is not a duration")
+    result = memoize(cached, "prune", "--max-size", "12XB", "--dry-run", check=False)
+    assert result.returncode != 0
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("Error: --max-size: '12XB' is not a size")
+    assert "Traceback" not in result.stderr
+
+
+# -- invalidate ------------------------------------------------------------------
+def test_invalidate_makes_the_next_run_recompute(cached):
+    workdir = cached.workdir
+    listed = memoize_json(cached, "list", "--step", "start")
+    run3 = max(listed, key=lambda e: e["created"])
+    text = memoize(cached, "invalidate", "--key", run3["key"][:8], "--yes").stdout
+    assert "removed 1 entry" in text and run3["key"][:12] in text
+    assert run3["key"] not in manifests(default_root(workdir))
+    starts, sides = cached.count("start"), cached.count("side")
+    cached.run(FLOW, "--n", "3")
+    assert cached.count("start") == starts + 1  # recomputed
+    assert cached.count("side") == sides  # still a hit
+
+    memoize(cached, "invalidate", "--step", "side", "--yes")
+    assert manifests(workdir / "side-cache") == {}
+    assert len(manifests(default_root(workdir))) == 3
+
+    memoize(cached, "invalidate", "--all", "--yes")
+    assert memoize_json(cached, "list") == []
+    assert all(files(r, "used") == {} for r in roots(workdir))
+
+
+# -- the standalone command --------------------------------------------------------
+def test_standalone_command_across_flows(cached):
+    workdir = cached.workdir
+    cached.add_flow("t4_other_flow.py")
+    cached.run("t4_other_flow.py")
+    root = str(default_root(workdir))
+    env = cached.env()
+
+    listed = json.loads(standalone("--root", root, "list", "--json", env=env).stdout)
+    assert sorted({e["flow"] for e in listed}) == ["T4CacheFlow", "T4OtherFlow"]
+    assert len(listed) == 4  # start x3 + other's start (side is in another root)
+    text = standalone("--root", root, "list", env=env).stdout
+    assert text.splitlines()[1].split()[0] == "FLOW"
+
+    # METAFLOW_MEMOIZE_ROOT stands in for --root; --flow narrows
+    stats = json.loads(
+        standalone(
+            "--flow", "T4OtherFlow", "stats", "--json", env=dict(env, METAFLOW_MEMOIZE_ROOT=root)
+        ).stdout
+    )
+    assert (stats["flow"], stats["entries"], stats["blobs"]) == ("T4OtherFlow", 1, 2)
+
+    # pruning one flow keeps the blob the other flow shares
+    other = next(e for e in listed if e["flow"] == "T4OtherFlow")
+    shared = blob_name(other["artifacts"]["shared"]["sha"])
+    out = standalone(
+        "--root",
+        root,
+        "--flow",
+        "T4CacheFlow",
+        "prune",
+        "--max-size",
+        "0",
+        "--grace",
+        "0",
+        "--yes",
+        env=env,
+    ).stdout
+    assert "removed 3 entries and 3 unreferenced blobs" in out
+    assert set(manifests(Path(root))) == {other["key"]}
+    assert shared in files(Path(root), "blobs")
+    assert_consistent(Path(root))
+
+    # shown by key prefix across flows
+    shown = json.loads(
+        standalone("--root", root, "show", other["key"][:10], "--json", env=env).stdout
+    )
+    assert shown["flow"] == "T4OtherFlow"
+
+    result = standalone("list", env=env, check=False)
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip()
+        == "Error: no cache root: pass --root URL or set METAFLOW_MEMOIZE_ROOT"
+    )
+
+
+# -- S3 --------------------------------------------------------------------------
+def s3_objects(s3_env, prefix):
+    paginator = s3_env.client.get_paginator("list_objects_v2")
+    out = set()
+    for page in paginator.paginate(Bucket=s3_env.bucket, Prefix=prefix):
+        out |= {o["Key"][len(prefix) :] for o in page.get("Contents", ())}
+    return out
+
+
+def test_list_prune_invalidate_on_s3(s3_env, tmp_path):
+    root = s3_env.url("memo")
+    runner = FlowRunner(tmp_path / "work", extra_env=dict(s3_env.env, METAFLOW_MEMOIZE_ROOT=root))
+    runner.add_flow(FLOW)
+    runner.run(FLOW, "--n", "1", env={"T4_TTL": "1s"})
+    runner.run(FLOW, "--n", "2")
+    time.sleep(1)
+    objects = s3_objects(s3_env, "memo/")
+    assert len([o for o in objects if o.startswith("v1/entries/")]) == 4
+
+    listed = memoize_json(runner, "list")
+    assert {e["root"] for e in listed} == {root}
+    assert {e["object"] for e in listed} == {o for o in objects if o.startswith("v1/entries/")}
+    assert sum(e["expired"] for e in listed) == 1
+    stats = memoize_json(runner, "stats")
+    assert stats["blobs"] == len([o for o in objects if o.startswith("v1/blobs/")]) == 5
+
+    expired = next(e for e in listed if e["expired"])
+    before = s3_objects(s3_env, "memo/")
+    dry = memoize_json(runner, "prune", "--max-size", "0", "--dry-run", "--grace", "0")
+    assert dry["entries"] == 4 and dry["blobs"] == 5
+    assert s3_objects(s3_env, "memo/") == before
+
+    memoize(runner, "prune", "--expired", "--grace", "0", "--yes")
+    after = s3_objects(s3_env, "memo/")
+    assert expired["object"] not in after
+    assert blob_name(expired["artifacts"]["data"]["sha"]) not in after
+    assert blob_name(expired["artifacts"]["shared"]["sha"]) in after  # run 2 uses it
+    assert len([o for o in after if o.startswith("v1/entries/")]) == 3
+
+    memoize(runner, "invalidate", "--step", "side", "--yes")
+    assert [e["step"] for e in memoize_json(runner, "list")] == ["start"]
+    starts, sides = runner.count("start"), runner.count("side")
+    runner.run(FLOW, "--n", "2")
+    assert (runner.count("start"), runner.count("side")) == (starts, sides + 1)
+
+    listed = json.loads(standalone("--root", root, "list", "--json", env=runner.env()).stdout)
+    assert sorted(e["step"] for e in listed) == ["side", "start"]
+
+
+def test_unreachable_store_is_one_line(cached, dead_s3_env):
+    result = cached.cli(
+        FLOW, "memoize", "list", "--store", dead_s3_env.url("x"), env=dead_s3_env.env, check=False
+    )
+    assert result.returncode != 0
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("Error: cache unavailable: S3 cache")
+    assert "Traceback" not in result.stderr
