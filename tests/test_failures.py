@@ -135,12 +135,6 @@ def test_bad_arguments_fail_before_any_step_runs(runner, arguments, argument, de
         assert "train_model" in result.output and "`%s`" % argument in result.output, result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unknown argument (@memoize(foo=1)) fails with Metaflow's generic "
-    "InvalidDecoratorAttribute traceback, raised in StepDecorator.__init__ at import time: "
-    "the message does not name the step, unlike every other invalid argument.",
-)
 def test_unknown_argument_message_names_the_step(runner):
     source = edited("t2_badargs_flow.py", ("@memoize()  # BAD-ARGS", "@memoize(foo=1)"))
     runner.add_flow("t2_badargs_flow.py", source=source)

@@ -2,7 +2,6 @@
 cosmetic), decorator arguments (version vs ttl), foreach items, and the
 inputs= / ignore= / outputs= arguments."""
 
-import pytest
 from test_shapes import (
     assert_restored_from,
     by_pathspec,
@@ -189,13 +188,6 @@ def test_inputs_ignore_and_outputs_arguments(runner):
     assert counts(runner, memoized) == {"pick": 2, "skip": 2, "limited": 3}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an entry missed because a pinned pass-through input changed "
-    "(decorator._look_up: 'is not in the key but changed') is never replaced: the "
-    "recomputed result is published with put_if_absent under the same key, loses to the "
-    "old manifest, and every later run with the new value misses again.",
-)
 def test_a_changed_pass_through_input_is_recomputed_once_then_hits(runner):
     runner.add_flow("t2_passthrough_flow.py")
     runner.run("t2_passthrough_flow.py", "--noise", "0")

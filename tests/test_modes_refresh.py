@@ -218,13 +218,6 @@ def test_expired_entry_misses_with_reason_expired(runner):
     assert "miss middle" in result.output and "(expired)" in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an expired entry is never replaced. The recomputing task publishes "
-    "with put_if_absent (decorator._store_entry: overwrite only for status 'refresh'), "
-    "the expired manifest still holds the key, so the fresh result is dropped "
-    "('another run stored this entry first') and every later run misses as 'expired'.",
-)
 def test_expired_entry_is_replaced_by_a_fresh_one(runner):
     ttl_flow(runner)
     run_tasks(runner)
@@ -242,12 +235,6 @@ def test_expired_entry_is_replaced_by_a_fresh_one(runner):
     assert step_status(t, "middle") == "hit"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (same root cause as the expired entry): with METAFLOW_MEMOIZE_SIGNING_KEY "
-    "set, an unsigned entry is ignored, the step recomputes, but its signed result is "
-    "published with put_if_absent and loses to the unsigned file: the step never hits again.",
-)
 def test_an_ignored_unsigned_entry_is_replaced_by_a_signed_one(runner):
     runner.add_flow("t2_linear_flow.py")
     run_tasks(runner)

@@ -483,11 +483,6 @@ def test_parse_arguments_errors_name_step_and_argument(tmp_path, attributes, arg
     assert "train" in message and "`%s`" % argument in message and text in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ttl=float('nan') is accepted (parse_duration returns nan; `nan <= 0` is "
-    "False) and the entry never expires because `now >= nan` is always False.",
-)
 def test_parse_arguments_rejects_nan_ttl(tmp_path):
     with pytest.raises(MemoizeArgumentError):
         parse(tmp_path, ttl=math.nan)
