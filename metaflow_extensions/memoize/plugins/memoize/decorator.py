@@ -492,10 +492,17 @@ class MemoizeDecorator(StepDecorator):
         final = mf.artifact_hashes(output)
         infos = mf.artifact_infos(output)
         inherited: dict[str, str] = {}
-        if mf.node_type(graph, step_name) != "join" and self._task["inputs"]:
+        if self._task["inputs"]:
             inherited = mf.artifact_hashes(self._task["inputs"][0])
+            if mf.node_type(graph, step_name) == "join":
+                # a join inherits only the parameters, which Metaflow passes down
+                params = set(mf.parameter_names(self._task["flow"]))
+                inherited = {n: sha for n, sha in inherited.items() if n in params}
         keyed = self._components.get("inputs")
-        keyed = set(keyed) if isinstance(keyed, dict) else set()
+        if isinstance(keyed, dict):
+            keyed = set(keyed)
+        else:  # join rows: [step, index, digest, selected names]
+            keyed = {name for row in keyed or [] for name in row[3]}
         assigned = assigned_attributes(mf.step_function(self._task["flow"], step_name))
         wanted = self.args["outputs"]
         produced, passthrough = {}, {}

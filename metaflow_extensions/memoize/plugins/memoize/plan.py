@@ -231,9 +231,7 @@ class Planner:
             )
         manifest = found.manifest
         current = inputs[0].visible
-        if mf.join_type(self.graph, step) is None and any(
-            current.get(n) != sha for n, sha in manifest.passthrough.items()
-        ):
+        if any(current.get(n) != sha for n, sha in manifest.passthrough.items()):
             verdict = TaskVerdict(RUN, "an input outside the key changed", key, foreach_index=index)
             return verdict, self._unknown_children(step, None)
         for record in manifest.artifacts.values():
@@ -249,7 +247,10 @@ class Planner:
             visible = dict(inputs[0].visible)
             visible.update(produced)
         else:
-            visible = dict(produced)
+            # a join's output: the parameters Metaflow passes down, then the entry's
+            params = set(mf.parameter_names(self.flow))
+            visible = {n: sha for n, sha in inputs[0].visible.items() if n in params}
+            visible.update(produced)
             visible.update(manifest.unrestored)
         transition = (manifest.transition or {}).get("_transition") or {}
         funcs = transition.get("funcs") or []
