@@ -5,6 +5,7 @@ A baseline run fills a cache; every case copies that cache, edits a fresh copy
 of the flow and runs it once, so each reason is measured against the baseline.
 """
 
+import json
 import re
 import shutil
 
@@ -157,10 +158,18 @@ def test_change_hits_or_misses_with_reason(
     shutil.copytree(baseline_cache, cache)
     if filename:
         _edit(runner, filename, old, new)
-    result = runner.run(FLOW, *args, env={"METAFLOW_MEMOIZE_ROOT": str(cache)})
+    env = {"METAFLOW_MEMOIZE_ROOT": str(cache)}
+    planned = runner.cli(FLOW, "memoize", "plan", "--json", *args, env=env).stdout
+    planned = {s["step"]: s["verdict"] for s in json.loads(planned[planned.index("{") :])["steps"]}
+    result = runner.run(FLOW, *args, env=env)
     lines = [line for line in result.memoize_lines() if " featurize " in line]
     verdict = [line for line in lines if " hit " in line or " miss " in line]
     assert len(verdict) == 1, result
+    # the dry run agrees with the run wherever it can know (start did not re-run)
+    if planned["start"] == "hit":
+        assert planned["featurize"] == ("hit" if expect_hit else "run"), planned
+    else:
+        assert planned["featurize"] == "unknown", planned
     if expect_hit:
         assert " hit featurize" in verdict[0], verdict[0]
         assert runner.count("featurize") == 0

@@ -15,6 +15,7 @@ def unrelated_helper(x):
 class InvalidationFlow(FlowSpec):
     words = Parameter("words", default="alpha,beta,gamma")
 
+    @memoize
     @step
     def start(self):
         record("start")

@@ -260,3 +260,59 @@ def _print_removal(scope, results, dry_run, grace, as_json):
     now = time.time()
     for plan, outcome in results:
         _echo(report.removal_text(plan, outcome, now, scope.show_flow, grace))
+
+
+# -- why did it miss, what would run ------------------------------------------
+def _memoize_decorators(flow):
+    """step name -> its @memoize decorator (initialized by Metaflow for this command)."""
+    return {
+        step.__name__: deco
+        for step in mf.step_functions(flow)
+        for deco in step.decorators
+        if deco.name == "memoize"
+    }
+
+
+@command("explain", help="Hit or miss, and why, component by component, for a step's tasks.")
+@click.argument("step")
+@click.option("--run", "run_id", default=None, help="Run id (default: the latest run).")
+@json_option
+def explain(scope, targets, step, run_id, as_json):
+    from .cache import Cache
+    from .explain import explain_step
+    from .plan_report import explain_json, explain_text
+    from .stores import open_store
+
+    flow = scope.obj.flow
+    deco = _memoize_decorators(flow).get(step)
+    roots = [t.root for t in targets()]
+    root = deco.cache_root() if deco is not None else roots[0]
+    cache = Cache(open_store(root), signing_key=config.signing_key())
+    run_pathspec, explanations = explain_step(cache, flow.name, step, run_id)
+    _echo((explain_json if as_json else explain_text)(run_pathspec, step, explanations))
+
+
+def _plan_command(fn):
+    from metaflow import parameters
+
+    return parameters.add_custom_parameters(deploy_mode=True)(fn)
+
+
+@_plan_command
+@command(
+    "plan",
+    help="Before running: which steps would hit and which would run, with the same "
+    "parameter options as `run`. Runs nothing.",
+)
+@json_option
+def plan(scope, targets, as_json, **param_values):
+    from .plan import Planner
+    from .plan_report import plan_json, plan_text
+
+    obj = scope.obj
+    hashes, _infos = mf.parameter_artifact_hashes(
+        obj.flow, obj.graph, param_values, obj.config_options, obj.environment
+    )
+    planner = Planner(obj.flow, obj.graph, obj.flow_datastore, _memoize_decorators(obj.flow))
+    result = planner.plan(hashes)
+    _echo(plan_json(result) if as_json else plan_text(result))
