@@ -3,7 +3,7 @@ forwards to remote tasks (@kubernetes/@batch), not only through the environment.
 
 import json
 
-FLOW = '''
+FLOW = """
 import json, os, sys
 from _counter import record
 from metaflow import FlowSpec, memoize, step
@@ -26,7 +26,7 @@ class ArgvFlow(FlowSpec):
 
 if __name__ == "__main__":
     ArgvFlow()
-'''
+"""
 
 
 def _argv(runner):
@@ -65,7 +65,11 @@ def test_refresh_request_reaches_the_task_without_the_environment(runner):
     assert "METAFLOW_MEMOIZE_REFRESH" not in env
     proc = subprocess.run(
         [sys.executable, *argv[1:]] if argv[0].endswith("python") else [sys.executable, *argv],
-        cwd=runner.workdir, env=env, capture_output=True, text=True, timeout=120,
+        cwd=runner.workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "refresh start" in proc.stdout + proc.stderr

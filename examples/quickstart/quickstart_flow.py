@@ -1,7 +1,7 @@
 """The smallest useful @memoize flow: an expensive step that runs once.
 
-    python quickstart_flow.py run    # first time: `miss`, featurize runs
-    python quickstart_flow.py run    # again: `hit`, featurize is skipped
+python quickstart_flow.py run    # first time: `miss`, featurize runs
+python quickstart_flow.py run    # again: `hit`, featurize is skipped
 """
 
 import time

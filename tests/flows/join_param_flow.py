@@ -1,7 +1,6 @@
 """A join that ignores a parameter: the parameter must still be the current one downstream."""
 
 from _counter import record
-
 from metaflow import FlowSpec, Parameter, memoize, step
 
 

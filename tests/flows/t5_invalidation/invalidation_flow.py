@@ -2,7 +2,6 @@
 
 from _counter import record
 from helpers import clean_text
-
 from metaflow import FlowSpec, Parameter, environment, memoize, step
 
 THRESHOLD = 3  # a module constant the step reads
