@@ -73,6 +73,9 @@ class FlowRunner:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.counter_dir = self.workdir / "counters"
         self.counter_dir.mkdir(exist_ok=True)
+        # Metaflow creates the local datastore with a bare mkdir: runs started at
+        # once in a new directory race on it (FileExistsError)
+        (self.workdir / ".metaflow").mkdir(exist_ok=True)
         self.extra_env = dict(extra_env or {})
         shutil.copy(FLOWS_DIR / "_counter.py", self.workdir / "_counter.py")
 

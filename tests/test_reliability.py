@@ -899,13 +899,6 @@ def test_a_failed_lock_holder_releases_its_lease(runner, fault):
     fault(observed="lease released")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Lease.wait has no upper bound and trusts the holder's `expires`: a lock whose "
-    "expiry lies far ahead (holder clock skewed ahead, holder configured with a huge "
-    "METAFLOW_MEMOIZE_LOCK_LEASE, or a corrupt/planted lock object) blocks every waiter "
-    "until then, even though nobody renews it.",
-)
 def test_a_lock_that_is_never_renewed_does_not_block_forever(tmp_path, fault):
     from metaflow_extensions.memoize.plugins.memoize.cache import Cache
     from metaflow_extensions.memoize.plugins.memoize.singleflight import Lease

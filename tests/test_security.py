@@ -196,13 +196,6 @@ def test_a_manifest_that_lies_about_where_it_belongs_is_rejected(tmp_path, fault
     fault(observed="CorruptEntry: %s" % err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: LocalStore writes every object through tempfile.mkstemp, which creates it "
-    "with mode 0600 whatever the umask, so in a cache directory shared by a group (a "
-    "network-mounted team cache) nobody but the writer can read an entry: other users fail "
-    "open with 'Permission denied' on every hit.",
-)
 def test_local_store_files_follow_the_umask(tmp_path, fault):
     fault(
         area=PATHS,
@@ -451,14 +444,6 @@ def _s3_object(s3_env, key: str) -> bytes:
     return s3_env.client.get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with an S3 datastore and an S3 cache, transfer.import_blobs copies blobs "
-    "server side after checking only their size, so a blob replaced with different bytes "
-    "of the same size is restored unverified: integrity is not checked and signing is "
-    "bypassed (the signed manifest pins the sha, but the blob under that sha is not "
-    "hashed).",
-)
 def test_s3_to_s3_hit_verifies_the_blob(tmp_path, s3_env, fault):
     fault(
         area=SIGNING,

@@ -216,6 +216,10 @@ class DatastoreBlobs:
         fd, tmp_meta = tempfile.mkstemp(dir=os.path.dirname(full))
         with os.fdopen(fd, "w") as f:
             json.dump(meta, f)
+        # temp files are 0600; Metaflow's own blobs follow the umask
+        mode = _umask_file_mode()
+        os.chmod(tmp_meta, mode)
+        os.chmod(verified_file, mode)
         os.replace(tmp_meta, full + "_meta")
         os.replace(verified_file, full)
 
@@ -238,6 +242,12 @@ class DatastoreBlobs:
                         if not chunk:
                             break
                         out.write(chunk)
+
+
+def _umask_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def datastore_root_for_cli(flow_datastore) -> str | None:

@@ -48,13 +48,27 @@ class Lease:
             self._start_renewing()
             return True
         held = self._current()
-        if held is not None and held.get("expires", 0) < self.cache.clock():
+        if held is not None and (
+            held.get("expires", 0) < self.cache.clock() or self._unrenewed(held)
+        ):
             # the holder stopped renewing (crashed): break its lease, then race for it
             self.cache.store.delete([self.name])
             if self.cache.store.put_if_absent(self.name, self._payload()):
                 self._start_renewing()
                 return True
         return False
+
+    def _unrenewed(self, held) -> bool:
+        """True once the same lease document has been seen unchanged for two of our
+        lease periods: a live holder rewrites it every third of a period, so a
+        document that never changes belongs to a dead holder, whatever its
+        `expires` claims (a skewed clock, a huge lease, a planted object)."""
+        now = self.cache.clock()
+        seen = getattr(self, "_seen", None)
+        if seen is None or seen[0] != held:
+            self._seen = (held, now)
+            return False
+        return now - seen[1] > 2 * self.duration
 
     def _start_renewing(self):
         def renew():

@@ -152,9 +152,11 @@ def import_blobs(
         record = wanted[sha]
         meta = {"cas_raw": record.cas_raw, "cas_version": 1}
         key = cache.blob_key(sha)
-        if datastore.kind == "s3" and store.url.startswith("s3://"):
+        if datastore.kind == "s3" and store.url.startswith("s3://") and not cache.signing_key:
             # S3 to S3: the bytes never pass through this task; S3 guarantees
             # integrity of the copy, the size check catches a truncated source.
+            # With signing on, a blob must be hashed before use (a cache writer
+            # could swap one), so signed caches take the verified path below.
             info = store.head(key)
             if info is None:
                 raise CorruptEntry("blob %s is missing from the cache" % sha)

@@ -47,6 +47,8 @@ class LocalStore(Store):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        # mkstemp creates 0600 files; a cache shared by a group needs the umask's mode
+        os.fchmod(fd, _umask_file_mode())
         return fd, tmp
 
     def put(self, key: str, data: bytes) -> None:
@@ -150,6 +152,7 @@ class LocalStore(Store):
         try:
             os.makedirs(directory, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+            os.fchmod(fd, _umask_file_mode())
             os.close(fd)
             try:
                 shutil.copyfile(src, tmp)
@@ -163,6 +166,13 @@ class LocalStore(Store):
         finally:
             if tmp is not None:
                 _silent_unlink(tmp)
+
+
+def _umask_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
 
 
 def _silent_unlink(path):
