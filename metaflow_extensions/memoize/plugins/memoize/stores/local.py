@@ -174,7 +174,6 @@ def _umask_file_mode() -> int:
     return 0o666 & ~mask
 
 
-
 def _silent_unlink(path):
     try:
         os.unlink(path)
