@@ -25,6 +25,9 @@ class ArtifactRecord:
     info: dict[str, Any]  # Metaflow's per-artifact info (size, type, encoding, ...)
     cas_raw: bool = False  # whether the stored blob is raw (not gzip-packed)
     stored_size: int | None = None  # bytes of the stored (packed) blob
+    # xxh3-128 of the stored bytes when known: checking it is ~50x faster than
+    # unpacking and sha1-ing the payload (the fallback when it is absent)
+    stored_xxh: str | None = None
 
     @classmethod
     def from_dict(cls, d):
@@ -33,6 +36,7 @@ class ArtifactRecord:
             info=d.get("info") or {},
             cas_raw=bool(d.get("cas_raw", False)),
             stored_size=d.get("stored_size"),
+            stored_xxh=d.get("stored_xxh"),
         )
 
 

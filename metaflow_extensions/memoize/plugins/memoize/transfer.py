@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import xxhash
+
 from .cache import Cache
 from .exceptions import CorruptEntry
 from .manifest import ArtifactRecord
@@ -59,11 +61,24 @@ def _parallel(fn, items: list) -> list:
         return list(pool.map(fn, items))
 
 
-def verify_blob_file(path: str, sha: str, cas_raw: bool) -> None:
+def file_xxh(path: str) -> str:
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_blob_file(path: str, sha: str, cas_raw: bool, stored_xxh: str | None = None) -> None:
     """Raise CorruptEntry unless the file's payload hashes to ``sha``.
 
     ``sha`` is Metaflow's content hash: sha1 of the unpacked (pickled) bytes.
+    When the manifest pins the stored bytes' xxh3 digest and it matches, that
+    suffices; otherwise (unknown, or another writer's packing) the payload is
+    unpacked and hashed.
     """
+    if stored_xxh and file_xxh(path) == stored_xxh:
+        return
     digest = hashlib.sha1()
     try:
         with open(path, "rb") as f:
@@ -104,8 +119,10 @@ def export_blobs(
         key = cache.blob_key(sha)
         existing = store.head(key)
         how = "present"
+        stored_xxh = None
         if existing is None:
             if datastore.kind == "local":
+                stored_xxh = file_xxh(datastore.url(sha))
                 store.put_file(key, datastore.url(sha))
                 how = "copied"
             elif store.copy_from_url(key, datastore.url(sha)):
@@ -124,6 +141,7 @@ def export_blobs(
         for record in by_sha[sha]:
             record.cas_raw = bool(meta.get("cas_raw", False))
             record.stored_size = existing.size if existing else None
+            record.stored_xxh = stored_xxh
         return how, size
 
     for how, size in _parallel(one, sorted(by_sha)):
@@ -174,7 +192,7 @@ def import_blobs(
             try:
                 if record.stored_size is not None and size != record.stored_size:
                     raise CorruptEntry("blob %s is truncated or has the wrong size" % sha)
-                verify_blob_file(tmp, sha, record.cas_raw)
+                verify_blob_file(tmp, sha, record.cas_raw, record.stored_xxh)
             except CorruptEntry:
                 _discard(store, key)
                 raise
