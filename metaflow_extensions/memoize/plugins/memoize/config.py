@@ -64,7 +64,17 @@ def signing_key() -> str | None:
 
 
 def lock_lease_seconds() -> float:
-    return float(_conf("MEMOIZE_LOCK_LEASE") or 600)
+    """Seconds, or a duration such as "10m"."""
+    from .durations import parse_duration
+
+    value = _conf("MEMOIZE_LOCK_LEASE")
+    try:
+        seconds = parse_duration(value) if value else 600.0
+    except ValueError as err:
+        from .exceptions import MemoizeException
+
+        raise MemoizeException("%s: %s" % (ENV_LOCK_LEASE, err))
+    return max(seconds, 1.0)
 
 
 def default_root(datastore_type: str, datastore_root: str | None) -> str:

@@ -130,13 +130,9 @@ class MemoizeDecorator(StepDecorator):
         if mf.has_parallel_or_ubf(graph, step_name) or any(
             d.name == "parallel" for d in decorators
         ):
-            from .exceptions import MemoizeArgumentError
-
-            raise MemoizeArgumentError(
-                step_name,
-                "@memoize",
-                "cannot be used on a @parallel step (its tasks are not independent)",
-                "Remove @memoize from this step.",
+            raise MemoizeException(
+                "Step *%s*: @memoize cannot be used on a @parallel step (its tasks are not "
+                "independent). Remove @memoize from this step." % step_name
             )
         self._check_inputs_exist(flow, step_name)
         self._env_component = environment_component(decorators, self.args["env"])
