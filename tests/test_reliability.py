@@ -696,12 +696,6 @@ def test_sigkill_while_writing_an_entry(tmp_path, fault):
     fault(observed="next run: %s, stored a complete entry, artifacts intact" % status)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: temp files orphaned by a writer killed mid-copy (.tmp-* beside the blobs) are "
-    "never reclaimed: LocalStore.list skips them, so `prune` (maintenance.scan) never sees "
-    "them, and each crash leaks a partial blob's worth of disk for good.",
-)
 def test_prune_reclaims_temp_files_of_killed_writers(tmp_path, fault):
     fault(
         area=CRASH,

@@ -359,6 +359,8 @@ class Plan:
     markers: list[ObjectInfo] = field(default_factory=list)
     blobs: list[ObjectInfo] = field(default_factory=list)
     young_blobs: list[ObjectInfo] = field(default_factory=list)  # unreferenced, kept (grace)
+    # partial files of killed writers, older than the grace period (local stores)
+    temporaries: list[ObjectInfo] = field(default_factory=list)
     # every manifest the scan read: one not in here at deletion time is new
     seen: dict[str, ObjectInfo] = field(default_factory=dict)
 
@@ -368,11 +370,12 @@ class Plan:
             sum(e.object.size for e, _ in self.entries)
             + sum(m.size for m in self.markers)
             + sum(b.size for b in self.blobs)
+            + sum(t.size for t in self.temporaries)
         )
 
     @property
     def empty(self) -> bool:
-        return not (self.entries or self.markers or self.blobs)
+        return not (self.entries or self.markers or self.blobs or self.temporaries)
 
 
 def plan_removal(
@@ -405,7 +408,14 @@ def plan_prune(
 ) -> Plan:
     """Entries the criteria select in scope, then every blob left unreferenced under the root."""
     inventory = scan(target, step, full=True)
-    return plan_removal(inventory, select_for_prune(inventory.entries, now, criteria), now, grace)
+    plan = plan_removal(inventory, select_for_prune(inventory.entries, now, criteria), now, grace)
+    if grace is not None:
+        plan.temporaries = [
+            t
+            for t in target.cache.store.stale_temporaries(now - grace)
+            if t.key.startswith(LAYOUT + "/") and t.key.rsplit("/", 1)[-1].startswith(".tmp-")
+        ]
+    return plan
 
 
 def plan_invalidate(target: Target, step: str | None = None, key: str | None = None) -> Plan:
@@ -515,6 +525,9 @@ def execute(target: Target, plan: Plan) -> Outcome:
         store.delete([b.key for b in blobs])
         out.blobs = len(blobs)
         out.bytes_freed += sum(b.size for b in blobs)
+    if plan.temporaries:
+        store.delete([check_key(t.key) for t in plan.temporaries])
+        out.bytes_freed += sum(t.size for t in plan.temporaries)
     return out
 
 

@@ -118,6 +118,22 @@ class LocalStore(Store):
         except OSError as err:
             raise self._fault("list", prefix, err)
 
+    def stale_temporaries(self, older_than: float) -> list[ObjectInfo]:
+        out = []
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if not name.startswith(".tmp-"):
+                    continue
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:
+                    continue
+                if st.st_mtime < older_than:
+                    rel = os.path.relpath(full, self.root).replace(os.sep, "/")
+                    out.append(ObjectInfo(rel, st.st_size, st.st_mtime))
+        return sorted(out)
+
     def delete(self, keys: Iterable[str]) -> int:
         count = 0
         for key in keys:
