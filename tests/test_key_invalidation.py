@@ -180,6 +180,12 @@ def test_change_hits_or_misses_with_reason(
         md = runner.metadata("InvalidationFlow", result.run_id)["featurize"][0]
         assert md["memoize_status"] == "miss"
         assert re.search(reason, md["memoize_reason"])
+        # and `memoize explain` says the same, component by component
+        out = runner.cli(FLOW, "memoize", "explain", "featurize", "--json", env=env).stdout
+        (task,) = json.loads(out[out.index("{") :])["tasks"]
+        assert task["status"] == "miss"
+        assert any(re.search(reason, change) for change in task["changes"]), task
+        assert "changed" in task["components"].values()
 
 
 def test_pypi_and_conda_packages_and_images_enter_the_key():
