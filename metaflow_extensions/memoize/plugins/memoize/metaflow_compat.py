@@ -217,7 +217,9 @@ class DatastoreBlobs:
         with os.fdopen(fd, "w") as f:
             json.dump(meta, f)
         # temp files are 0600; Metaflow's own blobs follow the umask
-        mode = _umask_file_mode()
+        from .stores.local import file_mode_from_umask
+
+        mode = file_mode_from_umask()
         os.chmod(tmp_meta, mode)
         os.chmod(verified_file, mode)
         os.replace(tmp_meta, full + "_meta")
@@ -242,12 +244,6 @@ class DatastoreBlobs:
                         if not chunk:
                             break
                         out.write(chunk)
-
-
-def _umask_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def datastore_root_for_cli(flow_datastore) -> str | None:

@@ -48,7 +48,7 @@ class LocalStore(Store):
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         # mkstemp creates 0600 files; a cache shared by a group needs the umask's mode
-        os.fchmod(fd, _umask_file_mode())
+        os.fchmod(fd, file_mode_from_umask())
         return fd, tmp
 
     def put(self, key: str, data: bytes) -> None:
@@ -168,7 +168,7 @@ class LocalStore(Store):
         try:
             os.makedirs(directory, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-            os.fchmod(fd, _umask_file_mode())
+            os.fchmod(fd, file_mode_from_umask())
             os.close(fd)
             try:
                 shutil.copyfile(src, tmp)
@@ -184,7 +184,7 @@ class LocalStore(Store):
                 _silent_unlink(tmp)
 
 
-def _umask_file_mode() -> int:
+def file_mode_from_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
