@@ -10,13 +10,14 @@ constants it reads are included by value.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import os
 import sys
 import sysconfig
 import textwrap
 import types
-from typing import Any
+from typing import Any, NamedTuple
 
 from .keys import canonical_json, digest_bytes
 
@@ -75,10 +76,17 @@ def _library_roots():
     return _LIB_ROOTS
 
 
-def _referenced_globals(fn_or_cls) -> set[str]:
+def _parse(obj) -> ast.Module | None:
+    """The AST of obj's source, None when the source cannot be read."""
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn_or_cls)))
+        return ast.parse(textwrap.dedent(inspect.getsource(obj)))
     except (OSError, TypeError, SyntaxError):
+        return None
+
+
+def _referenced_globals(fn_or_cls) -> set[str]:
+    tree = _parse(fn_or_cls)
+    if tree is None:
         return set()
     names = set()
     for node in ast.walk(tree):
@@ -97,22 +105,43 @@ def _referenced_globals(fn_or_cls) -> set[str]:
     return names
 
 
-def _self_attributes(fn) -> set[str]:
-    """Names used as ``self.NAME`` in a method (to follow non-step methods of the flow)."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    except (OSError, TypeError, SyntaxError):
-        return set()
+class _SelfUsage(NamedTuple):
+    attributes: frozenset  # every NAME used as self.NAME
+    assigned: frozenset  # NAMEs assigned, augmented or deleted as self.NAME
+    bare: bool  # `self` used other than as `self.NAME` (passed to a helper, getattr)
+
+
+@functools.cache
+def _self_usage(fn) -> _SelfUsage | None:
+    """How a method uses ``self``; None when its source cannot be read."""
+    tree = _parse(fn)
+    if tree is None:
+        return None
     func = tree.body[0]
     args = getattr(func, "args", None)
     self_name = args.args[0].arg if args and args.args else "self"
-    return {
-        node.attr
+    attributes, assigned, bases = set(), set(), set()
+    for node in ast.walk(func):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == self_name
+        ):
+            bases.add(id(node.value))
+            attributes.add(node.attr)
+            if isinstance(node.ctx, (ast.Store, ast.Del)):
+                assigned.add(node.attr)
+    bare = any(
+        isinstance(node, ast.Name) and node.id == self_name and id(node) not in bases
         for node in ast.walk(func)
-        if isinstance(node, ast.Attribute)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == self_name
-    }
+    )
+    return _SelfUsage(frozenset(attributes), frozenset(assigned), bare)
+
+
+def _self_attributes(fn) -> set[str]:
+    """Names used as ``self.NAME`` in a method (to follow non-step methods of the flow)."""
+    usage = _self_usage(fn)
+    return set(usage.attributes) if usage else set()
 
 
 def _constant_digest(value: Any) -> str | None:
@@ -146,8 +175,8 @@ def code_components(step_func, flow_class, flow_file: str | None) -> dict[str, s
     """{component name: digest} for the step and everything of the user's it uses.
 
     ``step`` is the step body; ``helper:NAME`` a function or class from the flow's
-    own files; ``const:NAME`` a module-level constant's value; ``module:NAME`` a
-    user module used through attribute access (its whole source).
+    own files (``helper:module.NAME`` when used as ``module.NAME`` of a user module);
+    ``const:NAME`` a module-level constant's value.
     """
     user_roots = set()
     if flow_file:
@@ -218,27 +247,10 @@ def reads_attribute(step_func, attribute: str) -> bool:
     """Whether the step's code may read ``self.<attribute>``.
 
     Conservative: passing ``self`` anywhere (``helper(self)``, ``getattr(self, x)``)
-    counts as reading everything.
+    or unreadable source counts as reading everything.
     """
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(step_func)))
-    except (OSError, TypeError, SyntaxError):
-        return True
-    func = tree.body[0]
-    self_name = func.args.args[0].arg if getattr(func, "args", None) and func.args.args else "self"
-    attribute_bases = set()
-    for node in ast.walk(func):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            if node.value.id == self_name:
-                attribute_bases.add(id(node.value))
-                if node.attr == attribute:
-                    return True
-    for node in ast.walk(func):
-        if isinstance(node, ast.Name) and node.id == self_name and id(node) not in attribute_bases:
-            if node is not func:
-                # bare `self` used other than as `self.x`: anything may be read
-                return True
-    return False
+    usage = _self_usage(step_func)
+    return usage is None or usage.bare or attribute in usage.attributes
 
 
 def _hash_path(path: str) -> str:
@@ -294,26 +306,11 @@ def assigned_attributes(step_func) -> set[str] | None:
     """Names the step assigns as ``self.NAME = ...`` (or augments, deletes).
 
     None when it cannot be known: ``self`` is passed somewhere (a helper may set
-    anything) or the source is unavailable.
+    anything) or the source is unavailable. In-place mutation (self.x.append(...))
+    changes the content hash, so it is caught by comparing hashes; only
+    same-value assignment needs this list.
     """
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(step_func)))
-    except (OSError, TypeError, SyntaxError):
+    usage = _self_usage(step_func)
+    if usage is None or usage.bare:
         return None
-    func = tree.body[0]
-    args = getattr(func, "args", None)
-    self_name = args.args[0].arg if args and args.args else "self"
-    assigned: set[str] = set()
-    bases = set()
-    for node in ast.walk(func):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            if node.value.id == self_name:
-                bases.add(id(node.value))
-                if isinstance(node.ctx, (ast.Store, ast.Del)):
-                    assigned.add(node.attr)
-    for node in ast.walk(func):
-        if isinstance(node, ast.Name) and node.id == self_name and id(node) not in bases:
-            return None
-    # In-place mutation (self.x.append(...)) changes the content hash, so it is
-    # caught by comparing hashes; only same-value assignment needs this list.
-    return assigned
+    return set(usage.assigned)
