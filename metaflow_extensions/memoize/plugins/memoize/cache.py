@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .exceptions import CacheFault, CorruptEntry
@@ -102,9 +102,6 @@ class Cache:
         if data is None:
             raise CorruptEntry("entry %s vanished" % object_key)
         return Manifest.loads(data)
-
-    def missing_blobs(self, shas: Iterable[str]) -> list[str]:
-        return [sha for sha in shas if not self.store.exists(self.blob_key(sha))]
 
     def entries(
         self, flow: str | None = None, step: str | None = None

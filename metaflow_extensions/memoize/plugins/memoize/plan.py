@@ -164,25 +164,23 @@ class Planner:
             groups.setdefault(group, []).append(c)
         return [(members, frames) for frames, members in groups.items()]
 
-    def _unknown_children(self, step, reason_ctx_parent):
+    def _unknown_children(self, step):
         return [(child, Context(step, None)) for child in mf.out_funcs(self.graph, step)]
 
     def _evaluate(self, step, inputs: list[Context], frames):
         deco = self.decorators.get(step)
         index = [f.index for f in frames]
         if deco is None:
-            return TaskVerdict(NOT_MEMOIZED, foreach_index=index), self._unknown_children(
-                step, None
-            )
+            return TaskVerdict(NOT_MEMOIZED, foreach_index=index), self._unknown_children(step)
         if any(c.visible is None for c in inputs):
             verdict = TaskVerdict(
                 UNKNOWN, "inputs come from a step that will run", foreach_index=index
             )
-            return verdict, self._unknown_children(step, None)
+            return verdict, self._unknown_children(step)
         if self.mode == "off":
             return TaskVerdict(
                 RUN, "METAFLOW_MEMOIZE_MODE=off", foreach_index=index
-            ), self._unknown_children(step, None)
+            ), self._unknown_children(step)
         try:
             components = components_for(
                 self.flow,
@@ -195,9 +193,7 @@ class Planner:
                 deco._env_component,
             )
         except UnidentifiableInput as err:
-            return TaskVerdict(UNKNOWN, str(err), foreach_index=index), self._unknown_children(
-                step, None
-            )
+            return TaskVerdict(UNKNOWN, str(err), foreach_index=index), self._unknown_children(step)
         key = key_of(components)
         if (
             self.mode == "refresh"
@@ -206,13 +202,13 @@ class Planner:
             or step in self.refresh_steps
         ):
             verdict = TaskVerdict(RUN, "refresh requested", key, foreach_index=index)
-            return verdict, self._unknown_children(step, None)
+            return verdict, self._unknown_children(step)
         cache = self.cache_for(deco)
         try:
             found = cache.lookup(self.flow.name, step, key)
         except CacheFault as err:
             verdict = TaskVerdict(RUN, "cache unreadable: %s" % err, key, foreach_index=index)
-            return verdict, self._unknown_children(step, None)
+            return verdict, self._unknown_children(step)
         if found.status != "found":
             reason = found.detail
             if found.status == "absent":
@@ -226,14 +222,12 @@ class Planner:
                     previous = None
                 if previous is not None:
                     reason = "; ".join(diff_components(previous.components, components)) or reason
-            return TaskVerdict(RUN, reason, key, foreach_index=index), self._unknown_children(
-                step, None
-            )
+            return TaskVerdict(RUN, reason, key, foreach_index=index), self._unknown_children(step)
         manifest = found.manifest
         current = inputs[0].visible
         if any(current.get(n) != sha for n, sha in manifest.passthrough.items()):
             verdict = TaskVerdict(RUN, "an input outside the key changed", key, foreach_index=index)
-            return verdict, self._unknown_children(step, None)
+            return verdict, self._unknown_children(step)
         for record in manifest.artifacts.values():
             self._records[record.sha] = (record, cache)
         verdict = TaskVerdict(

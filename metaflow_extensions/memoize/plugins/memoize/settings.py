@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import math
 import os
 import types
@@ -150,11 +149,3 @@ def package_version(name: str) -> str | None:
             return getattr(importlib.import_module(name), "__version__", None)
         except Exception:
             return None
-
-
-def describe(obj) -> str:
-    if isinstance(obj, types.ModuleType):
-        return "module %s" % obj.__name__
-    if inspect.isfunction(obj) or inspect.isclass(obj):
-        return "%s.%s" % (obj.__module__, obj.__qualname__)
-    return str(obj)

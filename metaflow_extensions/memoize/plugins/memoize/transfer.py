@@ -13,7 +13,6 @@ import hashlib
 import os
 import tempfile
 import zlib
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -222,12 +221,3 @@ def _temp_dir_for(datastore: DatastoreBlobs, sha: str):
     directory = os.path.dirname(datastore.url(sha))
     os.makedirs(directory, exist_ok=True)
     return directory
-
-
-def blob_sizes(cache: Cache, shas: Iterable[str]) -> dict[str, int]:
-    out = {}
-    for sha in shas:
-        info = cache.store.head(cache.blob_key(sha))
-        if info is not None:
-            out[sha] = info.size
-    return out
