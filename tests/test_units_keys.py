@@ -412,19 +412,9 @@ def test_manifest_loads_checks_the_key():
 
 # -- decorator arguments ------------------------------------------------------
 def parse(tmp_path, **attributes):
-    full = {
-        "ttl": None,
-        "version": None,
-        "inputs": None,
-        "ignore": None,
-        "outputs": None,
-        "refresh": False,
-        "store": None,
-        "depends_on": None,
-        "env": None,
-        "lock": False,
-    }
-    full.update(attributes)
+    from metaflow_extensions.memoize.plugins.memoize.decorator import MemoizeDecorator
+
+    full = dict(MemoizeDecorator.defaults, **attributes)
     return parse_arguments("train", full, str(tmp_path))
 
 
