@@ -6,9 +6,7 @@ behaviour (real entries from real runs) is in test_cli.py.
 """
 
 import hashlib
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import metaflow  # noqa: F401  (must load before its extension's modules)
 import pytest
@@ -19,7 +17,6 @@ from metaflow_extensions.memoize.plugins.memoize.exceptions import MemoizeCliErr
 from metaflow_extensions.memoize.plugins.memoize.manifest import ArtifactRecord, Manifest
 from metaflow_extensions.memoize.plugins.memoize.stores import ObjectInfo, Store
 from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
-from metaflow_extensions.memoize.plugins.memoize.stores.s3 import S3Store
 
 T0 = 1_700_000_000.0
 KEEP_ALL = mt.PruneCriteria()
@@ -432,44 +429,3 @@ def test_execute_refuses_names_outside_the_cache_areas(cache):
     # nothing at all was deleted
     assert cache.store.exists(Cache.manifest_key("F", "s", m.key))
     assert cache.store.exists("v1/locks/F/s/" + m.key)
-
-
-# -- scale: many entries on S3 -------------------------------------------------
-def populate_many(cache: Cache, n: int, flow: str = "Big", step: str = "s") -> None:
-    """n small entries written directly (no flow runs): each one unique blob plus one shared."""
-    shared = b"shared-blob" * 10
-    cache.store.put(Cache.blob_key(sha_of(shared)), shared)
-
-    def one(i):
-        own = b"blob-%s-%d" % (flow.encode(), i)
-        m = manifest(flow, step, key_of("%s-%d" % (flow, i)), {"own": own, "shared": shared})
-        cache.store.put(Cache.blob_key(sha_of(own)), own)
-        cache.store.put(Cache.manifest_key(flow, step, m.key), m.dumps())
-        cache.store.put(Cache.used_key(flow, step, m.key), b"{}")
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(one, range(n)))
-
-
-def prune_all(cache: Cache, flow: str | None = None) -> tuple[mt.Plan, mt.Outcome, float, float]:
-    """Plan and execute a prune of everything in scope; (plan, outcome, scan s, delete s)."""
-    target = mt.Target(cache, flow)
-    started = time.perf_counter()
-    plan = mt.plan_prune(target, EVERYTHING, time.time() + 10, grace=0)
-    planned = time.perf_counter()
-    outcome = mt.execute(target, plan)
-    return plan, outcome, planned - started, time.perf_counter() - planned
-
-
-def test_pruning_many_entries_on_s3_is_fast(s3_env):
-    n = int(os.environ.get("MEMOIZE_PRUNE_N", "300"))  # MEMOIZE_PRUNE_N=10000 to measure
-    cache = Cache(S3Store(s3_env.url("cache")))
-    populate_many(cache, n)
-    populate_many(cache, 3, flow="Other")  # references `shared` too
-    plan, out, scan_s, delete_s = prune_all(cache, "Big")
-    print("\npruned %d entries on S3 (moto): scan+plan %.1fs, delete %.1fs" % (n, scan_s, delete_s))
-    assert (out.entries, out.markers, out.blobs) == (n, n, n)  # `shared` stays: Other uses it
-    left = names(cache.store, "v1/")
-    assert len(left) == 3 * 3 + 1
-    # one GET per manifest dominates (moto serves ~100-200 a second on 2 busy cores)
-    assert scan_s + delete_s < max(30.0, n / 50)

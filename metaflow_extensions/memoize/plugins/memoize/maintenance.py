@@ -8,10 +8,14 @@ Two halves, kept apart:
 * ``scan`` reads an inventory from a ``Cache``; ``execute`` applies a ``Plan``.
 
 Deletion order makes an interrupted prune harmless: manifests first, then
-last-use markers, then blobs that no manifest anywhere under the root
-references. A blob is never deleted while a manifest that references it exists,
-so every entry left behind is complete. Only objects under ``v1/entries``,
-``v1/used`` and ``v1/blobs`` are ever deleted.
+last-use markers and index objects, then blobs that no manifest anywhere under
+the root references. A blob is never deleted while a manifest that references
+it exists, so every entry left behind is complete. Only objects under
+``v1/entries``, ``v1/used``, ``v1/index`` and ``v1/blobs`` are ever deleted.
+
+On S3 a full scan reads no manifest that has a verified index object (see
+cache.py): what pruning needs (times, blob references) is in the index names,
+and blob sizes come from the blob listing.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .cache import LAYOUT, Cache
+from .cache import LAYOUT, Cache, IndexRecord, blob_ref
 from .durations import format_duration
 from .exceptions import CorruptEntry, MemoizeCliError
 from .manifest import Manifest
@@ -37,7 +41,7 @@ READ_PARALLELISM = 16
 # -- inventory -----------------------------------------------------------------
 @dataclass
 class EntryInfo:
-    """One entry (manifest object) as found in the store."""
+    """One entry (manifest object) as found in the store: read, or known from its index."""
 
     flow: str
     step: str
@@ -45,20 +49,32 @@ class EntryInfo:
     object: ObjectInfo  # the manifest object: key, size, modified
     manifest: Manifest | None = None
     error: str | None = None  # why the manifest cannot be used (corrupt entries)
-    refs: frozenset[str] = frozenset()  # blob shas the manifest names
+    refs: frozenset[str] = frozenset()  # blob_ref of each blob the manifest names
     last_used: float | None = None  # mtime of the last-use marker
+    # when the manifest was not read, what its verified index object says:
+    index: IndexRecord | None = None
+    index_sizes: dict[str, int] = field(default_factory=dict)  # blob_ref -> listed size
 
     @property
     def ident(self) -> tuple[str, str, str]:
         return self.flow, self.step, self.key
 
     @property
+    def readable(self) -> bool:
+        """A valid entry (manifest parsed, or its verified index): not corrupt."""
+        return self.manifest is not None or self.index is not None
+
+    @property
     def created(self) -> float:
-        return self.manifest.created if self.manifest else self.object.modified
+        if self.manifest:
+            return self.manifest.created
+        return self.index.created if self.index else self.object.modified
 
     @property
     def expires(self) -> float | None:
-        return self.manifest.expires if self.manifest else None
+        if self.manifest:
+            return self.manifest.expires
+        return self.index.expires if self.index else None
 
     @property
     def recency(self) -> float:
@@ -66,14 +82,16 @@ class EntryInfo:
         return self.last_used if self.last_used is not None else self.created
 
     def expired(self, now: float) -> bool:
-        return self.manifest is not None and self.manifest.is_expired(now)
+        return self.readable and self.expires is not None and now >= self.expires
 
     def blob_sizes(self) -> dict[str, int]:
-        """Stored size of each distinct blob, as recorded in the manifest."""
+        """Stored size of each distinct blob (by blob_ref): as the manifest records
+        it, or as the blob listing says for an entry known from its index."""
+        if self.manifest is None:
+            return dict(self.index_sizes)
         out: dict[str, int] = {}
-        if self.manifest:
-            for record in self.manifest.artifacts.values():
-                out[record.sha] = record.stored_size or 0
+        for record in self.manifest.artifacts.values():
+            out[blob_ref(record.sha)] = record.stored_size or 0
         return out
 
     @property
@@ -91,10 +109,13 @@ class Inventory:
     step: str | None
     entries: list[EntryInfo]  # in scope
     markers: dict[tuple[str, str, str], ObjectInfo]  # in scope
+    # index objects in scope (the verified ones and the stale ones)
+    index: dict[tuple[str, str, str], list[ObjectInfo]] = field(default_factory=dict)
     # only with a full scan (for garbage collection):
     blobs: dict[str, ObjectInfo] | None = None  # every blob under the root
-    outside_refs: frozenset[str] = frozenset()  # shas named by manifests out of scope
-    manifests_seen: dict[str, ObjectInfo] = field(default_factory=dict)  # every manifest read
+    outside_refs: frozenset[str] = frozenset()  # blob_refs named by entries out of scope
+    manifests_seen: dict[str, ObjectInfo] = field(default_factory=dict)  # every manifest listed
+    stale_index: list[ObjectInfo] = field(default_factory=list)  # describe no current manifest
 
 
 @dataclass
@@ -161,10 +182,10 @@ def _read_entry(cache: Cache, info: ObjectInfo) -> EntryInfo | None:
         if manifest.flow != flow or manifest.step != step:
             raise CorruptEntry("manifest belongs to %s/%s" % (manifest.flow, manifest.step))
         entry.manifest = manifest
-        entry.refs = frozenset(manifest.blob_shas)
+        entry.refs = frozenset(blob_ref(sha) for sha in manifest.blob_shas)
     except CorruptEntry as err:
         entry.error = str(err)
-        entry.refs = _loose_refs(data)
+        entry.refs = frozenset(blob_ref(sha) for sha in _loose_refs(data))
     return entry
 
 
@@ -186,6 +207,46 @@ def list_markers(cache: Cache, flow: str | None, step: str | None) -> dict[tuple
         if parsed is not None:
             out[parsed] = info
     return out
+
+
+def list_index(
+    cache: Cache, flow: str | None, step: str | None
+) -> dict[tuple[str, str, str], list[tuple[IndexRecord, ObjectInfo]]]:
+    out: dict[tuple[str, str, str], list[tuple[IndexRecord, ObjectInfo]]] = {}
+    for info in cache.store.list(Cache.index_prefix(flow, step)):
+        record = Cache.parse_index_key(info.key)
+        if record is not None:
+            out.setdefault((record.flow, record.step, record.key), []).append((record, info))
+    return out
+
+
+def index_or_read(
+    cache: Cache,
+    listed: list[ObjectInfo],
+    index: dict[tuple[str, str, str], list[tuple[IndexRecord, ObjectInfo]]],
+) -> tuple[list[EntryInfo], list[ObjectInfo]]:
+    """(entries, stale index objects): each listed manifest is known from the
+    index object that names its listed MD5, else read (one GET).
+
+    An index object that names no listed manifest's MD5 is stale (its entry was
+    removed or rewritten), or describes a manifest written after the listing.
+    """
+    known, to_read, used = [], [], set()
+    for info in listed:
+        parsed = Cache.parse_manifest_key(info.key)
+        if parsed is None:
+            continue
+        match = next(
+            ((r, o) for r, o in index.get(parsed, ()) if info.md5 and r.md5 == info.md5), None
+        )
+        if match is None:
+            to_read.append(info)
+            continue
+        record, obj = match
+        used.add(obj.key)
+        known.append(EntryInfo(*parsed, info, refs=record.refs, index=record))
+    stale = [o for objs in index.values() for _, o in objs if o.key not in used]
+    return known + read_entries(cache, to_read), stale
 
 
 def list_blobs(cache: Cache) -> dict[str, ObjectInfo]:
@@ -211,7 +272,11 @@ def scan(target: Target, step: str | None = None, full: bool = False) -> Invento
         return (flow is None or ident[0] == flow) and (step is None or ident[1] == step)
 
     listed = list(cache.store.list(Cache.entry_prefix() if full else prefix))
-    entries = read_entries(cache, listed)
+    index = list_index(cache, None if full else flow, step if flow and not full else None)
+    if full and cache.store.lists_md5:
+        entries, stale = index_or_read(cache, listed, index)
+    else:
+        entries, stale = read_entries(cache, listed), []
     markers = list_markers(cache, flow, step if flow else None)
     inventory = Inventory(
         target.root,
@@ -219,18 +284,25 @@ def scan(target: Target, step: str | None = None, full: bool = False) -> Invento
         step,
         [e for e in entries if in_scope(e.ident)],
         {i: m for i, m in markers.items() if in_scope(i)},
+        {i: [o for _, o in objs] for i, objs in index.items() if in_scope(i)},
     )
     for entry in inventory.entries:
         marker = inventory.markers.get(entry.ident)
         entry.last_used = marker.modified if marker else None
     if full:
         inventory.blobs = list_blobs(cache)
+        sizes: dict[str, int] = {}
+        for sha, info in inventory.blobs.items():
+            sizes[blob_ref(sha)] = sizes.get(blob_ref(sha), 0) + info.size
         outside: set[str] = set()
         for entry in entries:
+            if entry.index is not None:
+                entry.index_sizes = {r: sizes.get(r, 0) for r in entry.refs}
             if not in_scope(entry.ident):
                 outside |= entry.refs
         inventory.outside_refs = frozenset(outside)
-        inventory.manifests_seen = {e.object.key: e.object for e in entries}
+        inventory.manifests_seen = {info.key: info for info in listed}
+        inventory.stale_index = stale
     return inventory
 
 
@@ -292,7 +364,7 @@ def select_for_prune(
     chosen: list[tuple[EntryInfo, str]] = []
     remaining: list[EntryInfo] = []
     for entry in entries:
-        if entry.manifest is None:
+        if not entry.readable:
             remaining.append(entry)
         elif criteria.expired and entry.expired(now):
             chosen.append((entry, "expired"))
@@ -311,7 +383,7 @@ def select_for_prune(
             refcount[sha] = refcount.get(sha, 0) + 1
     total = sum(e.object.size for e in remaining) + sum(sizes.values())
     evictable = sorted(
-        (e for e in remaining if e.manifest is not None),
+        (e for e in remaining if e.readable),
         key=lambda e: (e.recency, e.created, e.key),
     )
     for entry in evictable:
@@ -329,10 +401,13 @@ def select_for_prune(
 def select_garbage_blobs(
     blobs: dict[str, ObjectInfo], referenced: set[str] | frozenset[str], now: float, grace: float
 ) -> tuple[list[ObjectInfo], list[ObjectInfo]]:
-    """(blobs to delete, unreferenced blobs kept because younger than ``grace``)."""
+    """(blobs to delete, unreferenced blobs kept because younger than ``grace``).
+
+    ``referenced`` holds blob_refs (sha prefixes).
+    """
     delete, young = [], []
     for sha in sorted(blobs):
-        if sha in referenced:
+        if blob_ref(sha) in referenced:
             continue
         info = blobs[sha]
         (young if now - info.modified < grace else delete).append(info)
@@ -357,6 +432,7 @@ class Plan:
     root: str
     entries: list[tuple[EntryInfo, str]] = field(default_factory=list)
     markers: list[ObjectInfo] = field(default_factory=list)
+    index: list[ObjectInfo] = field(default_factory=list)  # of removed entries, and stale ones
     blobs: list[ObjectInfo] = field(default_factory=list)
     young_blobs: list[ObjectInfo] = field(default_factory=list)  # unreferenced, kept (grace)
     # partial files of killed writers, older than the grace period (local stores)
@@ -389,8 +465,13 @@ def plan_removal(
     plan = Plan(inventory.root, entries=list(chosen), seen=inventory.manifests_seen)
     removed = {e.ident for e, _ in chosen}
     plan.markers = [inventory.markers[i] for i in sorted(removed) if i in inventory.markers]
+    plan.index = [o for i in sorted(removed) for o in inventory.index.get(i, ())]
     if grace is None or inventory.blobs is None:
         return plan
+    planned = {o.key for o in plan.index}
+    plan.index += [
+        o for o in inventory.stale_index if o.key not in planned and now - o.modified >= grace
+    ]
     live = {e.ident for e in inventory.entries} - removed
     plan.markers += select_orphan_markers(
         {i: m for i, m in inventory.markers.items() if i not in removed}, live, now, grace
@@ -428,7 +509,8 @@ def plan_invalidate(target: Target, step: str | None = None, key: str | None = N
         return plan_removal(inventory, [(e, "invalidated") for e in inventory.entries], 0, None)
     entries = [e for e in find_entries(target, key) if step is None or e.step == step]
     markers = [ObjectInfo(Cache.used_key(*e.ident), 0, 0.0) for e in entries]
-    return Plan(target.root, [(e, "invalidated") for e in entries], markers)
+    index = [o for e in entries for o in target.cache.store.list(Cache.index_prefix(*e.ident))]
+    return Plan(target.root, [(e, "invalidated") for e in entries], markers, index)
 
 
 def check_one_key(plans: list[Plan], prefix: str, where: str) -> None:
@@ -458,7 +540,7 @@ def _stats_of(flow, step, entries: list[EntryInfo], now: float) -> StepStats:
     for entry in entries:
         stats.manifest_bytes += entry.object.size
         stats.expired += entry.expired(now)
-        stats.corrupt += entry.manifest is None
+        stats.corrupt += not entry.readable
         sizes.update(entry.blob_sizes())
     stats.blobs = len(sizes)
     stats.blob_bytes = sum(sizes.values())
@@ -507,6 +589,7 @@ def execute(target: Target, plan: Plan) -> Outcome:
     # every name is checked before anything is deleted
     manifest_keys = _deletable([e.object.key for e, _ in plan.entries], "entries")
     marker_keys = _deletable([m.key for m in plan.markers], "used")
+    index_keys = _deletable([o.key for o in plan.index], "index")
     _deletable([b.key for b in plan.blobs], "blobs")
     if manifest_keys:
         store.delete(manifest_keys)
@@ -516,11 +599,13 @@ def execute(target: Target, plan: Plan) -> Outcome:
         store.delete(marker_keys)
         out.markers = len(marker_keys)
         out.bytes_freed += sum(m.size for m in plan.markers)
+    if index_keys:
+        store.delete(index_keys)
     blobs = plan.blobs
     if blobs:
         protected = _new_references(target.cache, plan.seen)
-        out.blobs_spared = sum(Cache.parse_blob_key(b.key) in protected for b in blobs)
-        blobs = [b for b in blobs if Cache.parse_blob_key(b.key) not in protected]
+        out.blobs_spared = sum(_ref_of(b) in protected for b in blobs)
+        blobs = [b for b in blobs if _ref_of(b) not in protected]
     if blobs:
         store.delete([b.key for b in blobs])
         out.blobs = len(blobs)
@@ -529,6 +614,10 @@ def execute(target: Target, plan: Plan) -> Outcome:
         store.delete([check_key(t.key) for t in plan.temporaries])
         out.bytes_freed += sum(t.size for t in plan.temporaries)
     return out
+
+
+def _ref_of(blob: ObjectInfo) -> str:
+    return blob_ref(Cache.parse_blob_key(blob.key) or "")
 
 
 def _new_references(cache: Cache, seen: dict[str, ObjectInfo]) -> set[str]:

@@ -69,7 +69,7 @@ def age(then: float | None, now: float) -> str:
 
 
 def expiry(entry: EntryInfo, now: float) -> str:
-    if entry.manifest is None:
+    if not entry.readable:
         return "-"
     if entry.expires is None:
         return "never"
@@ -127,7 +127,7 @@ def entries_table(entries: list[EntryInfo], now: float, show_flow: bool) -> str:
     ]
     rows = []
     for e in entries:
-        origin = e.manifest.origin if e.manifest else "corrupt: %s" % e.error
+        origin = e.manifest.origin if e.manifest else "corrupt: %s" % e.error if e.error else "-"
         rows.append(
             ([e.flow] if show_flow else [])
             + [
@@ -136,7 +136,7 @@ def entries_table(entries: list[EntryInfo], now: float, show_flow: bool) -> str:
                 age(e.created, now),
                 expiry(e, now),
                 age(e.last_used, now),
-                format_size(e.size) if e.manifest else "-",
+                format_size(e.size) if e.readable else "-",
                 origin,
             ]
         )

@@ -19,6 +19,10 @@ class ObjectInfo(NamedTuple):
     key: str
     size: int
     modified: float  # seconds since the epoch
+    # hex MD5 of the object's bytes when the listing says so (S3 ETag of a
+    # single-part upload); None when unknown. Never trusted for more than
+    # "this object still has the bytes whose MD5 we recorded".
+    md5: str | None = None
 
 
 def check_key(key: str) -> str:
@@ -43,6 +47,9 @@ class Store(ABC):
 
     #: the root URL, as given by the user (used in messages and manifests)
     url: str
+    #: whether ``list`` reports each object's MD5 (``ObjectInfo.md5``): then
+    #: the cache keeps a listable index of its entries (see cache.py)
+    lists_md5: bool = False
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

@@ -90,6 +90,17 @@ def _is_not_found(err: BaseException) -> bool:
 
 
 @functools.cache
+def _etag_md5(etag: str | None) -> str | None:
+    """The MD5 an ETag may stand for: a single-part upload's ETag is the hex MD5
+    of its bytes. Multipart ETags (``-N``) are not; SSE-KMS ETags look like one
+    but are not, so they never match a recorded MD5 (the reader then falls back
+    to reading the object)."""
+    value = (etag or "").strip('"').lower()
+    if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+        return value
+    return None
+
+
 def _store_errors() -> tuple[type, ...]:
     """Every exception type that means "the store failed", for except clauses."""
     import boto3.exceptions
@@ -169,6 +180,8 @@ def _transfer():
 
 
 class S3Store(Store):
+    lists_md5 = True
+
     def __init__(self, url: str):
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = url
@@ -291,7 +304,12 @@ class S3Store(Store):
                     except ValueError:
                         # written by something else; we could not address it
                         continue
-                    yield ObjectInfo(rel, int(obj["Size"]), obj["LastModified"].timestamp())
+                    yield ObjectInfo(
+                        rel,
+                        int(obj["Size"]),
+                        obj["LastModified"].timestamp(),
+                        _etag_md5(obj.get("ETag")),
+                    )
 
     def delete(self, keys: Iterable[str]) -> int:
         # Validate everything first: an unsafe key must not leave a half-done
