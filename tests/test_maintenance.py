@@ -429,3 +429,22 @@ def test_execute_refuses_names_outside_the_cache_areas(cache):
     # nothing at all was deleted
     assert cache.store.exists(Cache.manifest_key("F", "s", m.key))
     assert cache.store.exists("v1/locks/F/s/" + m.key)
+
+
+def test_prune_removes_abandoned_leases_but_not_live_ones(cache):
+    now = time.time()
+    leases = {
+        "dead": b'{"owner": "h:1:a", "expires": %f}' % (now - 60),
+        "live": b'{"owner": "h:2:b", "expires": %f}' % (now + 600),
+        "garbled": b"not json",
+    }
+    for name, doc in leases.items():
+        cache.store.put(Cache.lock_key("F", "s", key_of(name)), doc)
+    target = mt.Target(cache, "F")
+    assert mt.plan_prune(target, KEEP_ALL, now + 10, grace=3600).locks == []  # all recent
+    plan = mt.plan_prune(target, KEEP_ALL, now + 10, grace=0)
+    assert sorted(lock.key for lock in plan.locks) == sorted(
+        Cache.lock_key("F", "s", key_of(n)) for n in ("dead", "garbled")
+    )
+    assert mt.execute(target, plan).locks == 2
+    assert names(cache.store, "v1/locks") == {Cache.lock_key("F", "s", key_of("live"))}

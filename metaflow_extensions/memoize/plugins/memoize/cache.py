@@ -97,6 +97,10 @@ class Cache:
         return check_key("%s/locks/%s/%s/%s" % (LAYOUT, flow, step, key))
 
     @staticmethod
+    def lock_prefix() -> str:
+        return "%s/locks/" % LAYOUT
+
+    @staticmethod
     def blob_key(sha: str) -> str:
         return check_key("%s/blobs/%s/%s" % (LAYOUT, sha[:2], sha))
 

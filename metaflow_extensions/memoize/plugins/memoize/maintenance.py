@@ -437,6 +437,8 @@ class Plan:
     young_blobs: list[ObjectInfo] = field(default_factory=list)  # unreferenced, kept (grace)
     # partial files of killed writers, older than the grace period (local stores)
     temporaries: list[ObjectInfo] = field(default_factory=list)
+    # lock=True leases left by holders that died, expired and older than the grace period
+    locks: list[ObjectInfo] = field(default_factory=list)
     # every manifest the scan read: one not in here at deletion time is new
     seen: dict[str, ObjectInfo] = field(default_factory=dict)
 
@@ -447,11 +449,12 @@ class Plan:
             + sum(m.size for m in self.markers)
             + sum(b.size for b in self.blobs)
             + sum(t.size for t in self.temporaries)
+            + sum(lock.size for lock in self.locks)
         )
 
     @property
     def empty(self) -> bool:
-        return not (self.entries or self.markers or self.blobs or self.temporaries)
+        return not (self.entries or self.markers or self.blobs or self.temporaries or self.locks)
 
 
 def plan_removal(
@@ -496,7 +499,24 @@ def plan_prune(
             for t in target.cache.store.stale_temporaries(now - grace)
             if t.key.startswith(LAYOUT + "/") and t.key.rsplit("/", 1)[-1].startswith(".tmp-")
         ]
+        plan.locks = stale_locks(target.cache, now, grace)
     return plan
+
+
+def lease_expired(data: bytes | None, now: float) -> bool:
+    """Whether a lease document (singleflight.Lease) has expired; unreadable ones have."""
+    try:
+        return float(json.loads((data or b"").decode("utf-8")).get("expires", 0)) < now
+    except (ValueError, AttributeError, TypeError):
+        return True
+
+
+def stale_locks(cache: Cache, now: float, grace: float) -> list[ObjectInfo]:
+    """Leases of ``lock=True`` holders that died without releasing: not rewritten for
+    the grace period and expired. A live holder rewrites its lease every third of
+    its duration, so only the few old ones are read."""
+    old = [i for i in cache.store.list(Cache.lock_prefix()) if now - i.modified >= grace]
+    return [i for i in old if lease_expired(cache.store.get(i.key), now)]
 
 
 def plan_invalidate(target: Target, step: str | None = None, key: str | None = None) -> Plan:
@@ -574,6 +594,7 @@ class Outcome:
     markers: int = 0
     blobs: int = 0
     blobs_spared: int = 0  # planned, but a manifest published meanwhile references them
+    locks: int = 0  # abandoned lock=True leases
     bytes_freed: int = 0
 
 
@@ -613,6 +634,10 @@ def execute(target: Target, plan: Plan) -> Outcome:
     if plan.temporaries:
         store.delete([check_key(t.key) for t in plan.temporaries])
         out.bytes_freed += sum(t.size for t in plan.temporaries)
+    if plan.locks:
+        store.delete(_deletable([lock.key for lock in plan.locks], "locks"))
+        out.locks = len(plan.locks)
+        out.bytes_freed += sum(lock.size for lock in plan.locks)
     return out
 
 

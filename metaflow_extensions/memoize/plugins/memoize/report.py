@@ -19,7 +19,7 @@ stable; new fields may be added, none removed or renamed):
 
     dry_run, entries, markers, blobs, bytes_freed,
     roots[{root, entries[{flow, step, key, reason, created, last_used, size}],
-           markers, blobs, blobs_kept_young, blobs_spared, bytes_freed}]
+           markers, blobs, blobs_kept_young, blobs_spared, locks, bytes_freed}]
 
 Times are seconds since the epoch (floats); sizes are bytes (ints).
 """
@@ -312,6 +312,7 @@ def removal_json(results: list[tuple[Plan, Outcome | None]], dry_run: bool) -> d
                 "blobs": outcome.blobs if outcome else len(plan.blobs),
                 "blobs_kept_young": len(plan.young_blobs),
                 "blobs_spared": outcome.blobs_spared if outcome else 0,
+                "locks": outcome.locks if outcome else len(plan.locks),
                 "bytes_freed": outcome.bytes_freed if outcome else plan.bytes_freed,
             }
         )
@@ -382,6 +383,11 @@ def removal_text(
                 "blob" if len(plan.young_blobs) == 1 else "blobs",
                 format_duration(grace),
             )
+        )
+    if plan.locks and grace is not None:
+        lines.append(
+            "  %s %s left by tasks that died holding them (lock=True)"
+            % ("removed" if outcome else "would remove", _count(len(plan.locks), "abandoned lock"))
         )
     if outcome is not None and outcome.blobs_spared:
         lines.append(
