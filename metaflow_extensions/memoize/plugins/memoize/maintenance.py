@@ -265,19 +265,26 @@ def scan(target: Target, step: str | None = None, full: bool = False) -> Invento
     whatever the scope: garbage collection needs to know all references.
     """
     cache, flow = target.cache, target.flow
-    # a step name alone is no prefix (v1/entries/<Flow>/<step>): filter instead
-    prefix = Cache.entry_prefix(flow, step if flow else None)
+    # a step name alone is no prefix (v1/entries/<Flow>/<step>): filter instead;
+    # garbage collection needs every entry under the root
+    scope = (None, None) if full else (flow, step if flow else None)
 
     def in_scope(ident: tuple[str, str, str]) -> bool:
         return (flow is None or ident[0] == flow) and (step is None or ident[1] == step)
 
-    listed = list(cache.store.list(Cache.entry_prefix() if full else prefix))
-    index = list_index(cache, None if full else flow, step if flow and not full else None)
+    # the listings are independent: run them side by side (on S3 each page of
+    # 1,000 keys is a round trip, and parsing one overlaps fetching another)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        listing = pool.submit(lambda: list(cache.store.list(Cache.entry_prefix(*scope))))
+        indexing = pool.submit(list_index, cache, *scope)
+        marking = pool.submit(list_markers, cache, flow, step if flow else None)
+        blobbing = pool.submit(list_blobs, cache) if full else None
+        listed, index, markers = listing.result(), indexing.result(), marking.result()
+        blobs = blobbing.result() if blobbing else None
     if full and cache.store.lists_md5:
         entries, stale = index_or_read(cache, listed, index)
     else:
         entries, stale = read_entries(cache, listed), []
-    markers = list_markers(cache, flow, step if flow else None)
     inventory = Inventory(
         target.root,
         flow,
@@ -290,7 +297,7 @@ def scan(target: Target, step: str | None = None, full: bool = False) -> Invento
         marker = inventory.markers.get(entry.ident)
         entry.last_used = marker.modified if marker else None
     if full:
-        inventory.blobs = list_blobs(cache)
+        inventory.blobs = blobs
         sizes: dict[str, int] = {}
         for sha, info in inventory.blobs.items():
             sizes[blob_ref(sha)] = sizes.get(blob_ref(sha), 0) + info.size
