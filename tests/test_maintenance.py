@@ -298,6 +298,16 @@ def _populate_for_crash(cache):
     put_entry(cache, "F", "t", "keep", {"s": shared, "k": b"kept"})
 
 
+def execute_with_crash(target, plan, budget, total):
+    """Execute a plan on a FailingStore: it must crash exactly when ``budget`` is
+    smaller than the ``total`` objects the plan deletes."""
+    try:
+        mt.execute(target, plan)
+        assert budget >= total
+    except RuntimeError:
+        assert budget < total
+
+
 @pytest.mark.parametrize("budget", [0, 1, 3, 5, 6, 8, 11, 12, 14, 100])
 def test_an_interrupted_prune_leaves_only_valid_entries(tmp_path, budget):
     real = LocalStore(str(tmp_path / "cache"))
@@ -306,11 +316,7 @@ def test_an_interrupted_prune_leaves_only_valid_entries(tmp_path, budget):
     plan = mt.plan_prune(failing, EVERYTHING, time.time() + 10, grace=0, step="s")
     # 6 manifests, 6 markers, then 6 unique + 3 pair blobs
     assert (len(plan.entries), len(plan.markers), len(plan.blobs)) == (6, 6, 9)
-    try:
-        mt.execute(failing, plan)
-        assert budget >= 21
-    except RuntimeError:
-        assert budget < 21
+    execute_with_crash(failing, plan, budget, total=21)
     assert_consistent(real)
     # no blob went while a manifest naming it was left
     deleted = failing.cache.store.deleted
