@@ -22,6 +22,9 @@ setup(
             "pytest>=7",
             "pytest-xdist>=3",
             "moto[server]>=5",
+            # `argo-workflows create --only-json` (tests/test_deploy_forwarding.py)
+            # checks that the Kubernetes client is importable
+            "kubernetes",
             "ruff>=0.5",
         ],
     },

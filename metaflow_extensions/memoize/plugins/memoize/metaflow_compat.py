@@ -9,16 +9,24 @@ Verified against metaflow 2.19.x (see docs/concepts.md). What we rely on:
   (plus ``<path>_meta`` on local storage) and ``DataStoreStorage`` methods.
 * The flow's transition attributes (``_transition``, ``_foreach_*``).
 * ``LazyGroup._lazy_load``: the only way to add options to ``run``/``resume``.
+* ``LazyPluginCommandCollection._lazy_load`` and the ``argo-workflows`` /
+  ``step-functions`` CLI groups (``create``), the compilers ``ArgoWorkflows`` /
+  ``StepFunctions`` and their module-level ``flow_decorators`` (see
+  ``install_deploy_forwarding``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+from metaflow.decorators import FlowDecorator
 from metaflow.metadata_provider import MetaDatum
 
 TRANSITION_ATTRIBUTES = (
@@ -264,7 +272,9 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
 
     Metaflow has no hook for extensions to add options to these commands: we wrap
     LazyGroup._lazy_load (run/resume are loaded lazily) and the constructor of the
-    top-level command collection, and append click options.
+    top-level command collection, and append click options. The same options go
+    on `argo-workflows create` / `step-functions create` when Metaflow loads
+    those CLIs (see install_deploy_forwarding).
     """
     global _OPTIONS_INSTALLED
     if _OPTIONS_INSTALLED:
@@ -275,6 +285,7 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
 
     original_lazy_load = utils.LazyGroup._lazy_load
     original_collection_init = utils.LazyPluginCommandCollection.__init__
+    original_plugin_load = utils.LazyPluginCommandCollection._lazy_load
 
     def refresh_all_cb(ctx, param, value):
         if value:
@@ -339,10 +350,211 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
                 )
             )
 
+    def plugin_load(self, source_name, source_path):
+        group = original_plugin_load(self, source_name, source_path)
+        if source_name in DEPLOY_COMPILERS:
+            install_deploy_forwarding(source_name, group, add_run_options)
+        return group
+
     utils.LazyGroup._lazy_load = lazy_load
     utils.LazyPluginCommandCollection.__init__ = collection_init
+    utils.LazyPluginCommandCollection._lazy_load = plugin_load
 
 
 def forward_refresh_request(cli_args, value: str) -> None:
     """Put a refresh request on a task's command line (local or remote)."""
     cli_args.top_level_options[TOP_LEVEL_REFRESH_OPTION] = value
+
+
+# -- `argo-workflows create` / `step-functions create` ------------------------
+#: deployment command -> (compiler module, compiler class, the compiled spec as JSON)
+DEPLOY_COMPILERS = {
+    "argo-workflows": (
+        "metaflow.plugins.argo.argo_workflows",
+        "ArgoWorkflows",
+        lambda compiler: str(compiler),
+    ),
+    "step-functions": (
+        "metaflow.plugins.aws.step_functions.step_functions",
+        "StepFunctions",
+        lambda compiler: compiler.to_json(),
+    ),
+}
+# `python flow.py <top-level options> step NAME --run-id ...` in a task's script
+_STEP_COMMAND = re.compile(r"(?:^|\s)step\s+(\S+)\s+--run-id\b")
+
+
+class RefreshRequestCarrier(FlowDecorator):
+    """Not a user decorator: handed to a deployment compiler beside the flow's own
+    decorators, for its get_top_level_options() hook (the one Metaflow gives flow
+    decorators to put options on task command lines)."""
+
+    name = "memoize_refresh_request"
+
+    def __init__(self, value):
+        super().__init__(attributes=None, statically_defined=False)
+        self.value = value
+        self.calls = 0
+
+    def get_top_level_options(self):
+        self.calls += 1
+        return {TOP_LEVEL_REFRESH_OPTION: self.value}
+
+
+def deploy_refresh_request() -> str | None:
+    """The refresh request a deployment created now carries: what
+    `create --memoize-refresh[-step]` or METAFLOW_MEMOIZE_REFRESH put in this
+    process's environment (`runtime_step_cli` forwards the same on `run`)."""
+    from . import config
+
+    value = os.environ.get(config.ENV_REFRESH, "").strip()
+    if not value:
+        return None
+    refresh_all, steps = config.refresh_request()
+    return value if refresh_all or steps else None
+
+
+def install_deploy_forwarding(source_name, cli_group, add_options) -> None:
+    """Make `SOURCE create` accept --memoize-refresh / --memoize-refresh-step and
+    deploy task command lines that carry the request.
+
+    Called when Metaflow loads the argo-workflows / step-functions CLI. Their
+    compilers build each task's top-level options from the flow decorators'
+    ``get_top_level_options()``; while a compiler runs with a request pending,
+    the ``flow_decorators`` it calls also returns a RefreshRequestCarrier. The
+    compiled spec is then checked: a deployment that would not carry the request
+    fails at create time, before anything is deployed.
+    """
+    try:
+        create = cli_group.commands[source_name].commands["create"]
+    except (AttributeError, KeyError):
+        # no `create` to add options to: `create --memoize-refresh` fails as an
+        # unknown option
+        return
+    if getattr(create, "_memoize_deploy", False):
+        return
+    create._memoize_deploy = True
+    try:
+        _patch_compiler(source_name)
+        problem = None
+    except Exception as err:
+        problem = "%s: %s" % (type(err).__name__, err)
+    add_options(create)
+    original_callback = create.callback
+
+    @functools.wraps(original_callback)
+    def guarded_create(*args, **kwargs):
+        request = deploy_refresh_request()
+        if request and problem:
+            from .exceptions import MemoizeException
+
+            raise MemoizeException(
+                "Cannot deploy with refresh request %r: @memoize cannot put it on the "
+                "%s task command lines with this version of Metaflow (%s). Nothing "
+                "was deployed." % (request, source_name, problem)
+            )
+        return original_callback(*args, **kwargs)
+
+    create.callback = guarded_create
+
+
+def _patch_compiler(source_name) -> None:
+    import importlib
+
+    module_name, class_name, spec_of = DEPLOY_COMPILERS[source_name]
+    module = importlib.import_module(module_name)
+    compiler = getattr(module, class_name)
+    if not callable(getattr(module, "flow_decorators", None)):
+        raise AttributeError("%s has no flow_decorators" % module_name)
+    original_init = compiler.__init__
+    if getattr(original_init, "_memoize_deploy", False):
+        return
+
+    @functools.wraps(original_init)
+    def init(self, *args, **kwargs):
+        request = deploy_refresh_request()
+        if not request:
+            return original_init(self, *args, **kwargs)
+        carrier = RefreshRequestCarrier(request)
+        original_flow_decorators = module.flow_decorators
+        module.flow_decorators = lambda flow: [*original_flow_decorators(flow), carrier]
+        try:
+            original_init(self, *args, **kwargs)
+        finally:
+            module.flow_decorators = original_flow_decorators
+        check_deployment(source_name, spec_of(self), request, carrier.calls)
+        _announce_deployment(request, self.graph)
+
+    init._memoize_deploy = True
+    compiler.__init__ = init
+
+
+def step_commands(spec_json: str) -> list[tuple[str, str]]:
+    """(step name, command) of every task command visible in a compiled spec."""
+
+    def strings(node):
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            for value in node.values():
+                yield from strings(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from strings(value)
+
+    found = []
+    for text in strings(json.loads(spec_json)):
+        for command in text.split("&&"):
+            match = _STEP_COMMAND.search(command)
+            if match:
+                found.append((match.group(1), command[: match.start()]))
+    return found
+
+
+def _carries(before_step: str, option: list[str]) -> bool:
+    import shlex
+
+    try:
+        words = shlex.split(before_step)
+    except ValueError:
+        return " ".join(shlex.quote(w) for w in option) in before_step
+    return any(words[i : i + 2] == option for i in range(len(words)))
+
+
+def check_deployment(source_name, spec_json, request, hook_calls) -> None:
+    """Raise unless every task command of the spec carries the request as a
+    top-level option."""
+    from .exceptions import MemoizeException
+
+    option = ["--" + TOP_LEVEL_REFRESH_OPTION, request]
+    commands = step_commands(spec_json)
+    missing = sorted({step for step, before in commands if not _carries(before, option)})
+    # with the commands offloaded (step-functions --compress-state-machine) none
+    # is visible: then the hook must at least have been used
+    if missing or (not commands and not hook_calls):
+        raise MemoizeException(
+            "Cannot deploy with refresh request %r: the compiled %s spec does not "
+            "carry it to %s (has Metaflow changed how it builds task command lines?). "
+            "Nothing was deployed." % (request, source_name, ", ".join(missing) or "any task")
+        )
+
+
+def _announce_deployment(request, graph) -> None:
+    from . import config
+
+    memoized = [n.name for n in graph if any(d.name == "memoize" for d in n.decorators)]
+    refresh_all, steps = config.refresh_request()
+    targets = memoized if refresh_all else sorted(steps)
+    print(
+        "[memoize] this deployment recomputes %s on every run (refresh request %r); "
+        "create it again without the request to stop" % (", ".join(targets) or "no step", request),
+        file=sys.stderr,
+        flush=True,
+    )
+    unknown = sorted(set(steps) - set(memoized))
+    if unknown:
+        print(
+            "[memoize] WARNING: not a @memoize step of this flow: %s" % ", ".join(unknown),
+            file=sys.stderr,
+            flush=True,
+        )
