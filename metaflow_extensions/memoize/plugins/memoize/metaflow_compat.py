@@ -354,3 +354,16 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
 def forward_refresh_request(cli_args, value: str) -> None:
     """Put a refresh request on a task's command line (local or remote)."""
     cli_args.top_level_options[TOP_LEVEL_REFRESH_OPTION] = value
+
+
+# -- the S3 client Metaflow's datastore built ------------------------------------
+def loaded_s3_client(task_datastore):
+    """The boto3 S3 client Metaflow's S3 datastore has already built in this process,
+    or None (a local datastore, or no client yet). Never builds one."""
+    try:
+        storage = task_datastore._ca_store._storage_impl
+    except AttributeError:
+        return None
+    if getattr(storage, "TYPE", None) != "s3":
+        return None
+    return getattr(getattr(storage, "s3_client", None), "_s3_client", None)
