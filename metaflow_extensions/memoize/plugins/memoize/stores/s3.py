@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -360,8 +359,9 @@ class S3Store(Store):
         with self._errors("download", key):
             try:
                 os.makedirs(directory, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-                os.close(fd)
+                # a new name, not a file: s3transfer writes its own temporary and renames
+                # it here, and a rename over an existing file costs a flush on ext4
+                tmp = os.path.join(directory, ".tmp-" + os.urandom(8).hex())
                 try:
                     self.client.download_file(self.bucket, full, tmp, Config=_transfer())
                 except Exception as err:
