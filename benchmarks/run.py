@@ -885,6 +885,7 @@ class Bench:
                 # the default links when it can (here: the same filesystem);
                 # METAFLOW_MEMOIZE_LINK=0 measures the copy path (another filesystem)
                 os.environ["METAFLOW_MEMOIZE_LINK"] = "1" if link else "0"
+                os.sync()  # the previous variant's writes must not throttle this one
                 try:
                     started = time.perf_counter()
                     moved = P.transfer.import_blobs(dest, cache, manifest.artifacts)
@@ -901,6 +902,7 @@ class Bench:
         def plain_copy(i):
             root = fresh / ("copy-%d" % i)
             root.mkdir(parents=True)
+            os.sync()
             started = time.perf_counter()
             for n, f in enumerate(blob_files):
                 shutil.copyfile(f, root / str(n))
