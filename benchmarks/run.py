@@ -654,7 +654,9 @@ class Bench:
         fd, run = self.hit_flow(mb, s3_datastore=store.startswith("S3 datastore"))
         start = run.input_path("start")
         env = None
+        floor = None
         if store == "S3 cache":
+            floor = self._boto3_floor()
             # the same entry, published to an S3 store; the blob stays in the datastore
             P = product()
             _, manifest = work_entry(fd)
@@ -696,6 +698,39 @@ class Bench:
             "empty_rss": summary([t.rss_mb for t in empties]),
             "rss_delta": summary([h.rss_mb - e.rss_mb for h, e in zip(hits, empties)]),
             "probe": probe.probe,
+            **({"floor": floor} if floor else {}),
+        }
+
+    def _boto3_floor(self):
+        """What any boto3-based store pays in a fresh task process whose datastore is local:
+        importing boto3, then building the store's client (S3Store's own construction),
+        after importing Metaflow as a task does. One fresh process per sample."""
+        reps = self.plan.remote_reps
+        self.log("target 1: boto3 floor, %d fresh processes" % reps)
+        code = textwrap.dedent(
+            """
+            import json, time
+            import metaflow
+            t0 = time.perf_counter()
+            import boto3
+            t1 = time.perf_counter()
+            from metaflow_extensions.memoize.plugins.memoize.stores import s3
+            s3._client_for(s3._endpoint_url(), s3._region())
+            t2 = time.perf_counter()
+            print(json.dumps([t1 - t0, t2 - t1]))
+            """
+        )
+        env = dict(self.env)
+        samples = []
+        for _ in range(reps):
+            out = subprocess.run(
+                [PY, "-c", code], env=env, capture_output=True, text=True, check=True
+            )
+            samples.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        return {
+            "import_s": summary([a for a, _ in samples]),
+            "client_s": summary([b for _, b in samples]),
+            "total_s": summary([a + b for a, b in samples]),
         }
 
     # ---- target 3 (local and S3 misses, end to end) ---------------------------
@@ -841,18 +876,33 @@ class Bench:
         ]
         nbytes = sum(os.path.getsize(f) for f in blob_files)
 
-        def product_import(i):
-            root = fresh / ("import-%d" % i)
-            dest = datastore_blobs(root, "ArtifactsFlow")
-            started = time.perf_counter()
-            P.transfer.import_blobs(dest, cache, manifest.artifacts)
-            took = time.perf_counter() - started
-            shutil.rmtree(root)
-            return took
+        def importer(link):
+            how = "link" if link else "copy"
+
+            def product_import(i):
+                root = fresh / ("import-%d" % i)
+                dest = datastore_blobs(root, "ArtifactsFlow")
+                # the default links when it can (here: the same filesystem);
+                # METAFLOW_MEMOIZE_LINK=0 measures the copy path (another filesystem)
+                os.environ["METAFLOW_MEMOIZE_LINK"] = "1" if link else "0"
+                os.sync()  # the previous variant's writes must not throttle this one
+                try:
+                    started = time.perf_counter()
+                    moved = P.transfer.import_blobs(dest, cache, manifest.artifacts)
+                    took = time.perf_counter() - started
+                finally:
+                    os.environ.pop("METAFLOW_MEMOIZE_LINK", None)
+                if (moved.linked if link else moved.copied) != len(blob_files):
+                    raise BenchError("import_blobs did not %s: %s" % (how, moved.describe()))
+                shutil.rmtree(root)
+                return took
+
+            return product_import
 
         def plain_copy(i):
             root = fresh / ("copy-%d" % i)
             root.mkdir(parents=True)
+            os.sync()
             started = time.perf_counter()
             for n, f in enumerate(blob_files):
                 shutil.copyfile(f, root / str(n))
@@ -861,9 +911,16 @@ class Bench:
             return took
 
         reps = self.plan.copy_reps[mb]
-        self.log("target 2: local copy-in %g MB, %d x (import_blobs, copy)" % (mb, reps))
-        s = interleaved(reps, [("product", product_import), ("copy", plain_copy)])
-        row = self._throughput(s, nbytes)
+        self.log(
+            "target 2: local copy-in %g MB, %d x (import_blobs link, import_blobs copy, copy)"
+            % (mb, reps)
+        )
+        s = interleaved(
+            reps,
+            [("product", importer(True)), ("nolink", importer(False)), ("copy", plain_copy)],
+        )
+        row = self._throughput({"product": s["product"], "copy": s["copy"]}, nbytes)
+        row["nolink"] = self._throughput({"product": s["nolink"], "copy": s["copy"]}, nbytes)
         row["mb"] = mb
         row["parts"] = self._import_parts(cache, manifest)
         return row, self._copyin_task(fd, run, manifest, mb)
@@ -903,7 +960,7 @@ class Bench:
                         os.unlink(path)
             t = fd.task("work", run.run_id, start, env=env)
             expect(t, "hit")
-            if "copied" not in t.output:
+            if "copied" not in t.output and "linked" not in t.output:
                 raise BenchError("expected a copy-in:\n" + t.output[-2000:])
             return t
 
@@ -1475,22 +1532,34 @@ class Report:
         r = rows["S3 cache"]
         look = ph(r["probe"], "memoize: lookup (read manifest)")
         text = (
-            "**An S3-cache hit** costs %s more than an empty task (%s): its manifest lookup "
-            "takes %s in a fresh task process, nearly all of it importing boto3 and building a "
-            "client from a new botocore session (measured apart on this machine: 150-290 ms and "
-            "100-270 ms, depending on load), before one small GET: that is the floor of any "
-            "boto3-based store in a fresh process. Suggested: in "
-            "`stores/s3.py` `_client_for`, reuse Metaflow's client when the datastore is S3 "
-            "(`metaflow.plugins.datatools.s3.s3util.get_s3_client`, whose session is already "
-            "loaded) instead of a private `boto3.session.Session()`, which reloads the service "
-            "model (~100 ms measured: new session 97-99 ms vs same session 9 ms per client)."
+            "**An S3-cache hit** with a local datastore costs %s more than an empty task (%s): "
+            "its manifest lookup takes %s in a fresh task process, nearly all of it importing "
+            "boto3 and building a client, before one small GET."
             % (fmt(r["delta_s"]["median"], "s"), fmt(r["ratio"]["median"], "x"), fmt(look, "s"))
         )
+        floor = r.get("floor")
+        if floor:
+            text += (
+                " Measured apart in fresh processes, importing boto3 takes %s and building the "
+                "client %s (%s together): the floor of any boto3-based store when nothing else "
+                "in the task uses boto3."
+                % (
+                    fmt(floor["import_s"]["median"], "s"),
+                    fmt(floor["client_s"]["median"], "s"),
+                    fmt(floor["total_s"]["median"], "s"),
+                )
+            )
         both = rows.get("S3 datastore + S3 cache")
         if both:
             text += (
-                " With Metaflow's S3 datastore (which already pays for boto3) the hit adds %s (%s)."
-                % (fmt(both["delta_s"]["median"], "s"), fmt(both["ratio"]["median"], "x"))
+                " With Metaflow's S3 datastore, boto3 is already imported and Metaflow's client "
+                "has parsed the service models, which the store's client reuses: the lookup "
+                "takes %s and the hit adds %s (%s) to an empty task on the same datastore."
+                % (
+                    fmt(ph(both["probe"], "memoize: lookup (read manifest)"), "s"),
+                    fmt(both["delta_s"]["median"], "s"),
+                    fmt(both["ratio"]["median"], "x"),
+                )
             )
         return text
 
@@ -1503,36 +1572,42 @@ class Report:
         s3 = res[2].get("s3")
         if s3:
             s3_text = (
-                " **From S3** the download takes %s alone and the verification %s, one after "
-                "the other; import_blobs reaches %s of boto3's default `download_file` (%s vs "
-                "%s), which on this endpoint is slower with its 8 MB parts than the store's "
-                "16 MB parts. Verifying while the bytes arrive (or the stored-bytes digest) "
-                "would take the verification off the critical path."
+                " **From S3** the download takes %s alone and the verification %s (%s with the "
+                "stored-bytes digest), one after the other; import_blobs reaches %s of boto3's "
+                "default `download_file` (%s vs %s)."
                 % (
                     fmt(s3["parts"]["fetch_s"], "s"),
                     fmt(s3["parts"]["verify_s"], "s"),
+                    fmt(s3["parts"].get("stored_digest_s"), "s"),
                     fmt(s3["ratio"]["median"], "%"),
                     fmt(s3["product_mbps"]["median"], "MB/s"),
                     fmt(s3["baseline_mbps"]["median"], "MB/s"),
                 )
             )
+        nolink = r.get("nolink")
+        copy_text = ""
+        if nolink:
+            copy_text = (
+                " With linking off (`METAFLOW_MEMOIZE_LINK=0`, or across filesystems) the blob "
+                "is copied and hashed in one pass: %s, %s of the plain copy."
+                % (
+                    fmt(nolink["product_mbps"]["median"], "MB/s"),
+                    fmt(nolink["ratio"]["median"], "%"),
+                )
+            )
         return (
-            "**Copy-in from the local store** runs at %s against %s for a plain copy of the "
-            "same %g MB: alone, fetching (a file copy) takes %s but verifying takes %s "
-            "(gunzip + sha1 of the whole payload, ~%s); the copy itself is not the cost. "
-            "Suggested, in `transfer.py` `import_blobs` / `verify_blob_file`: record a digest "
-            "of the *stored* bytes in the manifest at export (xxh3-128: %s for these bytes, "
-            "already a dependency) and check it while copying, instead of inflating; and for a "
-            "local store on the datastore's filesystem (the default root is under the datastore "
-            "root) hard-link the immutable blob instead of copying it.%s"
+            "**Copy-in from the local store** (on the datastore's filesystem, so the blob is "
+            "hard-linked and the link hashed with xxh3-128, %s for these %g MB alone) runs at "
+            "%s against %s for a plain copy of the same bytes (%s).%s Unpacking and sha1 of the "
+            "payload, the check left for entries without a stored-bytes digest, takes %s.%s"
             % (
+                fmt(parts.get("stored_digest_s"), "s"),
+                r["mb"],
                 fmt(r["product_mbps"]["median"], "MB/s"),
                 fmt(r["baseline_mbps"]["median"], "MB/s"),
-                r["mb"],
-                fmt(parts["fetch_s"], "s"),
+                fmt(r["ratio"]["median"], "%"),
+                copy_text,
                 fmt(parts["verify_s"], "s"),
-                fmt(r["bytes"] / MB / parts["verify_s"], "MB/s"),
-                fmt(parts.get("stored_digest_s"), "s"),
                 s3_text,
             )
         )
@@ -1683,6 +1758,35 @@ class Report:
             ),
         ]
         for r in rows:
+            floor = r.get("floor")
+            if not floor:
+                continue
+            out += [
+                "",
+                "**Floor of an S3 cache with a local datastore** (fresh processes that import "
+                "Metaflow, as a task does, then boto3, then build the store's client): importing "
+                "boto3 %s (%s), building the client %s (%s), together %s. The S3-cache hit "
+                "above costs %s more than the empty task, of which this floor is %s."
+                % (
+                    fmt(floor["import_s"]["median"], "s"),
+                    rng(floor["import_s"], "s"),
+                    fmt(floor["client_s"]["median"], "s"),
+                    rng(floor["client_s"], "s"),
+                    fmt(floor["total_s"]["median"], "s"),
+                    fmt(r["delta_s"]["median"], "s"),
+                    fmt(floor["total_s"]["median"] / r["delta_s"]["median"], "%")
+                    if r["delta_s"]["median"] > 0
+                    else "n/a",
+                ),
+            ]
+            self.row(
+                1,
+                "floor: import boto3 + build the client (local datastore, S3 cache)",
+                floor["total_s"],
+                "s",
+                None,
+            )
+        for r in rows:
             if r.get("store", "local") != "local":
                 out += [
                     "",
@@ -1701,12 +1805,23 @@ class Report:
             "against the plain copy of the same stored bytes: `shutil.copyfile` from the local "
             "cache, boto3 `download_file` (default settings) from the same moto endpoint. Files "
             "are warm in the page cache for both. Criterion: throughput ≥ 80% of the baseline "
-            "(median of the paired time ratios baseline/product).",
+            "(median of the paired time ratios baseline/product). The local cache here is on the "
+            "datastore's filesystem, so by default the blob is hard-linked and the link hashed "
+            '("local, link"); "local, copy" is the same import with `METAFLOW_MEMOIZE_LINK=0`, '
+            "the path taken across filesystems: one pass that copies and hashes. The three "
+            "variants are interleaved.",
             "",
             "| store | bytes | import_blobs | baseline | import_blobs MB/s | baseline MB/s | ratio (min – max) | alone: fetch / verify (inflate + sha1) / xxh3 of stored bytes | result |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        rows = [("local", x) for x in r["local"]] + ([("S3 (moto)", r["s3"])] if r["s3"] else [])
+        rows = []
+        for x in r["local"]:
+            if "nolink" in x:
+                rows.append(("local, link", x))
+                rows.append(("local, copy", dict(x["nolink"], parts=x["parts"])))
+            else:
+                rows.append(("local", x))
+        rows += [("S3 (moto)", r["s3"])] if r["s3"] else []
         for store, x in rows:
             ok = x["ratio"]["median"] >= 0.8
             out.append(
@@ -1729,7 +1844,11 @@ class Report:
             self.row(
                 2,
                 "copy-in throughput vs %s, %s %.0f MB"
-                % ("boto3 download" if store != "local" else "file copy", store, x["bytes"] / MB),
+                % (
+                    "file copy" if store.startswith("local") else "boto3 download",
+                    store,
+                    x["bytes"] / MB,
+                ),
                 x["ratio"],
                 "%",
                 ok,

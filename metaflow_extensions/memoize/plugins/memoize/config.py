@@ -20,6 +20,7 @@ ENV_REFRESH = "METAFLOW_MEMOIZE_REFRESH"
 ENV_STRICT = "METAFLOW_MEMOIZE_STRICT"
 ENV_SIGNING_KEY = "METAFLOW_MEMOIZE_SIGNING_KEY"
 ENV_LOCK_LEASE = "METAFLOW_MEMOIZE_LOCK_LEASE"
+ENV_LINK = "METAFLOW_MEMOIZE_LINK"
 
 _TRUE = ("1", "true", "yes", "on", "all", "*")
 _FALSE = ("", "0", "false", "no", "off", "none")
@@ -84,3 +85,9 @@ def default_root(datastore_type: str, datastore_root: str | None) -> str:
             return datastore_root.rstrip("/") + "/" + DEFAULT_ROOT_NAME
         return os.path.join(datastore_root, DEFAULT_ROOT_NAME)
     return os.path.join(os.getcwd(), ".metaflow", DEFAULT_ROOT_NAME)
+
+
+def link_blobs() -> bool:
+    """Whether a local cache may hard-link blobs into a local datastore (default: yes)."""
+    value = (_conf("MEMOIZE_LINK") or "").strip().lower()
+    return not value or value not in _FALSE

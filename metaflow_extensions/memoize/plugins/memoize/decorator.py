@@ -26,6 +26,7 @@ from .manifest import ArtifactRecord, Manifest
 from .settings import parse_arguments
 from .singleflight import Lease
 from .stores import open_store
+from .stores import s3 as s3_store
 from .transfer import export_blobs, import_blobs
 from .version import __version__
 
@@ -229,6 +230,10 @@ class MemoizeDecorator(StepDecorator):
             self._register({"memoize_status": "disabled"})
             return
         try:
+            metaflow_client = mf.loaded_s3_client(task_datastore)
+            if metaflow_client is not None:
+                # an S3 datastore: our S3 client can skip parsing the service models again
+                s3_store.reuse_loaded_models(metaflow_client)
             self._cache = Cache(open_store(self.cache_root()), signing_key=config.signing_key())
             try:
                 self._components = task_components(

@@ -217,8 +217,13 @@ class DatastoreBlobs:
         exists, meta = self._storage.info_file(self.path(sha))
         return meta if exists else None
 
-    def write_local_blob(self, sha: str, verified_file: str, meta: dict[str, Any]) -> None:
-        """Move a verified blob file into a local datastore (meta first, then the blob)."""
+    def write_local_blob(
+        self, sha: str, verified_file: str, meta: dict[str, Any], linked: bool = False
+    ) -> None:
+        """Move a verified blob file into a local datastore (meta first, then the blob).
+
+        ``linked``: the file is a hard link to a cache file; its mode is the cache's
+        and is left alone (a chmod would change the cache's file too)."""
         full = self.url(sha)
         os.makedirs(os.path.dirname(full), exist_ok=True)
         fd, tmp_meta = tempfile.mkstemp(dir=os.path.dirname(full))
@@ -229,13 +234,16 @@ class DatastoreBlobs:
 
         mode = file_mode_from_umask()
         os.chmod(tmp_meta, mode)
-        os.chmod(verified_file, mode)
+        if not linked:
+            os.chmod(verified_file, mode)
         os.replace(tmp_meta, full + "_meta")
         os.replace(verified_file, full)
 
-    def write_blob(self, sha: str, verified_file: str, meta: dict[str, Any]) -> None:
+    def write_blob(
+        self, sha: str, verified_file: str, meta: dict[str, Any], linked: bool = False
+    ) -> None:
         if self.kind == "local":
-            self.write_local_blob(sha, verified_file, meta)
+            self.write_local_blob(sha, verified_file, meta, linked=linked)
             return
         with open(verified_file, "rb") as f:
             self._storage.save_bytes([(self.path(sha), (f, meta))], overwrite=True, len_hint=1)
@@ -558,3 +566,16 @@ def _announce_deployment(request, graph) -> None:
             file=sys.stderr,
             flush=True,
         )
+
+
+# -- the S3 client Metaflow's datastore built ------------------------------------
+def loaded_s3_client(task_datastore):
+    """The boto3 S3 client Metaflow's S3 datastore has already built in this process,
+    or None (a local datastore, or no client yet). Never builds one."""
+    try:
+        storage = task_datastore._ca_store._storage_impl
+    except AttributeError:
+        return None
+    if getattr(storage, "TYPE", None) != "s3":
+        return None
+    return getattr(getattr(storage, "s3_client", None), "_s3_client", None)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 
@@ -150,8 +152,12 @@ class LocalStore(Store):
         dest = self._path(key)
         tmp = None
         try:
-            fd, tmp = self._temp_for(dest)
-            os.close(fd)
+            directory = os.path.dirname(dest)
+            os.makedirs(directory, exist_ok=True)
+            # copyfile creates the new name with the umask's mode; reopening a file
+            # from mkstemp would truncate it, which ext4 (auto_da_alloc) answers with
+            # a flush of the new data when it is closed
+            tmp = _temp_name(directory)
             shutil.copyfile(path, tmp)
             os.replace(tmp, dest)
             tmp = None
@@ -167,12 +173,12 @@ class LocalStore(Store):
         tmp = None
         try:
             os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-            os.fchmod(fd, file_mode_from_umask())
-            os.close(fd)
+            tmp = _temp_name(directory)  # a new file: see put_file
             try:
                 shutil.copyfile(src, tmp)
             except FileNotFoundError:
+                if os.path.exists(src):
+                    raise
                 return False
             os.replace(tmp, path)
             tmp = None
@@ -182,6 +188,123 @@ class LocalStore(Store):
         finally:
             if tmp is not None:
                 _silent_unlink(tmp)
+
+    def fetch_hashed(self, key: str, directory: str, hasher, link: bool = False):
+        """Put the object's stored bytes in a new temporary file in ``directory``, feeding
+        every byte to ``hasher`` (anything with ``update``) on the way.
+
+        Returns ``(temporary path, linked)``, or None if the object does not exist. The
+        caller checks the digest, then renames the file into place or deletes it.
+
+        With ``link``, the file is a hard link to the cache's file when that is possible
+        (same filesystem) and safe: the inode is owned by this user and writable by no one
+        else, so nothing but this user can change the bytes after they are hashed. The
+        hash is then taken through the new link, i.e. of exactly the inode that stays in
+        place. Otherwise the bytes are copied and hashed in one pass.
+        """
+        src = self._path(key)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            if link:
+                tmp = self._try_link(src, directory)
+                if tmp is not None:
+                    try:
+                        _hash_file(tmp, hasher)
+                    except BaseException:
+                        _silent_unlink(tmp)
+                        raise
+                    return tmp, True
+            try:
+                source = open(src, "rb", buffering=0)
+            except FileNotFoundError:
+                return None
+            with source:
+                # a new file written through its own descriptor: no truncation of an
+                # existing file and no rename over one, which ext4 (auto_da_alloc)
+                # answers with a synchronous flush
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+                try:
+                    with open(fd, "wb", buffering=0) as out:
+                        os.fchmod(out.fileno(), file_mode_from_umask())
+                        _copy_hashing(source, out, hasher)
+                except BaseException:
+                    _silent_unlink(tmp)
+                    raise
+            return tmp, False
+        except _Missing:
+            return None
+        except OSError as err:
+            raise self._fault("read", key, err)
+
+    @staticmethod
+    def _try_link(src: str, directory: str) -> str | None:
+        """A new hard link to ``src`` in ``directory``, or None when linking is not possible
+        or not safe (then the caller copies). Raises _Missing if ``src`` does not exist."""
+        for _attempt in range(10):
+            tmp = _temp_name(directory)
+            try:
+                os.link(src, tmp)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                if not os.path.exists(src):
+                    raise _Missing(src)
+                return None
+            except OSError as err:
+                # EXDEV (another filesystem), EPERM (protected_hardlinks, or a filesystem
+                # without links), EMLINK (too many links), ...: copy instead
+                if err.errno == errno.ENOENT:
+                    raise _Missing(src)
+                return None
+            # checked on the link itself: the inode that will stay in the datastore
+            st = os.lstat(tmp)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or st.st_uid != os.geteuid()
+                or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            ):
+                _silent_unlink(tmp)
+                return None
+            return tmp
+        return None
+
+
+class _Missing(Exception):
+    pass
+
+
+def _temp_name(directory: str) -> str:
+    """A name for a new temporary file (64 random bits: no collision in practice)."""
+    return os.path.join(directory, ".tmp-" + os.urandom(8).hex())
+
+
+_BUFFER = 4 << 20
+
+
+def _copy_hashing(source, out, hasher) -> None:
+    """Copy one open file to another, hashing on the way, through one reused buffer."""
+    buf = bytearray(_BUFFER)
+    view = memoryview(buf)
+    while True:
+        n = source.readinto(buf)
+        if not n:
+            break
+        chunk = view[:n]
+        hasher.update(chunk)
+        while chunk:
+            written = out.write(chunk)
+            chunk = chunk[written:]
+
+
+def _hash_file(path: str, hasher) -> None:
+    buf = bytearray(_BUFFER)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            hasher.update(view[:n])
 
 
 def file_mode_from_umask() -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -43,6 +42,20 @@ _CONFLICT_CODES = frozenset(("ConditionalRequestConflict", "409"))
 _clients: dict[tuple[int, str | None, str], Any] = {}
 _clients_lock = threading.Lock()
 _transfer_config = None
+#: botocore data loader (parsed service models) of a client built earlier in this
+#: process, by Metaflow's S3 datastore: a new session reuses it instead of parsing them again
+_loaded_models: Any = None
+
+
+def reuse_loaded_models(client) -> None:
+    """Build this process's clients with the parsed service models of ``client`` (a boto3
+    client someone else built, e.g. Metaflow's S3 datastore), instead of loading them
+    again: a new session costs ~60-100 ms, a session on loaded models ~10 ms.
+    Only the models are shared: the session, credentials and configuration stay ours."""
+    global _loaded_models
+    loader = getattr(client, "_loader", None)  # botocore keeps it on every client
+    if loader is not None and _loaded_models is None:
+        _loaded_models = loader
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -159,6 +172,9 @@ def _client_for(endpoint_url: str | None, region: str):
             # A private session: boto3's default session is not thread-safe
             # to create clients from.
             session = boto3.session.Session()
+            if _loaded_models is not None:
+                # after the session set up its own loader: nothing of the donor changes
+                session._session.register_component("data_loader", _loaded_models)
             client = session.client(
                 "s3", endpoint_url=endpoint_url, region_name=region, config=config
             )
@@ -361,8 +377,9 @@ class S3Store(Store):
         with self._errors("download", key):
             try:
                 os.makedirs(directory, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-                os.close(fd)
+                # a new name, not a file: s3transfer writes its own temporary and renames
+                # it here, and a rename over an existing file costs a flush on ext4
+                tmp = os.path.join(directory, ".tmp-" + os.urandom(8).hex())
                 try:
                     self.client.download_file(self.bucket, full, tmp, Config=_transfer())
                 except Exception as err:
