@@ -115,6 +115,33 @@ def test_a_signing_key_never_links(tmp_path):
     assert "blob(s) copied" in hit and "linked" not in hit, hit
 
 
+def test_with_a_signing_key_only_the_sha1_vouches_for_a_blob(tmp_path):
+    """xxh3 is not collision resistant. Simulate a writer who found a blob with the
+    digest a signed manifest records: re-sign the manifest so that its xxh3 is that
+    of a tampered blob. With a signing key the blob must still be rejected (the SHA-1
+    of its payload does not match), so the step runs and computes the right value."""
+    from metaflow_extensions.memoize.plugins.memoize.manifest import Manifest
+
+    secret = "copy-in-secret"
+    cache = tmp_path / "cache"
+    a = _runner(tmp_path / "a", cache, METAFLOW_MEMOIZE_SIGNING_KEY=secret)
+    first = a.run(TINY_FILE, "--size", SIZE)
+    sha, in_cache, _ = _payload_blob(a, cache, first.run_id)
+    data = bytearray(in_cache.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    in_cache.write_bytes(bytes(data))
+    (entry,) = (cache / "v1" / "entries" / TINY / "start").glob("*.json")
+    manifest = Manifest.loads(entry.read_bytes())
+    manifest.artifacts["payload"].stored_xxh = file_xxh(str(in_cache))
+    entry.write_bytes(manifest.sign(secret).dumps())
+
+    b = _runner(tmp_path / "b", cache, METAFLOW_MEMOIZE_SIGNING_KEY=secret)
+    result = b.run(TINY_FILE, "--size", SIZE)
+    assert b.count("start") == 1
+    assert _hit_lines(result) == []
+    assert b.artifacts(TINY, result.run_id) == a.artifacts(TINY, first.run_id)
+
+
 def _other_filesystem(tmp_path) -> Path:
     shm = Path("/dev/shm")
     if not shm.is_dir() or not os.access(shm, os.W_OK):
