@@ -48,6 +48,18 @@ def test_refresh_request_is_on_the_task_command_line(runner):
     assert any("refresh start" in line for line in result.memoize_lines())
 
 
+def test_refresh_from_the_environment_is_on_the_task_command_line(runner):
+    """METAFLOW_MEMOIZE_REFRESH in the shell that starts `run` is forwarded on each
+    task's command line too, so remote tasks see it without the variable."""
+    runner.add_flow("argv_flow.py", FLOW)
+    runner.run("argv_flow.py")
+    runner.run("argv_flow.py", env={"METAFLOW_MEMOIZE_REFRESH": "start"})
+    argv = _argv(runner)
+    assert argv[argv.index("--memoize-refresh-request") + 1] == "start"
+    assert argv.index("--memoize-refresh-request") < argv.index("step")
+    assert runner.count("start") == 2
+
+
 def test_refresh_request_reaches_the_task_without_the_environment(runner):
     """Replay a task's own command line, as a remote worker would run it, with no
     METAFLOW_MEMOIZE_REFRESH in its environment: the task still refreshes."""
