@@ -59,6 +59,14 @@ class FlowResult:
     def memoize_lines(self) -> List[str]:
         return [line for line in self.output.splitlines() if "[memoize]" in line]
 
+    def launched_steps(self) -> set:
+        """Steps for which the runtime started a task process (not cloned hits)."""
+        return {
+            line.split("/")[1]
+            for line in self.output.splitlines()
+            if "Task is starting." in line and "/" in line
+        }
+
     def __repr__(self):
         return "FlowResult(rc=%s, run_id=%s)\n%s" % (
             self.returncode,

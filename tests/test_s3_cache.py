@@ -24,7 +24,8 @@ def test_local_datastore_with_s3_cache(runner, s3_env):
     runner.add_flow("s3_flow.py")
     env = _cache_env(s3_env)
     first = runner.run("s3_flow.py", env=env)
-    second = runner.run("s3_flow.py", env=env)
+    # hits inside launched tasks (no clone by the orchestrator)
+    second = runner.run("s3_flow.py", env=dict(env, METAFLOW_MEMOIZE_CLONE="0"))
     assert runner.count("start") == 1 and runner.count("summarize") == 1
     assert len(_manifests(s3_env)) == 2
     hits = [line for line in second.memoize_lines() if " hit " in line]
@@ -35,6 +36,15 @@ def test_local_datastore_with_s3_cache(runner, s3_env):
     )
     md = runner.metadata("S3CacheFlow", second.run_id)
     assert md["start"][0]["memoize_status"] == "hit"
+    # the orchestrator reads the S3 cache too, and completes both hits itself
+    third = runner.run("s3_flow.py", env=env)
+    hits = [line for line in third.memoize_lines() if " hit " in line]
+    assert len(hits) == 2 and all("cloned in the orchestrator" in line for line in hits)
+    assert third.launched_steps() == {"end"}  # end is not memoized
+    assert runner.count("start") == 1 and runner.count("summarize") == 1
+    assert runner.artifacts("S3CacheFlow", third.run_id) == runner.artifacts(
+        "S3CacheFlow", first.run_id
+    )
 
 
 def test_s3_datastore_and_s3_cache_copy_server_side(runner, s3_env):
@@ -45,7 +55,7 @@ def test_s3_datastore_and_s3_cache_copy_server_side(runner, s3_env):
     assert len(stored) == 2
     # the datastore and the cache are both on S3: no byte passes through the task
     assert all("server-side" in line and "blob(s) copied" not in line for line in stored)
-    second = runner.run("s3_flow.py", env=env)
+    second = runner.run("s3_flow.py", env=dict(env, METAFLOW_MEMOIZE_CLONE="0"))
     hits = [line for line in second.memoize_lines() if " hit " in line]
     assert len(hits) == 2
     # blobs are already in the run's datastore: a hit moves nothing
@@ -53,6 +63,14 @@ def test_s3_datastore_and_s3_cache_copy_server_side(runner, s3_env):
     assert runner.count("start") == 1
     assert runner.artifacts("S3CacheFlow", first.run_id, env=env) == runner.artifacts(
         "S3CacheFlow", second.run_id, env=env
+    )
+    # the orchestrator reads the S3 datastore and the S3 cache, and clones both tasks
+    third = runner.run("s3_flow.py", env=env)
+    hits = [line for line in third.memoize_lines() if " hit " in line]
+    assert len(hits) == 2 and all("cloned in the orchestrator" in line for line in hits)
+    assert third.launched_steps() == {"end"}  # end is not memoized
+    assert runner.artifacts("S3CacheFlow", third.run_id, env=env) == runner.artifacts(
+        "S3CacheFlow", first.run_id, env=env
     )
 
 

@@ -21,6 +21,7 @@ ENV_STRICT = "METAFLOW_MEMOIZE_STRICT"
 ENV_SIGNING_KEY = "METAFLOW_MEMOIZE_SIGNING_KEY"
 ENV_LOCK_LEASE = "METAFLOW_MEMOIZE_LOCK_LEASE"
 ENV_LINK = "METAFLOW_MEMOIZE_LINK"
+ENV_CLONE = "METAFLOW_MEMOIZE_CLONE"
 
 _TRUE = ("1", "true", "yes", "on", "all", "*")
 _FALSE = ("", "0", "false", "no", "off", "none")
@@ -90,4 +91,11 @@ def default_root(datastore_type: str, datastore_root: str | None) -> str:
 def link_blobs() -> bool:
     """Whether a local cache may hard-link blobs into a local datastore (default: yes)."""
     value = (_conf("MEMOIZE_LINK") or "").strip().lower()
+    return not value or value not in _FALSE
+
+
+def clone_hits() -> bool:
+    """Whether the orchestrator may complete a hit by cloning the entry's origin task
+    (default: yes)."""
+    value = (_conf("MEMOIZE_CLONE") or "").strip().lower()
     return not value or value not in _FALSE

@@ -23,6 +23,7 @@ from .identity import (
 )
 from .keys import BOOKKEEPING_ARTIFACTS, diff_components, key_of
 from .manifest import ArtifactRecord, Manifest
+from .orchestrator_hits import OrchestratorHits
 from .settings import parse_arguments
 from .singleflight import Lease
 from .stores import open_store
@@ -182,6 +183,8 @@ class MemoizeDecorator(StepDecorator):
     # -- orchestrator: end-of-run summary ------------------------------------
     def runtime_init(self, flow, graph, package, run_id):
         _RunSummary.start(flow.name, run_id)
+        # the runtime exists now (importing it with this module would be circular)
+        mf.install_launch_hook(OrchestratorHits())
 
     def runtime_finished(self, exception):
         _RunSummary.finish()

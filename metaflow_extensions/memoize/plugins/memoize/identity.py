@@ -74,7 +74,7 @@ def item_digest(item: Any) -> str:
         raise UnidentifiableInput("foreach item cannot be pickled: %s" % err)
 
 
-def foreach_component(flow, source_datastore) -> tuple[list[dict[str, Any]], list[str]]:
+def foreach_component(flow, source_datastore, frames) -> tuple[list[dict[str, Any]], list[str]]:
     """One entry per enclosing foreach frame, and the frames' list artifact names.
 
     The item is identified by the digest of its value, read from the list
@@ -82,7 +82,6 @@ def foreach_component(flow, source_datastore) -> tuple[list[dict[str, Any]], lis
     does not match what Metaflow recorded for the frame, the task's identity is
     unknown: raise rather than guess.
     """
-    frames = mf.foreach_frames(flow)
     out, list_names = [], []
     for frame in frames:
         if frame.var is None:
@@ -121,10 +120,19 @@ def task_components(
     inputs: Sequence[Any],
     args: dict[str, Any],
     env: dict[str, Any],
+    frames: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """The key components of a running task, from its input datastores."""
+    """The key components of a task, from its input datastores.
+
+    ``frames``: the task's foreach stack; by default the running task's own
+    (the orchestrator passes the stack the task would have).
+    """
+    if frames is None:
+        frames = mf.foreach_frames(flow)
     source = inputs[0] if inputs else None
-    foreach, list_names = foreach_component(flow, source) if source is not None else ([], [])
+    foreach, list_names = (
+        foreach_component(flow, source, frames) if source is not None else ([], [])
+    )
     input_maps = [mf.input_identity(ds) + (mf.artifact_hashes(ds),) for ds in inputs]
     return components_for(flow, graph, step_name, input_maps, foreach, list_names, args, env)
 

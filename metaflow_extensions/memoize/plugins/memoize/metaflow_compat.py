@@ -9,6 +9,10 @@ Verified against metaflow 2.19.x (see docs/concepts.md). What we rely on:
   (plus ``<path>_meta`` on local storage) and ``DataStoreStorage`` methods.
 * The flow's transition attributes (``_transition``, ``_foreach_*``).
 * ``LazyGroup._lazy_load``: the only way to add options to ``run``/``resume``.
+* ``NativeRuntime._launch_worker`` / ``_cloned_tasks`` and ``clone_task_helper``:
+  how ``resume`` completes a task without launching it, used for hits decided in
+  the orchestrator (see ``install_launch_hook``); task.py's rules for
+  ``_foreach_stack`` (``expected_foreach_stack``).
 * ``LazyPluginCommandCollection._lazy_load`` and the ``argo-workflows`` /
   ``step-functions`` CLI groups (``create``), the compilers ``ArgoWorkflows`` /
   ``StepFunctions`` and their module-level ``flow_decorators`` (see
@@ -74,17 +78,20 @@ def step_function(flow, step_name):
     return getattr(flow.__class__, step_name)
 
 
+def _recordable(attr: str, value: Any) -> Any:
+    if attr == "_transition" and value is not None:
+        funcs, foreach = value[0], value[1]
+        extra = list(value[2:]) if len(value) > 2 else []
+        return {"funcs": list(funcs), "foreach": foreach, "extra": extra}
+    return value
+
+
 def record_transition(flow) -> dict[str, Any]:
     """The step's recorded transition, JSON-able, to replay on a hit."""
-    recorded = {}
-    for attr in TRANSITION_ATTRIBUTES:
-        value = flow.__dict__.get(attr, getattr(flow, attr, None))
-        if attr == "_transition" and value is not None:
-            funcs, foreach = value[0], value[1]
-            extra = list(value[2:]) if len(value) > 2 else []
-            value = {"funcs": list(funcs), "foreach": foreach, "extra": extra}
-        recorded[attr] = value
-    return recorded
+    return {
+        attr: _recordable(attr, flow.__dict__.get(attr, getattr(flow, attr, None)))
+        for attr in TRANSITION_ATTRIBUTES
+    }
 
 
 def replay(flow, artifacts: dict[str, dict[str, Any]], transition: dict[str, Any]) -> None:
@@ -579,3 +586,182 @@ def loaded_s3_client(task_datastore):
     if getattr(storage, "TYPE", None) != "s3":
         return None
     return getattr(getattr(storage, "s3_client", None), "_s3_client", None)
+
+
+# -- the orchestrator: hits decided before a task is launched --------------------
+#: Per-task bookkeeping a cloned task must carry with the values this task would
+#: have (compared by value, see ``bookkeeping_values``), and artifacts only
+#: @parallel / unbounded-foreach / @catch tasks have (a clone never carries them).
+VALUE_CHECKED_ARTIFACTS = frozenset(
+    ("_foreach_stack", "_iteration_stack", "_task_ok", "_success", "_exception", "_current_step")
+    + TRANSITION_ATTRIBUTES
+)
+NEVER_CLONED_ARTIFACTS = frozenset(
+    (
+        "_parallel_ubf_iter",
+        "_control_mapper_tasks",
+        "_control_task_is_mapper_zero",
+        "_catch_exception",
+    )
+)
+
+
+def install_launch_hook(try_complete) -> None:
+    """Let ``try_complete(LaunchingTask)`` finish a task before Metaflow's runtime
+    launches a process for it.
+
+    Called for the first attempt of ordinary tasks of `run` / `resume` (never
+    clone-only resumes, unbounded-foreach or @parallel tasks). When it returns
+    True the task is complete in the datastore (it was cloned, as `resume`
+    clones) and is handed to the runtime the way `resume` hands over its clones;
+    when it returns False or raises, the task is launched as usual.
+    """
+    from metaflow import runtime
+
+    original = runtime.NativeRuntime._launch_worker
+    if getattr(original, "_memoize_hook", False):
+        return
+
+    @functools.wraps(original)
+    def launch_worker(self, task):
+        if (
+            not self._clone_only
+            and task.retries == 0
+            and task.ubf_context is None
+            and not task.is_cloned
+        ):
+            try:
+                completed = try_complete(LaunchingTask(self, task))
+            except Exception as err:  # never lose a run to the fast path
+                print(
+                    "[memoize] WARNING: %s: could not check the cache before launching "
+                    "the task (%s); launching it" % (task.step, err),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                completed = False
+            if completed:
+                self._cloned_tasks.append(task)
+                return
+        return original(self, task)
+
+    launch_worker._memoize_hook = True
+    runtime.NativeRuntime._launch_worker = launch_worker
+
+
+class LaunchingTask:
+    """What the orchestrator knows about a task it is about to launch."""
+
+    def __init__(self, runtime, task):
+        self._runtime = runtime
+        self._task = task
+        self.flow = runtime._flow
+        self.graph = runtime._graph
+        self.step = task.step
+        self.run_id = task.run_id
+        self.task_id = task.task_id
+        self.split_index = task.split_index
+        self.input_paths = list(task.input_paths or [])
+        self.decorators = list(task.decos or [])
+        self.flow_datastore = runtime._flow_datastore
+        self.metadata = runtime._metadata
+
+    def open_task(self, run_id: str, step: str, task_id: str):
+        """A finished task's datastore (read mode), or None when it is not there."""
+        try:
+            return self.flow_datastore.get_task_datastore(run_id, step, task_id, mode="r")
+        except Exception:
+            return None
+
+    def open_inputs(self) -> list[Any] | None:
+        inputs = []
+        for path in self.input_paths:
+            parts = path.split("/")
+            if len(parts) != 3:
+                return None
+            ds = self.open_task(*parts)
+            if ds is None:
+                return None
+            inputs.append(ds)
+        return inputs
+
+    def expected_foreach_stack(self, inputs) -> list[Any]:
+        """The `_foreach_stack` the task would set (task.py's ``_init_foreach``)."""
+        from metaflow.tuple_util import ForeachFrame
+
+        if self.step == self.graph.start_step or not inputs:
+            return []
+        # one read for all of them (one request on an S3 datastore)
+        names = ["_foreach_stack", "_foreach_var", "_foreach_num_splits", "_foreach_values"]
+        first = dict(inputs[0].load_artifacts([n for n in names if n in inputs[0]]))
+        stack = list(first.get("_foreach_stack") or [])
+        kind = join_type(self.graph, self.step)
+        if kind is not None:
+            return stack[:-1] if kind == "foreach" else stack
+        if first.get("_foreach_var") is not None:
+            if self.split_index is None:
+                raise ValueError("a task after a split has no split index")
+            index = int(self.split_index)
+            values = first.get("_foreach_values")
+            frame = ForeachFrame(
+                self.step,
+                first["_foreach_var"],
+                first.get("_foreach_num_splits"),
+                index,
+                values[index] if values is not None else None,
+            )
+            return stack + [frame]
+        return stack
+
+    def is_recursive(self) -> bool:
+        return self.step in self.graph[self.step].out_funcs
+
+    def log(self, message: str) -> None:
+        self._task.log("[memoize] %s" % message)
+
+    def clone_from(self, origin_run_id: str, origin_task_id: str) -> None:
+        """Complete this task as a copy of a finished task of the same step, the way
+        `resume` does: artifact references and metadata only, no artifact bytes."""
+        from metaflow.clone_util import clone_task_helper
+
+        clone_task_helper(
+            self.flow.name,
+            origin_run_id,
+            self.run_id,
+            self.step,
+            origin_task_id,
+            self.task_id,
+            self.flow_datastore,
+            self.metadata,
+        )
+
+    def register(self, fields: dict[str, Any]) -> None:
+        register_task_metadata(self.metadata, self.run_id, self.step, self.task_id, 0, fields)
+
+
+def bookkeeping_values(task_datastore) -> dict[str, Any]:
+    """The value-checked bookkeeping of a finished task, JSON-like (absent: None)."""
+    names = [n for n in VALUE_CHECKED_ARTIFACTS if n in task_datastore]
+    loaded = dict(task_datastore.load_artifacts(names)) if names else {}
+    return {n: jsonable_bookkeeping(n, loaded.get(n)) for n in VALUE_CHECKED_ARTIFACTS}
+
+
+def jsonable_bookkeeping(name: str, value: Any) -> Any:
+    if name == "_foreach_stack" and value is not None:
+        value = [list(frame) for frame in value]
+    return json.loads(json.dumps(_recordable(name, value), default=repr))
+
+
+def class_level_names(flow) -> set[str]:
+    """Artifacts every task of the flow persists from the class: parameters,
+    constants (persist() stores every non-callable class attribute)."""
+    cls = flow.__class__
+    names = set()
+    for var in dir(cls):
+        if var.startswith("__") or var in getattr(cls, "_EPHEMERAL", ()):
+            continue
+        value = getattr(cls, var, None)
+        if isinstance(value, (property, type)) or callable(value):
+            continue
+        names.add(var)
+    return names | set(parameter_names(flow))

@@ -1,0 +1,240 @@
+"""Hits decided in the orchestrator, before a task is launched.
+
+A hit inside a task costs a whole task process (Python, Metaflow, the flow's
+imports: ~0.4 s here) to restore a few references. When the entry's origin
+task is in the run's own datastore, the orchestrator can do better: complete
+the new task as a clone of the origin, as `resume` clones tasks (references and
+metadata only), and launch nothing.
+
+Only when the clone is exactly what the task would have produced: the origin's
+artifacts must be the entry's outputs plus what the task would inherit now,
+hash for hash, and its bookkeeping (foreach position, transition, success)
+must be the task's. Anything else (origin gone, an inherited artifact outside
+the key changed, a different foreach index, a fault) launches the task, which
+decides for itself: a slower hit, never a different result.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from . import config
+from . import metaflow_compat as mf
+from .cache import Cache
+from .durations import format_duration
+from .exceptions import CacheFault
+from .identity import UnidentifiableInput, task_components
+from .keys import key_of
+from .stores import open_store
+
+#: Decorators whose task-side work cannot change what a hit produces (the body
+#: they wrap does not run) and that leave the task in the orchestrator's own
+#: Python environment. Any other decorator makes the orchestrator launch the
+#: task: @card and @catch act in the task; @kubernetes, @batch, @pypi and @conda
+#: run it elsewhere, and the key includes the Python and package versions that
+#: only the task itself can read.
+CLONE_SAFE_DECORATORS = frozenset(
+    ["memoize", "resources", "retry", "timeout", "environment", "secrets"]
+)
+
+#: Joins wider than this are left to the task: the orchestrator reads its
+#: inputs one by one while every other task waits.
+MAX_JOIN_INPUTS = 256
+
+#: After this many tasks of a step in a row that could not be cloned, the step's
+#: remaining tasks are launched unchecked: a step that misses (its first run, a
+#: changed input) pays for the orchestrator's check a few times, not per task.
+GIVE_UP_AFTER = 4
+
+
+def clone_mismatch(
+    *,
+    is_join: bool,
+    origin: dict[str, str],
+    parent: dict[str, str],
+    produced: dict[str, str],
+    class_level: set[str],
+) -> str | None:
+    """Why a task completed by cloning ``origin`` (artifact -> hash) would differ
+    from the task completed by a hit, or None when it would not.
+
+    ``parent``: the hashes of the task's first input; ``produced``: the entry's
+    outputs. Bookkeeping compared by value (``mf.VALUE_CHECKED_ARTIFACTS``) is
+    left out of these maps by the caller. A non-join task inherits everything
+    from its parent and overrides what it produced; a join starts empty and
+    carries the class-level artifacts (parameters, constants) and the graph.
+    """
+    for name in mf.NEVER_CLONED_ARTIFACTS:
+        if name in origin:
+            return "the origin task has %s" % name
+    for name, sha in produced.items():
+        if origin.get(name) != sha:
+            return "the origin's %s is not the entry's" % name
+    for name, sha in origin.items():
+        if name in produced:
+            continue
+        if parent.get(name) != sha:
+            return "%s differs from what the task inherits" % name
+    for name in parent:
+        if name in produced or name in origin:
+            continue
+        if not is_join or name in class_level or name == "_graph_info":
+            return "the origin task lacks %s" % name
+    return None
+
+
+def _split(mapping: dict[str, str]) -> dict[str, str]:
+    return {n: s for n, s in mapping.items() if n not in mf.VALUE_CHECKED_ARTIFACTS}
+
+
+class _ListMemo:
+    """Read-through view of a datastore that keeps the last foreach lists loaded:
+    every task of a foreach reads the same list, and the orchestrator is serial."""
+
+    def __init__(self, memo: dict[str, Any], datastore):
+        self._memo = memo
+        self._ds = datastore
+
+    def __getattr__(self, name):
+        return getattr(self._ds, name)
+
+    def __getitem__(self, name):
+        sha = mf.artifact_hashes(self._ds).get(name)
+        if sha is None:
+            return self._ds[name]
+        if sha not in self._memo:
+            if len(self._memo) >= 4:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[sha] = self._ds[name]
+        return self._memo[sha]
+
+
+class OrchestratorHits:
+    """Called for each task the runtime is about to launch (see mf.install_launch_hook)."""
+
+    def __init__(self):
+        self._caches: dict[str, Cache] = {}
+        self._failed_roots: set[str] = set()
+        self._lists: dict[str, Any] = {}
+        self._not_cloned: dict[str, int] = {}  # step -> tasks in a row not cloned
+
+    def __call__(self, task: mf.LaunchingTask) -> bool:
+        deco = next((d for d in task.decorators if getattr(d, "name", None) == "memoize"), None)
+        if deco is None or not getattr(deco, "args", None) or not self._eligible(deco, task):
+            return False
+        if self._not_cloned.get(task.step, 0) >= GIVE_UP_AFTER:
+            return False
+        cloned = self._try_clone(deco, task)
+        self._not_cloned[task.step] = 0 if cloned else self._not_cloned.get(task.step, 0) + 1
+        return cloned
+
+    def _try_clone(self, deco, task: mf.LaunchingTask) -> bool:
+        root = deco.cache_root()
+        if root in self._failed_roots:
+            return False
+        inputs = task.open_inputs()
+        if not inputs:
+            return False
+        try:
+            frames = task.expected_foreach_stack(inputs)
+            source = _ListMemo(self._lists, inputs[0])
+            components = task_components(
+                task.flow,
+                task.graph,
+                task.step,
+                [source] + inputs[1:],
+                deco.args,
+                deco._env_component,
+                frames=frames,
+            )
+        except (UnidentifiableInput, KeyError, ValueError, IndexError, TypeError):
+            return False
+        key = key_of(components)
+        try:
+            cache = self._cache(root)
+            found = cache.lookup(task.flow.name, task.step, key)
+        except CacheFault:
+            # the task will say what is wrong; don't pay for the fault twice per task
+            self._failed_roots.add(root)
+            return False
+        if found.status != "found":
+            return False
+        manifest = found.manifest
+        origin = self._origin(task, manifest.origin)
+        if origin is None:
+            return False
+        origin_run, origin_task, origin_ds = origin
+        produced = {n: a.sha for n, a in manifest.artifacts.items()}
+        mismatch = clone_mismatch(
+            is_join=mf.node_type(task.graph, task.step) == "join",
+            origin=_split(mf.artifact_hashes(origin_ds)),
+            parent=_split(mf.artifact_hashes(inputs[0])),
+            produced=produced,
+            class_level=mf.class_level_names(task.flow),
+        )
+        if mismatch or not self._same_bookkeeping(task, inputs, frames, manifest, origin_ds):
+            return False
+        task.clone_from(origin_run, origin_task)
+        fields = {
+            "memoize_status": "hit",
+            "memoize_key": key,
+            "memoize_origin": manifest.origin,
+            "memoize_saved_seconds": "%.3f" % manifest.body_seconds,
+            "memoize_cloned": "true",
+        }
+        try:
+            task.register(fields)
+        except Exception as err:  # metadata is informative
+            print("[memoize] could not record task metadata: %s" % err, file=sys.stderr)
+        try:
+            cache.record_use(task.flow.name, task.step, key)
+        except CacheFault:
+            pass  # recency is best effort
+        task.log(
+            "hit %s key=%s from %s (saved %s; cloned in the orchestrator, no task launched)"
+            % (task.step, key[:12], manifest.origin, format_duration(manifest.body_seconds))
+        )
+        return True
+
+    def _eligible(self, deco, task) -> bool:
+        if not config.clone_hits() or config.mode() not in ("on", "read"):
+            return False
+        refresh_all, refresh_steps = config.refresh_request()
+        if deco.args["refresh"] or refresh_all or task.step in refresh_steps:
+            return False
+        if deco.args["outputs"] is not None or task.is_recursive():
+            return False
+        if len(task.input_paths) > MAX_JOIN_INPUTS:
+            return False
+        return all(getattr(d, "name", None) in CLONE_SAFE_DECORATORS for d in task.decorators)
+
+    def _cache(self, root: str) -> Cache:
+        if root not in self._caches:
+            self._caches[root] = Cache(open_store(root), signing_key=config.signing_key())
+        return self._caches[root]
+
+    def _origin(self, task, origin: str):
+        parts = (origin or "").split("/")
+        if len(parts) != 4:
+            return None
+        flow_name, run_id, step, task_id = parts
+        if flow_name != task.flow.name or step != task.step or run_id == task.run_id:
+            return None
+        ds = task.open_task(run_id, step, task_id)
+        return None if ds is None else (run_id, task_id, ds)
+
+    def _same_bookkeeping(self, task, inputs, frames, manifest, origin_ds) -> bool:
+        values = mf.bookkeeping_values(origin_ds)
+        expected = {
+            "_foreach_stack": mf.jsonable_bookkeeping("_foreach_stack", frames),
+            "_iteration_stack": [],
+            "_task_ok": True,
+            "_success": True,
+            "_exception": None,
+            "_current_step": task.step,
+        }
+        for attr in mf.TRANSITION_ATTRIBUTES:
+            recorded = (manifest.transition or {}).get(attr)
+            expected[attr] = mf.jsonable_bookkeeping("", recorded)
+        return all(values.get(name) == value for name, value in expected.items())
