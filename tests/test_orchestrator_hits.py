@@ -352,3 +352,37 @@ def test_the_orchestrator_stops_checking_a_step_that_keeps_missing(monkeypatch):
     assert results == [True] + [False] * 6
     # a clone resets the count; after GIVE_UP_AFTER failures in a row, no more checks
     assert len(tried) == 1 + orchestrator_hits.GIVE_UP_AFTER
+
+
+def test_a_clone_is_not_made_when_the_origins_blobs_are_gone(runner):
+    runner.add_flow("shapes_flow.py")
+    first = runner.run("shapes_flow.py")
+    counts = runner.executions()
+    # delete the blob of the artifact `start` produced from the datastore (the
+    # cache still has it): a clone would reference a missing blob
+    tasks = tasks_of(runner, "ShapesFlow", first.run_id)
+    assert tasks["start"][0]["artifacts"]["base"] == "20"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from metaflow import Task, namespace; namespace(None); "
+            "print(Task('ShapesFlow/%s/start/1')['base']._object['sha'])" % first.run_id,
+        ],
+        cwd=runner.workdir,
+        env=runner.env(),
+        capture_output=True,
+        text=True,
+    )
+    sha = proc.stdout.strip().splitlines()[-1]
+    blob = runner.workdir / ".metaflow" / "ShapesFlow" / "data" / sha[:2] / sha
+    blob.unlink()
+
+    second = runner.run("shapes_flow.py")
+
+    assert runner.executions() == counts
+    assert "start" in second.launched_steps()  # a hit inside the task copied it back in
+    after = tasks_of(runner, "ShapesFlow", second.run_id)
+    assert "memoize_cloned" not in after["start"][0]["meta"]
+    assert after["start"][0]["artifacts"]["base"] == "20"
+    assert after["fan_out"][0]["meta"].get("memoize_cloned") == "true"

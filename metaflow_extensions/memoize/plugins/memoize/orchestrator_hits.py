@@ -175,6 +175,10 @@ class OrchestratorHits:
         )
         if mismatch or not self._same_bookkeeping(task, inputs, frames, manifest, origin_ds):
             return False
+        # a clone references blobs; Metaflow never deletes them, but people do
+        wanted = set(produced.values())
+        if mf.DatastoreBlobs(origin_ds).existing(wanted) != wanted:
+            return False
         task.clone_from(origin_run, origin_task)
         fields = {
             "memoize_status": "hit",
