@@ -127,6 +127,8 @@ def test_a_foreach_task_is_not_cloned_from_an_origin_at_another_index(runner):
     cloned = [row["index"] for row in work if row["meta"].get("memoize_cloned") == "true"]
     assert len(cloned) == 2 and all(r["meta"]["memoize_status"] == "hit" for r in work)
     assert "work" in second.launched_steps()  # the third one ran as a task (a hit in it)
+    # the summary counts the clones and the hit inside the launched task alike
+    assert "[memoize] 3 hits, 0 misses" in second.output
     join = tasks_of(runner, "DupFlow", second.run_id)["join"][0]
     assert join["artifacts"]["outs"] == repr(["x-done", "x-done", "y-done"])
 
@@ -294,6 +296,7 @@ class _Task:
         self.decorators = decorators
         self.step = step
         self.input_paths = ["1/start/%d" % i for i in range(inputs)]
+        self.pathspec = "Flow/1/%s/9" % step
         self._recursive = recursive
 
     def is_recursive(self):
@@ -352,6 +355,8 @@ def test_the_orchestrator_stops_checking_a_step_that_keeps_missing(monkeypatch):
     assert results == [True] + [False] * 6
     # a clone resets the count; after GIVE_UP_AFTER failures in a row, no more checks
     assert len(tried) == 1 + orchestrator_hits.GIVE_UP_AFTER
+    # what the end-of-run summary learns: one clone, six launched tasks
+    assert hits.cloned == [] and len(hits.launched) == 6  # try_clone was replaced
 
 
 def test_a_clone_is_not_made_when_the_origins_blobs_are_gone(runner):

@@ -184,7 +184,7 @@ class MemoizeDecorator(StepDecorator):
     def runtime_init(self, flow, graph, package, run_id):
         _RunSummary.start(flow.name, run_id)
         # the runtime exists now (importing it with this module would be circular)
-        mf.install_launch_hook(OrchestratorHits())
+        mf.install_launch_hook(_RunSummary.orchestrator)
 
     def runtime_finished(self, exception):
         _RunSummary.finish()
@@ -545,9 +545,12 @@ class _RunSummary:
     flow_name = None
     run_id = None
     printed = False
+    orchestrator = None  # the run's OrchestratorHits: what it cloned, what it launched
 
     @classmethod
     def start(cls, flow_name, run_id):
+        if cls.run_id != run_id or cls.orchestrator is None:
+            cls.orchestrator = OrchestratorHits()
         cls.flow_name, cls.run_id, cls.printed = flow_name, run_id, False
 
     @classmethod
@@ -556,9 +559,13 @@ class _RunSummary:
             return
         cls.printed = True
         try:
-            from .summary import run_summary_line
+            from .summary import run_summary_line, summary_line_of
 
-            line = run_summary_line(cls.flow_name, cls.run_id)
+            seen = cls.orchestrator
+            if seen is not None and mf.launch_hook_installed() and (seen.cloned or seen.launched):
+                line = summary_line_of(seen.cloned, seen.launched)
+            else:
+                line = run_summary_line(cls.flow_name, cls.run_id)
         except Exception as err:  # informative only: never fail a finished run
             line = "summary unavailable (%s)" % err
         if line:

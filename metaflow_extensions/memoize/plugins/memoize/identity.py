@@ -121,11 +121,13 @@ def task_components(
     args: dict[str, Any],
     env: dict[str, Any],
     frames: Sequence[Any] | None = None,
+    code: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The key components of a task, from its input datastores.
 
     ``frames``: the task's foreach stack; by default the running task's own
-    (the orchestrator passes the stack the task would have).
+    (the orchestrator passes the stack the task would have). ``code``: the
+    step's ``code_components``, when the caller already has them.
     """
     if frames is None:
         frames = mf.foreach_frames(flow)
@@ -134,7 +136,9 @@ def task_components(
         foreach_component(flow, source, frames) if source is not None else ([], [])
     )
     input_maps = [mf.input_identity(ds) + (mf.artifact_hashes(ds),) for ds in inputs]
-    return components_for(flow, graph, step_name, input_maps, foreach, list_names, args, env)
+    return components_for(
+        flow, graph, step_name, input_maps, foreach, list_names, args, env, code=code
+    )
 
 
 def components_for(
@@ -146,6 +150,7 @@ def components_for(
     list_names: Sequence[str],
     args: dict[str, Any],
     env: dict[str, Any],
+    code: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Key components from already-gathered facts: shared by tasks and `memoize plan`.
 
@@ -154,7 +159,8 @@ def components_for(
     step_func = mf.step_function(flow, step_name)
     flow_file = mf.flow_file(flow)
     flow_dir = os.path.dirname(os.path.abspath(flow_file)) if flow_file else os.getcwd()
-    code = code_components(step_func, flow.__class__, flow_file)
+    code = dict(code) if code is not None else code_components(step_func, flow.__class__, flow_file)
+    # files and modules named in depends_on are read every time: they may change mid-run
     code.update(dependency_components(args["depends_on"], flow_dir))
     # A foreach list stays out of an item's key (re-ordering the list must still
     # hit) only when the step's code cannot read it.

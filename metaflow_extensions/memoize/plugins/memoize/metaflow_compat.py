@@ -606,6 +606,15 @@ NEVER_CLONED_ARTIFACTS = frozenset(
 )
 
 
+_launch_hook: dict[str, Any] = {"try_complete": None}
+
+
+def launch_hook_installed() -> bool:
+    runtime = sys.modules.get("metaflow.runtime")
+    launch = getattr(getattr(runtime, "NativeRuntime", None), "_launch_worker", None)
+    return bool(getattr(launch, "_memoize_hook", False))
+
+
 def install_launch_hook(try_complete) -> None:
     """Let ``try_complete(LaunchingTask)`` finish a task before Metaflow's runtime
     launches a process for it.
@@ -618,14 +627,17 @@ def install_launch_hook(try_complete) -> None:
     """
     from metaflow import runtime
 
+    _launch_hook["try_complete"] = try_complete
     original = runtime.NativeRuntime._launch_worker
     if getattr(original, "_memoize_hook", False):
         return
 
     @functools.wraps(original)
     def launch_worker(self, task):
+        try_complete = _launch_hook["try_complete"]
         if (
-            not self._clone_only
+            try_complete is not None
+            and not self._clone_only
             and task.retries == 0
             and task.ubf_context is None
             and not task.is_cloned
@@ -665,6 +677,7 @@ class LaunchingTask:
         self.decorators = list(task.decos or [])
         self.flow_datastore = runtime._flow_datastore
         self.metadata = runtime._metadata
+        self.pathspec = "%s/%s/%s/%s" % (self.flow.name, self.run_id, self.step, self.task_id)
 
     def open_task(self, run_id: str, step: str, task_id: str):
         """A finished task's datastore (read mode), or None when it is not there."""

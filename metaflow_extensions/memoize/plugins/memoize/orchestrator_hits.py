@@ -22,6 +22,7 @@ from typing import Any
 from . import config
 from . import metaflow_compat as mf
 from .cache import Cache
+from .code_identity import code_components
 from .durations import format_duration
 from .exceptions import CacheFault
 from .identity import UnidentifiableInput, task_components
@@ -118,15 +119,22 @@ class OrchestratorHits:
         self._failed_roots: set[str] = set()
         self._lists: dict[str, Any] = {}
         self._not_cloned: dict[str, int] = {}  # step -> tasks in a row not cloned
+        self._code: dict[str, dict[str, str]] = {}  # step -> code components, once per run
+        # for the end-of-run summary: what the cloned tasks were, which memoized
+        # tasks were launched instead (their own metadata says what they did)
+        self.cloned: list[tuple[str, float]] = []
+        self.launched: list[str] = []
 
     def __call__(self, task: mf.LaunchingTask) -> bool:
         deco = next((d for d in task.decorators if getattr(d, "name", None) == "memoize"), None)
-        if deco is None or not getattr(deco, "args", None) or not self._eligible(deco, task):
+        if deco is None or not getattr(deco, "args", None):
             return False
-        if self._not_cloned.get(task.step, 0) >= GIVE_UP_AFTER:
-            return False
-        cloned = self._try_clone(deco, task)
-        self._not_cloned[task.step] = 0 if cloned else self._not_cloned.get(task.step, 0) + 1
+        cloned = False
+        if self._eligible(deco, task) and self._not_cloned.get(task.step, 0) < GIVE_UP_AFTER:
+            cloned = self._try_clone(deco, task)
+            self._not_cloned[task.step] = 0 if cloned else self._not_cloned.get(task.step, 0) + 1
+        if not cloned:
+            self.launched.append(task.pathspec)
         return cloned
 
     def _try_clone(self, deco, task: mf.LaunchingTask) -> bool:
@@ -147,6 +155,7 @@ class OrchestratorHits:
                 deco.args,
                 deco._env_component,
                 frames=frames,
+                code=self._code_of(task),
             )
         except (UnidentifiableInput, KeyError, ValueError, IndexError, TypeError):
             return False
@@ -199,7 +208,17 @@ class OrchestratorHits:
             "hit %s key=%s from %s (saved %s; cloned in the orchestrator, no task launched)"
             % (task.step, key[:12], manifest.origin, format_duration(manifest.body_seconds))
         )
+        self.cloned.append(("hit", manifest.body_seconds))
         return True
+
+    def _code_of(self, task) -> dict[str, str]:
+        # the orchestrator's view of the flow's source is fixed when it imported it
+        if task.step not in self._code:
+            step_func = mf.step_function(task.flow, task.step)
+            self._code[task.step] = code_components(
+                step_func, task.flow.__class__, mf.flow_file(task.flow)
+            )
+        return self._code[task.step]
 
     def _eligible(self, deco, task) -> bool:
         if not config.clone_hits() or config.mode() not in ("on", "read"):

@@ -27,15 +27,27 @@ def summarize(statuses: list[tuple[str, float]]) -> str:
     return "%s, saved %s" % (", ".join(parts), format_duration(saved) if saved else "0s")
 
 
+def _status(task) -> tuple[str, float] | None:
+    meta = task.metadata_dict
+    status = meta.get("memoize_status")
+    if not status:
+        return None
+    return status, float(meta.get("memoize_saved_seconds") or 0.0)
+
+
 def run_summary_line(flow_name: str, run_id: str) -> str:
+    """From every task of the run, through the Client API."""
     from metaflow import Run, namespace
 
     namespace(None)
-    statuses = []
-    for step in Run("%s/%s" % (flow_name, run_id)):
-        for task in step:
-            meta = task.metadata_dict
-            status = meta.get("memoize_status")
-            if status:
-                statuses.append((status, float(meta.get("memoize_saved_seconds") or 0.0)))
-    return summarize(statuses)
+    statuses = [_status(task) for step in Run("%s/%s" % (flow_name, run_id)) for task in step]
+    return summarize([s for s in statuses if s])
+
+
+def summary_line_of(known: list[tuple[str, float]], pathspecs: list[str]) -> str:
+    """From what the orchestrator already knows, plus the metadata of the given tasks."""
+    from metaflow import Task, namespace
+
+    namespace(None)
+    statuses = [_status(Task(p)) for p in pathspecs]
+    return summarize(list(known) + [s for s in statuses if s])
