@@ -175,9 +175,10 @@ class FlowRunner:
     def count(self, step: str) -> int:
         return self.executions().get(step, 0)
 
-    def _dump(self, flow_name: str, run_id: str, what: str, env=None):
+    def client_json(self, script: str, *args: str, env=None):
+        """Run a Client API script in this directory's environment; its last line, as JSON."""
         proc = subprocess.run(
-            [sys.executable, "-c", _DUMP_SCRIPT, flow_name, run_id, what],
+            [sys.executable, "-c", script, *args],
             cwd=self.workdir,
             env=self.env(env),
             capture_output=True,
@@ -186,6 +187,9 @@ class FlowRunner:
         )
         assert proc.returncode == 0, proc.stderr[-4000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def _dump(self, flow_name: str, run_id: str, what: str, env=None):
+        return self.client_json(_DUMP_SCRIPT, flow_name, run_id, what, env=env)
 
     def artifacts(self, flow_name: str, run_id: str, env=None) -> Dict[str, List[Dict[str, str]]]:
         """{step: [ {artifact: repr(value)} per task ]} for every user artifact of a run."""

@@ -7,10 +7,7 @@ changed, origin gone, a decorator with task-side output), the task is launched
 and decides for itself.
 """
 
-import json
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -40,16 +37,7 @@ _TASKS_SCRIPT = textwrap.dedent(
 
 def tasks_of(runner, flow_name, run_id, env=None):
     """{step: [{index, foreach stack, user artifacts, memoize metadata}]} of a run."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _TASKS_SCRIPT, flow_name, run_id],
-        cwd=runner.workdir,
-        env=runner.env(env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return runner.client_json(_TASKS_SCRIPT, flow_name, run_id, env=env)
 
 
 def without_meta(tasks):
@@ -279,9 +267,26 @@ def test_clone_mismatch_for_a_join():
         origin=origin, parent=dict(parent, q="2"), **dict(kwargs, class_level={"p", "q"})
     )
     assert "p differs" in clone_mismatch(origin=origin, parent=dict(parent, p="7"), **kwargs)
-    assert "lacks _graph_info" in clone_mismatch(
-        origin={"p": "1", "total": "t"}, parent=parent, **kwargs
+
+
+def test_a_clone_carries_this_runs_graph(runner):
+    # a comment line shifts every step's line number in the graph Metaflow stores
+    # with each task (`_graph_info`), not the keys: hits are still cloned, and
+    # the clones carry this run's graph, not their origin's
+    path = runner.add_flow("shapes_flow.py")
+    first = runner.run("shapes_flow.py")
+    path.write_text("# a comment\n" + path.read_text())
+    second = runner.run("shapes_flow.py")
+
+    assert second.launched_steps() == set(), second.output
+    script = (
+        "import json, sys; from metaflow import Task, namespace; namespace(None); "
+        "print(json.dumps(Task('ShapesFlow/%s/start/1')['_graph_info'].data"
+        "['steps']['end']['line']))"
     )
+    before = runner.client_json(script % first.run_id)
+    after = runner.client_json(script % second.run_id)
+    assert after == before + 1
 
 
 # -- which tasks the orchestrator tries at all --------------------------------------
@@ -367,19 +372,10 @@ def test_a_clone_is_not_made_when_the_origins_blobs_are_gone(runner):
     # cache still has it): a clone would reference a missing blob
     tasks = tasks_of(runner, "ShapesFlow", first.run_id)
     assert tasks["start"][0]["artifacts"]["base"] == "20"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from metaflow import Task, namespace; namespace(None); "
-            "print(Task('ShapesFlow/%s/start/1')['base']._object['sha'])" % first.run_id,
-        ],
-        cwd=runner.workdir,
-        env=runner.env(),
-        capture_output=True,
-        text=True,
+    sha = runner.client_json(
+        "import json; from metaflow import Task, namespace; namespace(None); "
+        "print(json.dumps(Task('ShapesFlow/%s/start/1')['base']._object['sha']))" % first.run_id
     )
-    sha = proc.stdout.strip().splitlines()[-1]
     blob = runner.workdir / ".metaflow" / "ShapesFlow" / "data" / sha[:2] / sha
     blob.unlink()
 

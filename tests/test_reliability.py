@@ -130,16 +130,7 @@ class RunView:
 
 def inspect_run(runner: FlowRunner, flow: str, run_id: str, env=None) -> RunView:
     """Artifacts and memoize_* metadata of a run, read in one Client process."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _INSPECT, flow, run_id],
-        cwd=runner.workdir,
-        env=runner.env(env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = runner.client_json(_INSPECT, flow, run_id, env=env)
     return RunView(out["artifacts"], out["metadata"])
 
 

@@ -8,8 +8,6 @@ untouched.
 """
 
 import json
-import subprocess
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -49,16 +47,7 @@ _TASKS_SCRIPT = textwrap.dedent(
 # -- helpers shared by the t2 test modules ------------------------------------
 def tasks(runner, flow_name, run_id):
     """Every task of a run: {pathspec, step, index, artifacts{name: repr}, metadata{memoize_*}}."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _TASKS_SCRIPT, flow_name, run_id],
-        cwd=runner.workdir,
-        env=runner.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return runner.client_json(_TASKS_SCRIPT, flow_name, run_id)
 
 
 def by_pathspec(task_list):

@@ -596,6 +596,9 @@ VALUE_CHECKED_ARTIFACTS = frozenset(
     ("_foreach_stack", "_iteration_stack", "_task_ok", "_success", "_exception", "_current_step")
     + TRANSITION_ATTRIBUTES
 )
+#: What every task takes from the run's parameters task, whatever its code: a
+#: clone takes it from this run, not from the origin's.
+PASSED_DOWN_ARTIFACTS = frozenset(["_graph_info"])
 NEVER_CLONED_ARTIFACTS = frozenset(
     (
         "_parallel_ubf_iter",
@@ -732,21 +735,36 @@ class LaunchingTask:
     def log(self, message: str) -> None:
         self._task.log("[memoize] %s" % message)
 
-    def clone_from(self, origin_run_id: str, origin_task_id: str) -> None:
-        """Complete this task as a copy of a finished task of the same step, the way
-        `resume` does: artifact references and metadata only, no artifact bytes."""
-        from metaflow.clone_util import clone_task_helper
-
-        clone_task_helper(
-            self.flow.name,
-            origin_run_id,
+    def clone_from(self, origin_run_id: str, origin, passed_down=None) -> None:
+        """Complete this task as a copy of ``origin``, a finished task of the same step,
+        the way `resume` does (clone_util.clone_task_helper): artifact references and
+        metadata only, no artifact bytes. ``passed_down``: a datastore whose
+        ``PASSED_DOWN_ARTIFACTS`` replace the origin's (what this run passes down)."""
+        output = self.flow_datastore.get_task_datastore(
+            self.run_id, self.step, self.task_id, attempt=0, mode="w"
+        )
+        output.init_task()
+        output._objects = dict(origin._objects)
+        output._info = {k: dict(v) for k, v in origin._info.items()}
+        if passed_down is not None:
+            for name in PASSED_DOWN_ARTIFACTS:
+                if name in passed_down._objects:
+                    output._objects[name] = passed_down._objects[name]
+                    output._info[name] = dict(passed_down._info.get(name) or {})
+        self.metadata.register_task_id(self.run_id, self.step, self.task_id, 0)
+        tags = ["attempt_id:0"]
+        self.metadata.register_metadata(
             self.run_id,
             self.step,
-            origin_task_id,
             self.task_id,
-            self.flow_datastore,
-            self.metadata,
+            [
+                MetaDatum("origin-task-id", str(origin.task_id), "origin-task-id", tags),
+                MetaDatum("origin-run-id", str(origin_run_id), "origin-run-id", tags),
+                MetaDatum("attempt", "0", "attempt", tags),
+                MetaDatum("attempt_ok", "True", "internal_attempt_status", tags),
+            ],
         )
+        output.done()
 
     def register(self, fields: dict[str, Any]) -> None:
         register_task_metadata(self.metadata, self.run_id, self.step, self.task_id, 0, fields)

@@ -80,13 +80,16 @@ def clone_mismatch(
     for name in parent:
         if name in produced or name in origin:
             continue
-        if not is_join or name in class_level or name == "_graph_info":
+        if not is_join or name in class_level:
             return "the origin task lacks %s" % name
     return None
 
 
 def _split(mapping: dict[str, str]) -> dict[str, str]:
-    return {n: s for n, s in mapping.items() if n not in mf.VALUE_CHECKED_ARTIFACTS}
+    """Without the artifacts compared by value, and without those a clone takes
+    from this run (the graph: a step added elsewhere must not prevent clones)."""
+    skip = mf.VALUE_CHECKED_ARTIFACTS | mf.PASSED_DOWN_ARTIFACTS
+    return {n: s for n, s in mapping.items() if n not in skip}
 
 
 class _ListMemo:
@@ -173,7 +176,7 @@ class OrchestratorHits:
         origin = self._origin(task, manifest.origin)
         if origin is None:
             return False
-        origin_run, origin_task, origin_ds = origin
+        origin_run, origin_ds = origin
         produced = {n: a.sha for n, a in manifest.artifacts.items()}
         mismatch = clone_mismatch(
             is_join=mf.node_type(task.graph, task.step) == "join",
@@ -188,7 +191,7 @@ class OrchestratorHits:
         wanted = set(produced.values())
         if mf.DatastoreBlobs(origin_ds).existing(wanted) != wanted:
             return False
-        task.clone_from(origin_run, origin_task)
+        task.clone_from(origin_run, origin_ds, passed_down=inputs[0])
         fields = {
             "memoize_status": "hit",
             "memoize_key": key,
@@ -245,7 +248,7 @@ class OrchestratorHits:
         if flow_name != task.flow.name or step != task.step or run_id == task.run_id:
             return None
         ds = task.open_task(run_id, step, task_id)
-        return None if ds is None else (run_id, task_id, ds)
+        return None if ds is None else (run_id, ds)
 
     def _same_bookkeeping(self, task, inputs, frames, manifest, origin_ds) -> bool:
         values = mf.bookkeeping_values(origin_ds)
