@@ -234,3 +234,58 @@ def test_fetch_without_link_copies_and_a_missing_blob_is_none(store_with_blob):
     hasher = xxhash.xxh3_128()
     for link in (True, False):
         assert store.fetch_hashed("v1/blobs/ab/nothing", str(directory), hasher, link=link) is None
+
+
+def test_a_copy_of_many_kernel_chunks_hashes_exactly_the_copy(tmp_path, monkeypatch):
+    from metaflow_extensions.memoize.plugins.memoize.stores import local
+
+    # small kernel chunks: many of them, hashed while the next ones are copied
+    monkeypatch.setattr(local, "_KERNEL_CHUNK", 1 << 20)
+    calls = []
+    real = os.copy_file_range
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    store = LocalStore(str(tmp_path / "cache"))
+    data = os.urandom(9 * (1 << 20) + 777)
+    store.put("v1/blobs/ab/abc", data)
+    (tmp, linked), digest = _fetch(store, tmp_path / "datastore", link=False)
+    assert not linked and Path(tmp).read_bytes() == data
+    assert digest == xxhash.xxh3_128(data).hexdigest()
+    assert len(calls) == 10  # the kernel did the copying
+
+
+def test_where_the_kernel_cannot_copy_the_bytes_go_through_a_buffer(store_with_blob, monkeypatch):
+    store, data, directory = store_with_blob
+
+    def unsupported(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    (tmp, linked), digest = _fetch(store, directory, link=False)
+    assert not linked and Path(tmp).read_bytes() == data
+    assert digest == xxhash.xxh3_128(data).hexdigest()
+
+
+def test_a_kernel_copy_failing_midway_is_a_store_fault_and_leaves_nothing(
+    store_with_blob, monkeypatch
+):
+    from metaflow_extensions.memoize.plugins.memoize.exceptions import StoreUnavailable
+    from metaflow_extensions.memoize.plugins.memoize.stores import local
+
+    store, data, directory = store_with_blob
+    monkeypatch.setattr(local, "_KERNEL_CHUNK", 1 << 20)
+    real = os.copy_file_range
+
+    def failing_second_chunk(src, dst, count, offset_src, offset_dst):
+        if offset_src > 0:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", failing_second_chunk)
+    with pytest.raises(StoreUnavailable):
+        _fetch(store, directory, link=False)
+    assert list(directory.iterdir()) == []

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 
 from ..exceptions import StoreUnavailable
@@ -281,7 +283,80 @@ def _temp_name(directory: str) -> str:
 _BUFFER = 4 << 20
 
 
+_KERNEL_CHUNK = 8 << 20
+
+
 def _copy_hashing(source, out, hasher) -> None:
+    """Copy one open file (from its start) into another, feeding ``hasher`` the bytes
+    of the copy in order.
+
+    The kernel copies (``copy_file_range``: the bytes never pass through Python),
+    chunk by chunk in a helper thread, while this thread hashes each copied chunk
+    read back from the destination (from the page cache): the digest is of exactly
+    the bytes written, and copying and hashing overlap. Where the kernel cannot copy
+    between these two files, one pass through a reused buffer instead.
+    """
+    copy_range = getattr(os, "copy_file_range", None)
+    size = os.fstat(source.fileno()).st_size
+    if copy_range is None or size == 0:
+        return _copy_hashing_buffered(source, out, hasher)
+    src, dst = source.fileno(), out.fileno()
+    try:
+        first = copy_range(src, dst, min(_KERNEL_CHUNK, size), 0, 0)
+    except OSError:
+        first = 0  # not supported here (another filesystem, an old kernel)
+    if first <= 0:
+        return _copy_hashing_buffered(source, out, hasher)
+    chunks: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def copier():
+        offset = first
+        try:
+            while offset < size and not stop.is_set():
+                n = copy_range(src, dst, min(_KERNEL_CHUNK, size - offset), offset, offset)
+                if n <= 0:
+                    raise OSError(errno.EIO, "the file shrank while it was copied")
+                put((offset, n))
+                offset += n
+            put(None)
+        except BaseException as err:  # handed to the hashing thread, which raises it
+            put(err)
+
+    chunks.put((0, first))
+    thread = threading.Thread(target=copier, name="memoize-copy", daemon=True)
+    thread.start()
+    buf = bytearray(_BUFFER)
+    view = memoryview(buf)
+    try:
+        while True:
+            item = chunks.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            offset, n = item
+            end = offset + n
+            while offset < end:
+                got = os.preadv(dst, [view[: min(_BUFFER, end - offset)]], offset)
+                if got <= 0:
+                    raise OSError(errno.EIO, "the copy could not be read back")
+                hasher.update(view[:got])
+                offset += got
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _copy_hashing_buffered(source, out, hasher) -> None:
     """Copy one open file to another, hashing on the way, through one reused buffer."""
     buf = bytearray(_BUFFER)
     view = memoryview(buf)
