@@ -1832,8 +1832,9 @@ class Report:
             "(median of the paired time ratios baseline/product). The local cache here is on the "
             "datastore's filesystem, so by default the blob is hard-linked and the link hashed "
             '("local, link"); "local, copy" is the same import with `METAFLOW_MEMOIZE_LINK=0`, '
-            "the path taken across filesystems: a kernel copy (`copy_file_range`) whose chunks are "
-            "hashed as they land, overlapping the copy. The three "
+            "the path taken when linking is off or unsafe: a kernel copy (`copy_file_range`) "
+            "whose chunks are hashed as they land, overlapping the copy (across filesystems "
+            "the kernel may refuse it, and the bytes then pass through a buffer). The three "
             "variants are interleaved.",
             "",
             "| store | bytes | import_blobs | baseline | import_blobs MB/s | baseline MB/s | ratio (min – max) | alone: fetch / verify (inflate + sha1) / xxh3 of stored bytes | result |",
