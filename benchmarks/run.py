@@ -90,11 +90,11 @@ class Plan:
             self.key_flow = [1000, 10000]
             self.key_flow_reps = 5
             self.hit_remote = ["S3 cache", "S3 datastore + S3 cache"]
-            self.remote_reps = 7
+            self.remote_reps = 11
             self.s3_miss_reps = 5
             self.warm = True
             self.eight_sleep = 2.0
-            self.eight_reps = 5
+            self.eight_reps = 7
             self.eight_variants = ["memo", "memo_tasks", "resume", "resume_end", "plain", "empty"]
             self.probes = 3
             self.prune_entries = 10000

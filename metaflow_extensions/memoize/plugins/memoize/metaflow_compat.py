@@ -770,11 +770,12 @@ class LaunchingTask:
         register_task_metadata(self.metadata, self.run_id, self.step, self.task_id, 0, fields)
 
 
-def bookkeeping_values(task_datastore) -> dict[str, Any]:
-    """The value-checked bookkeeping of a finished task, JSON-like (absent: None)."""
-    names = [n for n in VALUE_CHECKED_ARTIFACTS if n in task_datastore]
-    loaded = dict(task_datastore.load_artifacts(names)) if names else {}
-    return {n: jsonable_bookkeeping(n, loaded.get(n)) for n in VALUE_CHECKED_ARTIFACTS}
+def bookkeeping_values(task_datastore, names: Iterable[str]) -> dict[str, Any]:
+    """Bookkeeping artifacts of a finished task, JSON-like (absent: None), in one read."""
+    names = list(names)
+    present = [n for n in names if n in task_datastore]
+    loaded = dict(task_datastore.load_artifacts(present)) if present else {}
+    return {n: jsonable_bookkeeping(n, loaded.get(n)) for n in names}
 
 
 def jsonable_bookkeeping(name: str, value: Any) -> Any:

@@ -251,7 +251,7 @@ class OrchestratorHits:
         return None if ds is None else (run_id, ds)
 
     def _same_bookkeeping(self, task, inputs, frames, manifest, origin_ds) -> bool:
-        values = mf.bookkeeping_values(origin_ds)
+        transition = manifest.transition or {}
         expected = {
             "_foreach_stack": mf.jsonable_bookkeeping("_foreach_stack", frames),
             "_iteration_stack": [],
@@ -261,6 +261,16 @@ class OrchestratorHits:
             "_current_step": task.step,
         }
         for attr in mf.TRANSITION_ATTRIBUTES:
-            recorded = (manifest.transition or {}).get(attr)
-            expected[attr] = mf.jsonable_bookkeeping("", recorded)
-        return all(values.get(name) == value for name, value in expected.items())
+            expected[attr] = mf.jsonable_bookkeeping("", transition.get(attr))
+        if not (transition.get("_transition") or {}).get("foreach"):
+            # Only a foreach sets _foreach_values (the items' names, as long as the
+            # list); other steps pass their parent's on. When the origin carries the
+            # very one the task would inherit, don't load it for every task of a
+            # wide foreach.
+            origin_sha = mf.artifact_hashes(origin_ds).get("_foreach_values")
+            is_join = mf.node_type(task.graph, task.step) == "join"
+            passed_on = None if is_join else mf.artifact_hashes(inputs[0]).get("_foreach_values")
+            if origin_sha is not None and origin_sha == passed_on:
+                expected.pop("_foreach_values")
+        values = mf.bookkeeping_values(origin_ds, expected)
+        return all(values[name] == value for name, value in expected.items())
