@@ -2091,7 +2091,9 @@ class Report:
             "run succeeded, so every task is cloned and none runs. This is what `resume` reuses "
             "most, and the comparison the target is judged on.",
             "* **resume end**: `resume end --origin-run-id <first>`: 9 tasks cloned, `end` runs "
-            "(a memoize hit): the least `resume` can re-run when a step is named.",
+            "(a memoize hit): the least `resume` can re-run when a step is named. Reported, not "
+            "judged: its `end` is itself a memoize hit (cloned by the orchestrator), and its 9 "
+            "other clones are made in parallel by `resume`.",
             "* **plain re-run**: the same flow without `@memoize` (`BENCH_MEMOIZE=0`): every "
             "step computes.",
             "* **empty run**: no `@memoize`, no compute (`BENCH_SLEEP=0`): the cost of launching "
@@ -2114,7 +2116,7 @@ class Report:
         out += ["", "| ratio | median | min – max | target | result |", "|---|---|---|---|---|"]
         for key, label, limit in (
             ("ratio_resume", "memoized re-run / resume (clone all)", 1.05),
-            ("ratio_resume_end", "memoized re-run / resume end", 1.05),
+            ("ratio_resume_end", "memoized re-run / resume end", None),
             ("ratio_tasks_resume", "hits in tasks: memoized re-run / resume (clone all)", None),
             ("empty_vs_resume", "empty run / resume (clone all): floor of a task per step", None),
             ("ratio_tasks_empty", "hits in tasks: memoized re-run / empty run", None),
