@@ -562,7 +562,7 @@ class _RunSummary:
             from .summary import run_summary_line, summary_line_of
 
             seen = cls.orchestrator
-            if seen is not None and mf.launch_hook_installed() and (seen.cloned or seen.launched):
+            if seen is not None and (seen.cloned or seen.launched):
                 line = summary_line_of(seen.cloned, seen.launched)
             else:
                 line = run_summary_line(cls.flow_name, cls.run_id)

@@ -612,12 +612,6 @@ NEVER_CLONED_ARTIFACTS = frozenset(
 _launch_hook: dict[str, Any] = {"try_complete": None}
 
 
-def launch_hook_installed() -> bool:
-    runtime = sys.modules.get("metaflow.runtime")
-    launch = getattr(getattr(runtime, "NativeRuntime", None), "_launch_worker", None)
-    return bool(getattr(launch, "_memoize_hook", False))
-
-
 def install_launch_hook(try_complete) -> None:
     """Let ``try_complete(LaunchingTask)`` finish a task before Metaflow's runtime
     launches a process for it.
@@ -701,15 +695,13 @@ class LaunchingTask:
             inputs.append(ds)
         return inputs
 
-    def expected_foreach_stack(self, inputs) -> list[Any]:
-        """The `_foreach_stack` the task would set (task.py's ``_init_foreach``)."""
+    def expected_foreach_stack(self, first: dict[str, Any]) -> list[Any]:
+        """The `_foreach_stack` the task would set (task.py's ``_init_foreach``), from
+        ``first``: the ``FOREACH_BOOKKEEPING`` of its first input (``load_present``)."""
         from metaflow.tuple_util import ForeachFrame
 
-        if self.step == self.graph.start_step or not inputs:
+        if self.step == self.graph.start_step:
             return []
-        # one read for all of them (one request on an S3 datastore)
-        names = ["_foreach_stack", "_foreach_var", "_foreach_num_splits", "_foreach_values"]
-        first = dict(inputs[0].load_artifacts([n for n in names if n in inputs[0]]))
         stack = list(first.get("_foreach_stack") or [])
         kind = join_type(self.graph, self.step)
         if kind is not None:
@@ -770,18 +762,33 @@ class LaunchingTask:
         register_task_metadata(self.metadata, self.run_id, self.step, self.task_id, 0, fields)
 
 
+#: What a task's foreach position is computed from, in its first input.
+FOREACH_BOOKKEEPING = ("_foreach_stack", "_foreach_var", "_foreach_num_splits", "_foreach_values")
+
+
+def load_present(task_datastore, names: Iterable[str]) -> dict[str, Any]:
+    """The named artifacts a task has, unpickled, in one read (one request on S3)."""
+    present = [n for n in names if n in task_datastore]
+    return dict(task_datastore.load_artifacts(present)) if present else {}
+
+
 def bookkeeping_values(task_datastore, names: Iterable[str]) -> dict[str, Any]:
     """Bookkeeping artifacts of a finished task, JSON-like (absent: None), in one read."""
     names = list(names)
-    present = [n for n in names if n in task_datastore]
-    loaded = dict(task_datastore.load_artifacts(present)) if present else {}
+    loaded = load_present(task_datastore, names)
     return {n: jsonable_bookkeeping(n, loaded.get(n)) for n in names}
 
 
 def jsonable_bookkeeping(name: str, value: Any) -> Any:
+    """A bookkeeping artifact's value in the JSON form a manifest records it in."""
     if name == "_foreach_stack" and value is not None:
         value = [list(frame) for frame in value]
-    return json.loads(json.dumps(_recordable(name, value), default=repr))
+    return json_normalized(_recordable(name, value))
+
+
+def json_normalized(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value, default=repr))
 
 
 def class_level_names(flow) -> set[str]:

@@ -92,26 +92,33 @@ def _split(mapping: dict[str, str]) -> dict[str, str]:
     return {n: s for n, s in mapping.items() if n not in skip}
 
 
-class _ListMemo:
-    """Read-through view of a datastore that keeps the last foreach lists loaded:
-    every task of a foreach reads the same list, and the orchestrator is serial."""
+class _FirstInput:
+    """The task's first input datastore, read without repeating reads: its foreach
+    bookkeeping comes from the one read already made, and the foreach lists from
+    ``lists`` (by hash), since every task of a foreach reads the same list and the
+    orchestrator checks them one after the other. Only lists are kept there, the
+    last few, so a per-task artifact never pushes a shared list out."""
 
-    def __init__(self, memo: dict[str, Any], datastore):
-        self._memo = memo
+    def __init__(self, datastore, loaded: dict[str, Any], lists: dict[str, Any], names):
         self._ds = datastore
+        self._loaded = loaded
+        self._lists = lists
+        self._list_names = set(names)
 
     def __getattr__(self, name):
         return getattr(self._ds, name)
 
     def __getitem__(self, name):
+        if name in self._loaded:
+            return self._loaded[name]
         sha = mf.artifact_hashes(self._ds).get(name)
-        if sha is None:
+        if name not in self._list_names or sha is None:
             return self._ds[name]
-        if sha not in self._memo:
-            if len(self._memo) >= 4:
-                self._memo.pop(next(iter(self._memo)))
-            self._memo[sha] = self._ds[name]
-        return self._memo[sha]
+        if sha not in self._lists:
+            if len(self._lists) >= 4:
+                self._lists.pop(next(iter(self._lists)))
+            self._lists[sha] = self._ds[name]
+        return self._lists[sha]
 
 
 class OrchestratorHits:
@@ -123,6 +130,7 @@ class OrchestratorHits:
         self._lists: dict[str, Any] = {}
         self._not_cloned: dict[str, int] = {}  # step -> tasks in a row not cloned
         self._code: dict[str, dict[str, str]] = {}  # step -> code components, once per run
+        self._class_level: set[str] | None = None  # the flow's class-level artifact names
         # for the end-of-run summary: what the cloned tasks were, which memoized
         # tasks were launched instead (their own metadata says what they did)
         self.cloned: list[tuple[str, float]] = []
@@ -148,8 +156,9 @@ class OrchestratorHits:
         if not inputs:
             return False
         try:
-            frames = task.expected_foreach_stack(inputs)
-            source = _ListMemo(self._lists, inputs[0])
+            first = mf.load_present(inputs[0], mf.FOREACH_BOOKKEEPING)
+            frames = task.expected_foreach_stack(first)
+            source = _FirstInput(inputs[0], first, self._lists, [f.var for f in frames])
             components = task_components(
                 task.flow,
                 task.graph,
@@ -178,14 +187,23 @@ class OrchestratorHits:
             return False
         origin_run, origin_ds = origin
         produced = {n: a.sha for n, a in manifest.artifacts.items()}
+        is_join = mf.node_type(task.graph, task.step) == "join"
+        origin_hashes = mf.artifact_hashes(origin_ds)
+        parent_hashes = mf.artifact_hashes(inputs[0])
+        if self._class_level is None:
+            self._class_level = mf.class_level_names(task.flow)
         mismatch = clone_mismatch(
-            is_join=mf.node_type(task.graph, task.step) == "join",
-            origin=_split(mf.artifact_hashes(origin_ds)),
-            parent=_split(mf.artifact_hashes(inputs[0])),
+            is_join=is_join,
+            origin=_split(origin_hashes),
+            parent=_split(parent_hashes),
             produced=produced,
-            class_level=mf.class_level_names(task.flow),
+            class_level=self._class_level,
         )
-        if mismatch or not self._same_bookkeeping(task, inputs, frames, manifest, origin_ds):
+        if mismatch:
+            return False
+        # the foreach values a non-join task inherits: the parent's
+        passed_on = None if is_join else parent_hashes.get("_foreach_values")
+        if not self._same_bookkeeping(task, frames, manifest, origin_ds, origin_hashes, passed_on):
             return False
         # a clone references blobs; Metaflow never deletes them, but people do
         wanted = set(produced.values())
@@ -250,7 +268,9 @@ class OrchestratorHits:
         ds = task.open_task(run_id, step, task_id)
         return None if ds is None else (run_id, ds)
 
-    def _same_bookkeeping(self, task, inputs, frames, manifest, origin_ds) -> bool:
+    def _same_bookkeeping(
+        self, task, frames, manifest, origin_ds, origin_hashes, passed_on
+    ) -> bool:
         transition = manifest.transition or {}
         expected = {
             "_foreach_stack": mf.jsonable_bookkeeping("_foreach_stack", frames),
@@ -261,15 +281,13 @@ class OrchestratorHits:
             "_current_step": task.step,
         }
         for attr in mf.TRANSITION_ATTRIBUTES:
-            expected[attr] = mf.jsonable_bookkeeping("", transition.get(attr))
+            expected[attr] = mf.json_normalized(transition.get(attr))
         if not (transition.get("_transition") or {}).get("foreach"):
             # Only a foreach sets _foreach_values (the items' names, as long as the
             # list); other steps pass their parent's on. When the origin carries the
             # very one the task would inherit, don't load it for every task of a
             # wide foreach.
-            origin_sha = mf.artifact_hashes(origin_ds).get("_foreach_values")
-            is_join = mf.node_type(task.graph, task.step) == "join"
-            passed_on = None if is_join else mf.artifact_hashes(inputs[0]).get("_foreach_values")
+            origin_sha = origin_hashes.get("_foreach_values")
             if origin_sha is not None and origin_sha == passed_on:
                 expected.pop("_foreach_values")
         values = mf.bookkeeping_values(origin_ds, expected)
