@@ -88,14 +88,17 @@ def default_root(datastore_type: str, datastore_root: str | None) -> str:
     return os.path.join(os.getcwd(), ".metaflow", DEFAULT_ROOT_NAME)
 
 
+def _on_unless_turned_off(name: str) -> bool:
+    value = (_conf(name) or "").strip().lower()
+    return not value or value not in _FALSE
+
+
 def link_blobs() -> bool:
     """Whether a local cache may hard-link blobs into a local datastore (default: yes)."""
-    value = (_conf("MEMOIZE_LINK") or "").strip().lower()
-    return not value or value not in _FALSE
+    return _on_unless_turned_off("MEMOIZE_LINK")
 
 
 def clone_hits() -> bool:
     """Whether the orchestrator may complete a hit by cloning the entry's origin task
     (default: yes)."""
-    value = (_conf("MEMOIZE_CLONE") or "").strip().lower()
-    return not value or value not in _FALSE
+    return _on_unless_turned_off("MEMOIZE_CLONE")
