@@ -360,8 +360,8 @@ def test_the_orchestrator_stops_checking_a_step_that_keeps_missing(monkeypatch):
     assert results == [True] + [False] * 6
     # a clone resets the count; after GIVE_UP_AFTER failures in a row, no more checks
     assert len(tried) == 1 + orchestrator_hits.GIVE_UP_AFTER
-    # what the end-of-run summary learns: one clone, six launched tasks
-    assert hits.cloned == [] and len(hits.launched) == 6  # try_clone was replaced
+    # what the end-of-run summary learns: the six tasks that were launched
+    assert len(hits.launched) == 6
 
 
 def test_a_clone_is_not_made_when_the_origins_blobs_are_gone(runner):
