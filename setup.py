@@ -1,4 +1,6 @@
-from setuptools import find_namespace_packages, setup
+import sys
+
+from setuptools import Extension, find_namespace_packages, setup
 
 VERSION = "0.1.0"
 
@@ -28,6 +30,18 @@ setup(
             "ruff>=0.5",
         ],
     },
+    # Records the code a step body runs (observed dependencies). Optional: where
+    # it cannot be compiled, a pure-Python recorder is used (slower on
+    # call-heavy bodies, same result). Python 3.12+ uses sys.monitoring.
+    ext_modules=[]
+    if sys.version_info >= (3, 12)
+    else [
+        Extension(
+            "metaflow_extensions.memoize.plugins.memoize._tracer",
+            ["metaflow_extensions/memoize/plugins/memoize/_tracer.c"],
+            optional=True,
+        )
+    ],
     entry_points={
         "console_scripts": [
             "metaflow-memoize=metaflow_extensions.memoize.plugins.memoize.standalone_cli:main",

@@ -14,14 +14,11 @@ import functools
 import inspect
 import os
 import sys
-import sysconfig
 import textwrap
 import types
 from typing import Any, NamedTuple
 
 from .keys import canonical_json, digest_bytes
-
-_CONSTANT_TYPES = (int, float, str, bytes, bool, type(None), complex)
 
 
 def _strip_docstrings(tree: ast.AST) -> None:
@@ -51,29 +48,23 @@ def normalized_source(obj: Any) -> str:
 
 
 def _is_user_file(path: str | None, user_roots) -> bool:
+    """Whether a file is the user's: inside one of ``user_roots`` (compared on
+    resolved paths, component by component) and not installed code."""
     if not path:
         return False
-    path = os.path.abspath(path)
-    for marker in _library_roots():
-        if path.startswith(marker):
-            return False
-    return any(path.startswith(root + os.sep) or path == root for root in user_roots)
+    from .deps import is_installed_file
 
-
-_LIB_ROOTS = None
-
-
-def _library_roots():
-    global _LIB_ROOTS
-    if _LIB_ROOTS is None:
-        roots = set()
-        for name in ("stdlib", "platstdlib", "purelib", "platlib"):
-            p = sysconfig.get_paths().get(name)
-            if p:
-                roots.add(os.path.abspath(p))
-        roots.add(os.path.abspath(sys.prefix))
-        _LIB_ROOTS = tuple(sorted(roots))
-    return _LIB_ROOTS
+    real = os.path.realpath(path)
+    if is_installed_file(real):
+        return False
+    for root in user_roots:
+        root = os.path.realpath(root)
+        try:
+            if os.path.commonpath([real, root]) == root:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _parse(obj) -> ast.Module | None:
@@ -144,44 +135,24 @@ def _self_attributes(fn) -> set[str]:
     return set(usage.attributes) if usage else set()
 
 
-def _constant_digest(value: Any) -> str | None:
-    """A digest for plain constant data, None when it is not plain data."""
+def code_components(
+    step_func, flow_class, flow_file: str | None, follow: bool = False
+) -> dict[str, str]:
+    """{component name: digest} for the step (and, with ``follow``, what it uses).
 
-    def plain(v, depth=0):
-        if depth > 6:
-            raise TypeError
-        if isinstance(v, _CONSTANT_TYPES):
-            return [type(v).__name__, repr(v)]
-        if isinstance(v, (list, tuple)):
-            return [type(v).__name__, [plain(x, depth + 1) for x in v]]
-        if isinstance(v, (set, frozenset)):
-            return [type(v).__name__, sorted(canonical_json(plain(x, depth + 1)) for x in v)]
-        if isinstance(v, dict):
-            return [
-                "dict",
-                sorted(
-                    [canonical_json(plain(k, depth + 1)), plain(x, depth + 1)] for k, x in v.items()
-                ),
-            ]
-        raise TypeError
-
-    try:
-        return digest_bytes(canonical_json(plain(value)).encode())
-    except (TypeError, RecursionError):
-        return None
-
-
-def code_components(step_func, flow_class, flow_file: str | None) -> dict[str, str]:
-    """{component name: digest} for the step and everything of the user's it uses.
-
-    ``step`` is the step body; ``helper:NAME`` a function or class from the flow's
-    own files (``helper:module.NAME`` when used as ``module.NAME`` of a user module);
-    ``const:NAME`` a module-level constant's value.
+    ``step`` is the step body. The static key stops there: what the step calls
+    and reads is observed while it runs (deps.py) and verified before a hit,
+    which sees through methods, closures, decorators and imports where reading
+    the source cannot. ``follow`` (for ``depends_on=`` functions) adds
+    ``helper:NAME`` for functions and classes from the user's files that the
+    source names, transitively, and ``const:NAME`` for module constants.
     """
     user_roots = set()
     if flow_file:
-        user_roots.add(os.path.dirname(os.path.abspath(flow_file)))
+        user_roots.add(os.path.dirname(os.path.realpath(flow_file)))
     components = {"step": digest_bytes(normalized_source(step_func).encode())}
+    if not follow:
+        return components
     fn = getattr(step_func, "__func__", step_func)
     module_globals = getattr(fn, "__globals__", {})
     seen: set[int] = {id(fn)}
@@ -232,9 +203,9 @@ def _add_object(name, value, components, queue, seen, user_roots):
         return
     if isinstance(value, types.ModuleType):
         return
-    digest = _constant_digest(value)
-    if digest is not None:
-        components["const:%s" % name] = digest
+    from .deps import fingerprint
+
+    components["const:%s" % name] = fingerprint(value)
 
 
 def _flowspec_class():
@@ -258,8 +229,15 @@ def _hash_path(path: str) -> str:
 
     h = xxhash.xxh3_128()
     if os.path.isdir(path):
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
+        visited = set()
+        # symlinked folders are followed (their content is part of the dependency)
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in visited:
+                dirnames[:] = []
+                continue
+            visited.add(real)
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, path).replace(os.sep, "/")
@@ -288,15 +266,22 @@ def dependency_components(depends_on, flow_dir: str) -> dict[str, str]:
             else:
                 out["depends_on:%s" % item] = _hash_path(path)
         elif isinstance(item, types.ModuleType):
-            try:
-                source = inspect.getsource(item)
-            except (OSError, TypeError):
-                source = repr(getattr(item, "__file__", item.__name__))
-            out["depends_on:module %s" % item.__name__] = digest_bytes(source.encode())
+            package_dirs = list(getattr(item, "__path__", None) or [])
+            if package_dirs:  # a package: every file in it, submodules included
+                digest = digest_bytes("\0".join(_hash_path(d) for d in package_dirs).encode())
+            elif getattr(item, "__file__", None) and os.path.isfile(item.__file__):
+                digest = _hash_path(item.__file__)
+            else:
+                digest = digest_bytes(repr(item.__name__).encode())
+            out["depends_on:module %s" % item.__name__] = digest
         else:
             name = "%s.%s" % (item.__module__, item.__qualname__)
+            module = sys.modules.get(item.__module__)
+            source_file = getattr(module, "__file__", None) or flow_dir
             try:
-                out["depends_on:%s" % name] = digest_bytes(normalized_source(item).encode())
+                # the function and what it calls from the user's files
+                followed = code_components(item, None, source_file, follow=True)
+                out["depends_on:%s" % name] = digest_bytes(canonical_json(followed).encode())
             except (OSError, TypeError, SyntaxError):
                 out["depends_on:%s" % name] = "unavailable"
     return out

@@ -13,22 +13,26 @@ from . import config
 from . import metaflow_compat as mf
 from .cache import Cache
 from .code_identity import assigned_attributes
+from .deps import observed_dependencies
 from .durations import format_duration
 from .exceptions import CacheFault, CorruptEntry, MemoizeException, MemoizeStrictError
 from .identity import (
     UnidentifiableInput,
+    dependency_context,
     environment_component,
     task_components,
     unstable_inputs,
 )
 from .keys import BOOKKEEPING_ARTIFACTS, diff_components, key_of
 from .manifest import ArtifactRecord, Manifest
+from .observe import Observer
 from .orchestrator_hits import OrchestratorHits
 from .settings import parse_arguments
 from .singleflight import Lease
 from .stores import open_store
 from .stores import s3 as s3_store
 from .transfer import export_blobs, import_blobs
+from .verified import verified_lookup
 from .version import __version__
 
 # Never restored from an entry: per-task state that Metaflow sets itself.
@@ -222,8 +226,13 @@ class MemoizeDecorator(StepDecorator):
         self._transition = None
         self._cache = None
         self._lease = None
+        self._merged = None
         self._rewrite_after_fault = False
         self._replace_entry = False
+        self._store_key = None  # where a recomputed entry goes (a variant key or the key)
+        self._dep_ctx = None
+        self._observer = None
+        self._recording = None
         self._strict = config.strict()
         mode = config.mode()
         self._mode = mode
@@ -249,6 +258,14 @@ class MemoizeDecorator(StepDecorator):
                 return
             key = key_of(self._components)
             self._key = key
+            self._store_key = key
+            self._dep_ctx = dependency_context(
+                flow,
+                step_name,
+                mf.foreach_frames(flow),
+                inputs[0] if inputs else None,
+                [self._datastore_root, self.cache_root()],
+            )
             meta["memoize_key"] = key
             refresh_all, refresh_steps = config.refresh_request()
             refresh = (
@@ -270,6 +287,15 @@ class MemoizeDecorator(StepDecorator):
             self._fault(step_name, err, meta)
         meta["memoize_status"] = self._status
         self._register(meta)
+        if self._status in ("miss", "refresh", "error") and self._dep_ctx is not None:
+            # last thing before the body: user step decorators' code counts too
+            self._observer = Observer()
+            self._observer.start()
+
+    def _stop_observing(self):
+        if self._observer is not None:
+            self._recording = self._observer.stop()
+            self._observer = None
 
     def _single_flight(self, flow_name, step_name, key, meta) -> str:
         lease = Lease(self._cache, flow_name, step_name, key, config.lock_lease_seconds())
@@ -289,12 +315,15 @@ class MemoizeDecorator(StepDecorator):
 
     def _look_up(self, flow_name, step_name, key, meta) -> str:
         try:
-            found = self._cache.lookup(flow_name, step_name, key)
+            decision = verified_lookup(self._cache, flow_name, step_name, key, self._dep_ctx)
         except CorruptEntry as err:
-            self._quarantine(flow_name, step_name, key)
-            raise CorruptEntry("entry %s is corrupt (%s); removed" % (key[:12], err), key)
-        if found.status == "found":
-            manifest = found.manifest
+            bad = err.key or key
+            self._quarantine(flow_name, step_name, bad)
+            raise CorruptEntry("entry %s is corrupt (%s); removed" % (bad[:12], err), bad)
+        self._store_key = decision.store_key
+        self._replace_entry = decision.replace
+        if decision.status == "found":
+            manifest = decision.manifest
             changed = self._passthrough_changed(manifest)
             if changed:
                 reason = (
@@ -304,16 +333,28 @@ class MemoizeDecorator(StepDecorator):
                 log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
                 self._replace_entry = True
                 return "miss"
+            merged = self._merged_now(manifest)
+            if merged is None:
+                reason = "the inputs of this join no longer agree on an artifact it merged"
+                meta["memoize_reason"] = reason
+                log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
+                self._replace_entry = True
+                return "miss"
             try:
                 moved = import_blobs(
                     mf.DatastoreBlobs(self._task["output"]), self._cache, manifest.artifacts
                 )
             except CorruptEntry as err:
-                self._quarantine(flow_name, step_name, key)
-                raise CorruptEntry("entry %s is corrupt (%s); removed" % (key[:12], err), key)
+                self._quarantine(flow_name, step_name, manifest.key)
+                raise CorruptEntry(
+                    "entry %s is corrupt (%s); removed" % (manifest.key[:12], err), manifest.key
+                )
             except FileNotFoundError as err:
-                raise CorruptEntry("entry %s lost a blob (%s)" % (key[:12], err), key)
+                raise CorruptEntry(
+                    "entry %s lost a blob (%s)" % (manifest.key[:12], err), manifest.key
+                )
             self._manifest = manifest
+            self._merged = merged
             meta["memoize_origin"] = manifest.origin
             meta["memoize_saved_seconds"] = "%.3f" % manifest.body_seconds
             saved = format_duration(manifest.body_seconds)
@@ -322,21 +363,19 @@ class MemoizeDecorator(StepDecorator):
                 % (step_name, key[:12], manifest.origin, saved, moved.describe())
             )
             try:
-                self._cache.record_use(flow_name, step_name, key)
+                self._cache.record_use(flow_name, step_name, manifest.key)
             except CacheFault:
                 pass  # recency is best effort: never worth a miss
             return "hit"
-        if found.status == "unsigned":
+        if decision.status == "unsigned":
             log(
                 "WARNING: %s: ignoring cache entry %s: %s (METAFLOW_MEMOIZE_SIGNING_KEY is set)"
-                % (step_name, key[:12], found.detail)
+                % (step_name, key[:12], decision.detail)
             )
-            meta["memoize_reason"] = found.detail
-            self._replace_entry = True  # our signed result replaces the unusable entry
+            meta["memoize_reason"] = decision.detail
             return "miss"
-        reason = found.detail
-        self._replace_entry = found.status == "expired"
-        if found.status == "absent":
+        reason = decision.detail
+        if decision.status == "absent":
             same_item = self._components.get("foreach")
             previous = self._cache.latest_entry(
                 flow_name, step_name, prefer=lambda m: m.components.get("foreach") == same_item
@@ -348,6 +387,25 @@ class MemoizeDecorator(StepDecorator):
         meta["memoize_reason"] = reason
         log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
         return "miss"
+
+    def _merged_now(self, manifest):
+        """{name: (sha, info)} of the artifacts a join merged through, from the
+        current inputs; None when the inputs disagree (merging would fail)."""
+        out = {}
+        inputs = self._task["inputs"] or []
+        for name in manifest.merged:
+            shas = {mf.artifact_hashes(ds).get(name) for ds in inputs}
+            shas.discard(None)
+            if len(shas) != 1:
+                return None
+            sha = shas.pop()
+            info = next(
+                mf.artifact_infos(ds).get(name, {})
+                for ds in inputs
+                if mf.artifact_hashes(ds).get(name) == sha
+            )
+            out[name] = {"sha": sha, "info": info}
+        return out
 
     def _passthrough_changed(self, manifest):
         if not manifest.passthrough or not self._task["inputs"]:
@@ -386,13 +444,13 @@ class MemoizeDecorator(StepDecorator):
     ):
         if self._status == "hit":
             manifest = self._manifest
+            restored = {n: {"sha": a.sha, "info": a.info} for n, a in manifest.artifacts.items()}
+            restored.update(self._merged or {})
+            # the entry holds what the step produced after its user decorators
+            mf.skip_user_step_wrappers(flow, self._step_name)
 
             def restored_step(*args):
-                mf.replay(
-                    flow,
-                    {n: {"sha": a.sha, "info": a.info} for n, a in manifest.artifacts.items()},
-                    manifest.transition,
-                )
+                mf.replay(flow, restored, manifest.transition)
 
             return restored_step
         if self._status in ("miss", "refresh", "error"):
@@ -407,11 +465,13 @@ class MemoizeDecorator(StepDecorator):
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
         if self._status in ("miss", "refresh", "error"):
+            self._stop_observing()
             self._body_ok = True
             self._transition = mf.record_transition(flow)
 
     def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
         try:
+            self._stop_observing()  # the body failed: nothing is stored
             self._finish(step_name, flow, graph, is_task_ok)
         finally:
             if self._lease is not None:
@@ -444,7 +504,33 @@ class MemoizeDecorator(StepDecorator):
     def _store_entry(self, step_name, flow, graph):
         t = self._task
         output = t["output"]
-        produced, passthrough = self._produced_artifacts(output, graph, step_name)
+        if self._recording is not None:
+            observed, used_names = observed_dependencies(self._recording, self._dep_ctx)
+        else:
+            observed, used_names = {"incomplete:not-recorded": "incomplete"}, set()
+        if "incomplete:recorder" in observed:
+            log(
+                "WARNING: %s not cached: another profiler or debugger replaced memoize's "
+                "recorder while the step ran, so what it used is unknown" % step_name
+            )
+            return
+        produced, passthrough, merged, left_out = self._produced_artifacts(
+            output, graph, step_name, used_names
+        )
+        if left_out:
+            log(
+                "WARNING: %s not cached: outputs= leaves out %s, which this step sets or "
+                "changes; a hit would leave %s different from a run of the step. Fix: add %s "
+                "to outputs=, or remove outputs=."
+                % (
+                    step_name,
+                    ", ".join("'%s'" % n for n in left_out),
+                    "it" if len(left_out) == 1 else "them",
+                    "it" if len(left_out) == 1 else "them",
+                )
+            )
+            self._register({"memoize_status": "uncacheable", "memoize_reason": "outputs="})
+            return
         final = mf.artifact_hashes(output)
         unrestored = {
             n: sha
@@ -453,7 +539,7 @@ class MemoizeDecorator(StepDecorator):
         }
         now = self._cache.clock()
         manifest = Manifest(
-            key=self._key,
+            key=self._store_key or self._key,
             flow=flow.name,
             step=step_name,
             components=self._components,
@@ -466,6 +552,9 @@ class MemoizeDecorator(StepDecorator):
             versions={"metaflow": _metaflow_version(), "metaflow-memoize": __version__},
             passthrough=passthrough,
             unrestored=unrestored,
+            observed=observed,
+            static_key=self._key,
+            merged=merged,
         )
         moved = export_blobs(mf.DatastoreBlobs(output), self._cache, produced)
         # An absent key is published first-writer-wins; an entry we could not
@@ -485,35 +574,52 @@ class MemoizeDecorator(StepDecorator):
             )
         self._warn_unstable(t["inputs"])
 
-    def _produced_artifacts(self, output, graph, step_name):
-        """(artifacts the step set, inherited-unkeyed hashes a hit must still see).
+    def _produced_artifacts(self, output, graph, step_name, used_names=()):
+        """What the entry stores, as (produced, passthrough, merged, left_out).
 
-        Inherited artifacts that are in the key come from the current inputs on
-        a hit. For the others, an unchanged hash is ambiguous (untouched, or set
-        to the same value): the step's code decides which, and when it cannot be
-        known the hash is pinned in the manifest.
+        produced: artifacts the step set. Inherited artifacts that are in the key
+        come from the current inputs on a hit. For the others, an unchanged hash
+        is ambiguous (untouched, or set to the same value): the names the
+        executed code mentions decide, and when the step passes ``self`` where
+        its source cannot follow, the hash is pinned (passthrough) and must
+        match on a hit. merged: a join's artifacts equal in every input that has
+        them (merge_artifacts): a hit takes them from the current inputs.
+        left_out: with outputs=, artifacts the step changed that are not listed.
         """
         final = mf.artifact_hashes(output)
         infos = mf.artifact_infos(output)
+        inputs = self._task["inputs"] or []
         inherited: dict[str, str] = {}
-        if self._task["inputs"]:
-            inherited = mf.artifact_hashes(self._task["inputs"][0])
-            if mf.node_type(graph, step_name) == "join":
+        is_join = mf.node_type(graph, step_name) == "join"
+        if inputs:
+            inherited = mf.artifact_hashes(inputs[0])
+            if is_join:
                 # a join inherits only the parameters, which Metaflow passes down
                 params = set(mf.parameter_names(self._task["flow"]))
                 inherited = {n: sha for n, sha in inherited.items() if n in params}
+        input_hashes = [mf.artifact_hashes(ds) for ds in inputs] if is_join else []
         keyed = self._components.get("inputs")
         if isinstance(keyed, dict):
             keyed = set(keyed)
         else:  # join rows: [step, index, digest, selected names]
             keyed = {name for row in keyed or [] for name in row[3]}
         assigned = assigned_attributes(mf.step_function(self._task["flow"], step_name))
+        if assigned is not None:
+            # helpers and methods the step ran may set artifacts too
+            assigned = set(assigned) | set(used_names)
         wanted = self.args["outputs"]
-        produced, passthrough = {}, {}
+        produced, passthrough, merged, left_out = {}, {}, [], []
         for name, sha in final.items():
             if name in _NEVER_RESTORED:
                 continue
+            if is_join and name not in inherited:
+                carriers = [h[name] for h in input_hashes if name in h]
+                if carriers and all(c == sha for c in carriers):
+                    merged.append(name)
+                    continue
             if wanted is not None and name not in wanted:
+                if inherited.get(name) != sha:
+                    left_out.append(name)
                 continue
             if inherited.get(name) == sha:
                 if name in keyed or (assigned is not None and name not in assigned):
@@ -522,7 +628,7 @@ class MemoizeDecorator(StepDecorator):
                     passthrough[name] = sha
                     continue
             produced[name] = ArtifactRecord(sha=sha, info=infos.get(name, {}))
-        return produced, passthrough
+        return produced, passthrough, sorted(merged), sorted(left_out)
 
     def _warn_unstable(self, inputs):
         if not inputs or not isinstance(self._components.get("inputs"), dict):

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import metaflow_compat as mf
 from .code_identity import code_components, dependency_components, reads_attribute
+from .deps import DepContext
 from .keys import build_components, digest_bytes, join_inputs_component, select_inputs
 from .settings import package_version
 
@@ -182,6 +183,36 @@ def components_for(
         inputs=key_inputs,
         foreach=foreach,
         env=env,
+    )
+
+
+def dependency_context(
+    flow, step_name: str, frames: Sequence[Any], first_input, private_roots: Sequence[str]
+) -> DepContext:
+    """What the observed dependencies of a task are evaluated against: the
+    flow's current code, its directory, the task's foreach position and its
+    first input's artifact hashes (the orchestrator passes the parent's)."""
+    flow_file = mf.flow_file(flow)
+    flow_dir = os.path.dirname(os.path.realpath(flow_file)) if flow_file else os.getcwd()
+    step_func = mf.step_function(flow, step_name)
+    hashes: dict[str, str] | None = None
+
+    def artifact_hash(name):
+        nonlocal hashes
+        if hashes is None:
+            hashes = mf.artifact_hashes(first_input) if first_input is not None else {}
+        return hashes.get(name)
+
+    return DepContext(
+        flow_class=flow.__class__,
+        flow_dir=flow_dir,
+        index=frames[-1].index if frames else None,
+        foreach_indices=[f.index for f in frames],
+        artifact_hash=artifact_hash,
+        unkeyed_lists=tuple(
+            f.var for f in frames if f.var and not reads_attribute(step_func, f.var)
+        ),
+        private_roots=tuple(p for p in private_roots if p and "://" not in p),
     )
 
 

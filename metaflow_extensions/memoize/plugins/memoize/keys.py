@@ -15,7 +15,7 @@ from typing import Any
 import xxhash
 
 #: bump when the meaning of a component changes, so old entries stop matching
-KEY_FORMAT = 1
+KEY_FORMAT = 2
 
 #: Metaflow bookkeeping that is not user data: never part of a key
 BOOKKEEPING_ARTIFACTS = frozenset(

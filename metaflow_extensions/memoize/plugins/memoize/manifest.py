@@ -59,6 +59,15 @@ class Manifest:
     # what Metaflow itself sets in the task's output (e.g. `name`): never
     # restored, recorded so that `memoize plan` can follow a join's outputs
     unrestored: dict[str, str] = field(default_factory=dict)
+    # what the body used while it ran ({dependency id: fingerprint}, deps.py):
+    # verified before every hit
+    observed: dict[str, str] = field(default_factory=dict)
+    # the key the step's static identity gives; differs from ``key`` when this
+    # entry is a variant (same static key, other observed dependency values)
+    static_key: str | None = None
+    # join artifacts merged through unchanged from every input: a hit takes
+    # them from the current inputs, never from the entry
+    merged: list[str] = field(default_factory=list)
     format: int = MANIFEST_FORMAT
     signature: str | None = None
 
@@ -114,6 +123,9 @@ class Manifest:
                 versions=d.get("versions") or {},
                 passthrough=d.get("passthrough") or {},
                 unrestored=d.get("unrestored") or {},
+                observed=_string_map(d.get("observed")),
+                static_key=d.get("static_key"),
+                merged=_string_list(d.get("merged")),
                 format=d["format"],
                 signature=d.get("signature"),
             )
@@ -124,6 +136,24 @@ class Manifest:
                 "manifest is for key %s, not %s" % (m.key, expected_key), key=expected_key
             )
         return m
+
+
+def _string_map(value) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError("observed dependencies must map names to strings")
+    return dict(value)
+
+
+def _string_list(value) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("merged must be a list of names")
+    return list(value)
 
 
 def _hmac(secret: str, payload: bytes) -> str:

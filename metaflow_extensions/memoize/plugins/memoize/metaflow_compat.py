@@ -78,6 +78,17 @@ def step_function(flow, step_name):
     return getattr(flow.__class__, step_name)
 
 
+def skip_user_step_wrappers(flow, step_name) -> None:
+    """On a hit, the restored artifacts are what the step produced *after* its
+    user step decorators (``@user_step_decorator``) ran: running their
+    pre/post code again would apply it twice. task.py reads the wrappers from
+    the step function's ``wrappers`` list when it executes the step; this
+    process runs one task, so emptying the list affects this task only."""
+    func = getattr(step_function(flow, step_name), "__func__", step_function(flow, step_name))
+    if getattr(func, "wrappers", None):
+        func.wrappers = []
+
+
 def _recordable(attr: str, value: Any) -> Any:
     if attr == "_transition" and value is not None:
         funcs, foreach = value[0], value[1]

@@ -25,9 +25,10 @@ from .cache import Cache
 from .code_identity import code_components
 from .durations import format_duration
 from .exceptions import CacheFault
-from .identity import UnidentifiableInput, task_components
+from .identity import UnidentifiableInput, dependency_context, task_components
 from .keys import key_of
 from .stores import open_store
+from .verified import verified_lookup
 
 #: Decorators whose task-side work cannot change what a hit produces (the body
 #: they wrap does not run) and that leave the task in the orchestrator's own
@@ -172,9 +173,12 @@ class OrchestratorHits:
         except (UnidentifiableInput, KeyError, ValueError, IndexError, TypeError):
             return False
         key = key_of(components)
+        context = dependency_context(
+            task.flow, task.step, frames, inputs[0], [deco._datastore_root, root]
+        )
         try:
             cache = self._cache(root)
-            found = cache.lookup(task.flow.name, task.step, key)
+            found = verified_lookup(cache, task.flow.name, task.step, key, context)
         except CacheFault:
             # the task will say what is wrong; don't pay for the fault twice per task
             self._failed_roots.add(root)
@@ -222,7 +226,7 @@ class OrchestratorHits:
         except Exception as err:  # metadata is informative
             print("[memoize] could not record task metadata: %s" % err, file=sys.stderr)
         try:
-            cache.record_use(task.flow.name, task.step, key)
+            cache.record_use(task.flow.name, task.step, manifest.key)
         except CacheFault:
             pass  # recency is best effort
         task.log(

@@ -1,0 +1,680 @@
+"""The false-hit corpus: ordinary Python that a key guessed from source missed.
+
+Each case is one small flow and one change. The memoized step must run again
+after the change (it would compute something else) and its artifacts must be
+what the changed code computes. Every case here served a stale result before
+dependencies were observed at run time (issue 13); tests/test_observed_deps.py
+runs them, and docs/concepts.md lists them.
+
+A case: name -> dict(files={path: source}, step=the memoized step to watch,
+change=[(path, old, new)], expect={artifact: repr of its value after the change},
+flow=path of the flow file, env/args for both runs, setup=callable(workdir)).
+"""
+
+HEADER = """\
+from metaflow import FlowSpec, step, memoize
+import _counter
+"""
+
+
+def linear(body, prelude="", members="", bases="FlowSpec"):
+    """A start (memoized, watched) -> end flow."""
+    return (
+        HEADER
+        + prelude
+        + """
+class CaseFlow(%s):
+%s
+    @memoize
+    @step
+    def start(self):
+        _counter.record("start")
+%s
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+"""
+        % (bases, _indent(members, 4), _indent(body, 8))
+    )
+
+
+def _indent(text, n):
+    lines = text.strip("\n").splitlines()
+    if not lines:
+        return ""
+    import textwrap
+
+    return textwrap.indent(textwrap.dedent("\n".join(lines)), " " * n)
+
+
+CASES = {
+    "method calls a method": dict(
+        files={
+            "flow.py": linear(
+                "self.y = self._prep(5)",
+                members="""
+                def _prep(self, v):
+                    return self._scale(v) + 1
+
+                def _scale(self, v):
+                    return v * 2
+                """,
+            )
+        },
+        change=[("flow.py", "return v * 2", "return v * 3")],
+        expect={"y": "16"},
+    ),
+    "helper of a helper of a method (depth 3)": dict(
+        files={
+            "flow.py": linear(
+                "self.y = self._prep(5)",
+                prelude="import lib\n",
+                members="""
+                def _prep(self, v):
+                    return lib.outer(v)
+                """,
+            ),
+            "lib.py": "def outer(v):\n    return middle(v) + 1\n\n\ndef middle(v):\n    return inner(v)\n\n\ndef inner(v):\n    return v * 2\n",
+        },
+        change=[("lib.py", "return v * 2", "return v * 3")],
+        expect={"y": "16"},
+    ),
+    "mixin method": dict(
+        files={
+            "flow.py": linear(
+                "self.y = self.mixed(5)",
+                prelude="from mixins import Mixin\n",
+                bases="Mixin, FlowSpec",
+            ),
+            "mixins.py": "class Mixin:\n    def mixed(self, v):\n        return v + 1\n",
+        },
+        change=[("mixins.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "staticmethod": dict(
+        files={
+            "flow.py": linear(
+                "self.y = self.helper(5)",
+                members="""
+                @staticmethod
+                def helper(v):
+                    return v + 1
+                """,
+            )
+        },
+        change=[("flow.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "property of the flow": dict(
+        files={
+            "flow.py": linear(
+                "self.y = self.rate * 2",
+                members="""
+                @property
+                def rate(self):
+                    return 10
+                """,
+            )
+        },
+        change=[("flow.py", "return 10", "return 11")],
+        expect={"y": "22"},
+    ),
+    "closure factory argument": dict(
+        files={
+            "flow.py": linear(
+                "self.y = scale(5)",
+                prelude="from lib import make_scaler\nscale = make_scaler(3)\n",
+            ),
+            "lib.py": "def make_scaler(k):\n    def scale(x):\n        return x * k\n    return scale\n",
+        },
+        change=[("flow.py", "make_scaler(3)", "make_scaler(4)")],
+        expect={"y": "20"},
+    ),
+    "decorated helper without wraps": dict(
+        files={
+            "flow.py": linear(
+                "self.y = helper(5)",
+                prelude="""
+def logged(fn):
+    def wrapper(*a):
+        return fn(*a)
+    return wrapper
+
+
+@logged
+def helper(v):
+    return v + 1
+""",
+            )
+        },
+        change=[("flow.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "decorator arguments": dict(
+        files={
+            "flow.py": linear(
+                "self.y = helper(5)",
+                prelude="""
+import functools
+
+
+def times(n):
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(v):
+            return fn(v) * n
+        return wrapper
+    return deco
+
+
+@times(2)
+def helper(v):
+    return v + 1
+""",
+            )
+        },
+        change=[("flow.py", "@times(2)", "@times(3)")],
+        expect={"y": "18"},
+    ),
+    "functools.lru_cache helper": dict(
+        files={
+            "flow.py": linear(
+                "self.y = helper(5)",
+                prelude="""
+import functools
+
+
+@functools.lru_cache(maxsize=None)
+def helper(v):
+    return v + 1
+""",
+            )
+        },
+        change=[("flow.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "functools.partial arguments": dict(
+        files={
+            "flow.py": linear(
+                "self.y = add_some(5)",
+                prelude="""
+import functools
+
+
+def add(v, k):
+    return v + k
+
+
+add_some = functools.partial(add, k=1)
+""",
+            )
+        },
+        change=[("flow.py", "partial(add, k=1)", "partial(add, k=2)")],
+        expect={"y": "7"},
+    ),
+    "functools.partial target": dict(
+        files={
+            "flow.py": linear(
+                "self.y = add_some(5)",
+                prelude="""
+import functools
+
+
+def add(v, k):
+    return v + k
+
+
+add_some = functools.partial(add, k=1)
+""",
+            )
+        },
+        change=[("flow.py", "return v + k", "return v + k + 10")],
+        expect={"y": "16"},
+    ),
+    "functools.singledispatch overload": dict(
+        files={
+            "flow.py": linear(
+                "self.y = describe(5)",
+                prelude="""
+import functools
+
+
+@functools.singledispatch
+def describe(v):
+    return "thing"
+
+
+@describe.register(int)
+def _(v):
+    return "int %d" % v
+""",
+            )
+        },
+        change=[("flow.py", '"int %d" % v', '"integer %d" % v')],
+        expect={"y": "'integer 5'"},
+    ),
+    "getattr(module, name)": dict(
+        files={
+            "flow.py": linear(
+                'self.y = getattr(lib, "helper")(5)',
+                prelude="import lib\n",
+            ),
+            "lib.py": "def helper(v):\n    return v + 1\n",
+        },
+        change=[("lib.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "module-level instance of a user class": dict(
+        files={
+            "flow.py": linear(
+                "self.y = scaler.apply(5)",
+                prelude="from lib import Scaler\nscaler = Scaler(3)\n",
+            ),
+            "lib.py": "class Scaler:\n    def __init__(self, k):\n        self.k = k\n\n    def apply(self, v):\n        return v * self.k\n",
+        },
+        change=[("flow.py", "Scaler(3)", "Scaler(4)")],
+        expect={"y": "20"},
+    ),
+    "import inside the step": dict(
+        files={
+            "flow.py": linear("import lib\nself.y = lib.helper(5)"),
+            "lib.py": "def helper(v):\n    return v + 1\n",
+        },
+        change=[("lib.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "from-import inside the step": dict(
+        files={
+            "flow.py": linear("from lib import helper, OFFSET\nself.y = helper(5) + OFFSET"),
+            "lib.py": "OFFSET = 0\n\n\ndef helper(v):\n    return v + 1\n",
+        },
+        change=[("lib.py", "OFFSET = 0", "OFFSET = 100")],
+        expect={"y": "106"},
+    ),
+    "dotted submodule": dict(
+        files={
+            "flow.py": linear("self.y = pkg.sub.helper(5)", prelude="import pkg.sub\n"),
+            "pkg/__init__.py": "",
+            "pkg/sub.py": "def helper(v):\n    return v + 1\n",
+        },
+        change=[("pkg/sub.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "method of an artifact's class": dict(
+        files={
+            "flow.py": HEADER
+            + """
+from lib import Model
+
+
+class CaseFlow(FlowSpec):
+    @step
+    def start(self):
+        self.model = Model(2)
+        self.next(self.predict)
+
+    @memoize
+    @step
+    def predict(self):
+        _counter.record("predict")
+        self.y = self.model.predict(5)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+""",
+            "lib.py": "class Model:\n    def __init__(self, k):\n        self.k = k\n\n    def predict(self, v):\n        return v * self.k\n",
+        },
+        step="predict",
+        change=[("lib.py", "return v * self.k", "return v * self.k + 1")],
+        expect={"y": "11"},
+    ),
+    "method of a foreach item": dict(
+        files={
+            "flow.py": HEADER
+            + """
+from lib import Item
+
+
+class CaseFlow(FlowSpec):
+    @step
+    def start(self):
+        self.items = [Item(1), Item(2)]
+        self.next(self.each, foreach="items")
+
+    @memoize
+    @step
+    def each(self):
+        _counter.record("each")
+        self.y = self.input.value()
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.ys = sorted(i.y for i in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+""",
+            "lib.py": "class Item:\n    def __init__(self, v):\n        self.v = v\n\n    def value(self):\n        return self.v * 10\n",
+        },
+        step="each",
+        runs_per_step=2,
+        change=[("lib.py", "return self.v * 10", "return self.v * 100")],
+        expect_step="join",
+        expect={"ys": "[100, 200]"},
+    ),
+    "helper in a sibling folder of a monorepo": dict(
+        files={
+            "proj/flows/flow.py": "import os, sys\n"
+            "sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'lib'))\n"
+            + linear("import util\nself.y = util.helper(5)"),
+            "proj/lib/util.py": "def helper(v):\n    return v + 1\n",
+        },
+        flow="proj/flows/flow.py",
+        change=[("proj/lib/util.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "user step decorator code": dict(
+        files={
+            "flow.py": HEADER
+            + """
+from metaflow import user_step_decorator
+
+
+@user_step_decorator
+def tenfold(step_name, flow, inputs=None, attributes=None):
+    yield
+    flow.y = flow.y * 10
+
+
+class CaseFlow(FlowSpec):
+    @tenfold
+    @memoize
+    @step
+    def start(self):
+        _counter.record("start")
+        self.y = 5
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+""",
+        },
+        change=[("flow.py", "flow.y * 10", "flow.y * 20")],
+        expect={"y": "100"},
+    ),
+    "depends_on a package": dict(
+        files={
+            "flow.py": linear(
+                "from mypkg import sub\nself.y = sub.helper(5)",
+                prelude="import mypkg\n",
+            ).replace("@memoize\n", "@memoize(depends_on=[mypkg])\n"),
+            "mypkg/__init__.py": "",
+            "mypkg/sub.py": "def helper(v):\n    return v + 1\n",
+        },
+        change=[("mypkg/sub.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "depends_on a function": dict(
+        files={
+            "flow.py": linear(
+                "self.y = entry(5)",
+                prelude="from lib import entry\n",
+            ).replace("@memoize\n", "@memoize(depends_on=[entry])\n"),
+            "lib.py": "def entry(v):\n    return callee(v)\n\n\ndef callee(v):\n    return v + 1\n",
+        },
+        change=[("lib.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "depends_on a folder with a symlinked subfolder": dict(
+        files={
+            "flow.py": linear(
+                "with open('data/linked/v.txt') as f:\n    self.y = int(f.read())"
+            ).replace("@memoize\n", '@memoize(depends_on=["data"])\n'),
+            "real/v.txt": "1\n",
+            "data/readme.txt": "x\n",
+        },
+        setup="symlink real data/linked",
+        change=[("real/v.txt", "1", "2")],
+        expect={"y": "2"},
+    ),
+    "Enum member as a constant": dict(
+        files={
+            "flow.py": linear(
+                "self.y = Mode.FAST.value",
+                prelude="import enum\n\n\nclass Mode(enum.Enum):\n    FAST = 1\n    SLOW = 2\n",
+            )
+        },
+        change=[("flow.py", "FAST = 1", "FAST = 3")],
+        expect={"y": "3"},
+    ),
+    "datetime.date constant": dict(
+        files={
+            "flow.py": linear(
+                "self.y = str(CUTOFF)",
+                prelude="import datetime\n\nCUTOFF = datetime.date(2024, 1, 1)\n",
+            )
+        },
+        change=[("flow.py", "date(2024, 1, 1)", "date(2025, 1, 1)")],
+        expect={"y": "'2025-01-01'"},
+    ),
+    "constant nested deeper than six levels": dict(
+        files={
+            "flow.py": linear(
+                "self.y = DEEP['a']['b']['c']['d']['e']['f']['g']['h']",
+                prelude="DEEP = {'a': {'b': {'c': {'d': {'e': {'f': {'g': {'h': 1}}}}}}}}\n",
+            )
+        },
+        change=[("flow.py", "{'h': 1}", "{'h': 2}")],
+        expect={"y": "2"},
+    ),
+    "class attribute computed from an environment variable": dict(
+        files={
+            "flow.py": linear(
+                "self.y = self.THRESHOLD",
+                prelude="import os\n",
+                members='THRESHOLD = int(os.environ.get("CASE_THRESHOLD", "1"))',
+            )
+        },
+        env_after={"CASE_THRESHOLD": "2"},
+        change=[],
+        expect={"y": "2"},
+    ),
+    "flow file reached through a symlink": dict(
+        files={
+            "real/flow.py": linear("self.y = lib.helper(5)", prelude="import lib\n"),
+            "real/lib.py": "def helper(v):\n    return v + 1\n",
+        },
+        setup="symlink real/flow.py flow.py",
+        flow="flow.py",
+        change=[("real/lib.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "self.index after the list is reordered": dict(
+        files={
+            "flow.py": HEADER
+            + """
+class CaseFlow(FlowSpec):
+    @step
+    def start(self):
+        self.items = ["a", "b"]
+        self.next(self.each, foreach="items")
+
+    @memoize
+    @step
+    def each(self):
+        _counter.record("each")
+        self.y = "%s%d" % (self.input, self.index)
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.ys = sorted(i.y for i in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+""",
+        },
+        step="each",
+        runs_per_step=2,
+        change=[("flow.py", '["a", "b"]', '["b", "a"]')],
+        expect_step="join",
+        expect={"ys": "['a1', 'b0']"},
+    ),
+    "a method reads the foreach list": dict(
+        files={
+            "flow.py": HEADER
+            + """
+class CaseFlow(FlowSpec):
+    @step
+    def start(self):
+        self.items = [1, 2]
+        self.next(self.each, foreach="items")
+
+    @memoize
+    @step
+    def each(self):
+        _counter.record("each")
+        self.y = self._share()
+        self.next(self.join)
+
+    def _share(self):
+        return round(self.input / sum(self.items), 3)
+
+    @step
+    def join(self, inputs):
+        self.ys = sorted(i.y for i in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+""",
+        },
+        step="each",
+        runs_per_step=2,
+        change=[("flow.py", "[1, 2]", "[1, 2, 7]")],
+        min_new_runs=2,
+        expect_step="join",
+        expect={"ys": "[0.1, 0.2, 0.7]"},
+    ),
+    "a file the step reads, without depends_on": dict(
+        files={
+            "flow.py": linear("with open('vocab.txt') as f:\n    self.y = f.read().split()"),
+            "vocab.txt": "a b\n",
+        },
+        change=[("vocab.txt", "a b", "a b c")],
+        expect={"y": "['a', 'b', 'c']"},
+    ),
+    "ignore= and a method that sets the ignored artifact": dict(
+        files={
+            "flow.py": HEADER
+            + """
+import os
+
+
+class CaseFlow(FlowSpec):
+    @step
+    def start(self):
+        self.note = os.environ.get("CASE_NOTE", "first")
+        self.next(self.work)
+
+    @memoize(ignore=["note"])
+    @step
+    def work(self):
+        _counter.record("work")
+        self._annotate()
+        self.next(self.end)
+
+    def _annotate(self):
+        self.note = "set by work"
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+""",
+        },
+        step="work",
+        env_before={"CASE_NOTE": "set by work"},
+        env_after={"CASE_NOTE": "other"},
+        change=[],
+        hit_allowed=True,
+        expect_step="end",
+        expect={"note": "'set by work'"},
+    ),
+}
+
+#: changes after which the watched step must still hit (no needless miss)
+HIT_CASES = {
+    "comment and formatting in a helper module": dict(
+        files={
+            "flow.py": linear("self.y = lib.helper(5)", prelude="import lib\n"),
+            "lib.py": "def helper(v):\n    return v + 1\n",
+        },
+        change=[("lib.py", "return v + 1", "# add one\n    return (v\n            + 1)")],
+        expect={"y": "6"},
+    ),
+    "a function the step does not execute": dict(
+        files={
+            "flow.py": linear(
+                "self.y = lib.helper(5) if True else lib.unused(5)", prelude="import lib\n"
+            ),
+            "lib.py": "def helper(v):\n    return v + 1\n\n\ndef unused(v):\n    return v\n",
+        },
+        change=[("lib.py", "    return v\n", "    return v * 1000\n")],
+        expect={"y": "6"},
+    ),
+    "a method of the flow the step does not call": dict(
+        files={
+            "flow.py": linear(
+                "self.y = self._used(5)",
+                members="""
+                def _used(self, v):
+                    return v + 1
+
+                def _other(self, v):
+                    return v
+                """,
+            )
+        },
+        change=[("flow.py", "        return v\n", "        return v * 2\n")],
+        expect={"y": "6"},
+    ),
+}

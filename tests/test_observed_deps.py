@@ -1,0 +1,140 @@
+"""Observed dependencies (issue 13): a hit only when everything the step used is
+unchanged, and no miss when only something it did not use changed.
+
+Each case of tests/observed_cases.py runs its flow, applies one change and
+runs it again: the watched step must run again and produce what the changed
+code computes (a step-body counter and the artifact values prove both). Every
+case in CASES served a stale result before the key was observed.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from observed_cases import CASES, HIT_CASES
+
+
+def _write_case(runner, case):
+    for rel, source in case["files"].items():
+        path = runner.workdir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+        if rel.endswith("flow.py") and rel != "flow.py":
+            # the counter module sits beside every flow file
+            (path.parent / "_counter.py").write_text((runner.workdir / "_counter.py").read_text())
+    setup = case.get("setup")
+    if setup:
+        verb, source, target = setup.split()
+        assert verb == "symlink"
+        target_path = runner.workdir / target
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(runner.workdir / source, target_path)
+
+
+def _change(runner, case):
+    for rel, old, new in case["change"]:
+        path = runner.workdir / rel
+        text = path.read_text()
+        assert old in text, "case out of date: %r not in %s" % (old, rel)
+        path.write_text(text.replace(old, new, 1))
+
+
+def _run_case(runner, case):
+    _write_case(runner, case)
+    flow = case.get("flow", "flow.py")
+    step = case.get("step", "start")
+    per_run = case.get("runs_per_step", 1)
+    runner.run(flow, env=case.get("env_before"))
+    assert runner.count(step) == per_run
+    _change(runner, case)
+    second = runner.run(flow, env=case.get("env_after"))
+    artifacts = runner.artifacts("CaseFlow", second.run_id)[case.get("expect_step", step)]
+    return second, runner.count(step) - per_run, artifacts[0]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_changed_dependency_is_never_a_hit(runner, name):
+    case = CASES[name]
+    second, new_runs, artifacts = _run_case(runner, case)
+    for artifact, expected in case["expect"].items():
+        assert artifacts[artifact] == expected, (name, artifact, second)
+    if not case.get("hit_allowed"):
+        assert new_runs >= case.get("min_new_runs", 1), (name, second)
+
+
+@pytest.mark.parametrize("name", sorted(HIT_CASES))
+def test_an_unused_change_still_hits(runner, name):
+    case = HIT_CASES[name]
+    second, new_runs, artifacts = _run_case(runner, case)
+    assert new_runs == 0, (name, second)
+    for artifact, expected in case["expect"].items():
+        assert artifacts[artifact] == expected
+
+
+def test_a_miss_names_the_observed_dependency(runner):
+    case = CASES["method calls a method"]
+    second, _, _ = _run_case(runner, case)
+    assert "helper `CaseFlow._scale` changed (observed)" in second.output, second
+
+
+def test_a_file_change_is_named(runner):
+    second, _, _ = _run_case(runner, CASES["a file the step reads, without depends_on"])
+    assert "file vocab.txt changed" in second.output, second
+
+
+def test_switching_back_and_forth_hits_both_ways(runner):
+    """Two entries share a static key and differ by an observed helper."""
+    case = CASES["import inside the step"]
+    _write_case(runner, case)
+    lib = runner.workdir / "lib.py"
+    original = lib.read_text()
+    changed = original.replace("return v + 1", "return v + 2")
+    runner.run("flow.py")
+    lib.write_text(changed)
+    runner.run("flow.py")
+    assert runner.count("start") == 2
+    for text, value in ((original, "6"), (changed, "7"), (original, "6")):
+        lib.write_text(text)
+        result = runner.run("flow.py")
+        assert runner.artifacts("CaseFlow", result.run_id)["start"][0]["y"] == value
+    assert runner.count("start") == 2
+
+
+def test_user_step_decorator_is_not_applied_twice_on_a_hit(runner):
+    """With nothing changed, a hit restores x10 once (it was x100 in-task)."""
+    case = CASES["user step decorator code"]
+    _write_case(runner, case)
+    env = {"METAFLOW_MEMOIZE_CLONE": "0"}  # the in-task hit path
+    runner.run("flow.py", env=env)
+    result = runner.run("flow.py", env=env)
+    assert runner.count("start") == 1
+    assert runner.artifacts("CaseFlow", result.run_id)["start"][0]["y"] == "50"
+
+
+def test_flow_beside_the_python_installation_is_user_code(runner):
+    """A flow folder whose path shares a prefix with sys.prefix (``<venv>-flows``)
+    is the user's code, not installed code."""
+    shadow = Path(sys.prefix + "-flows-%d" % os.getpid())
+    shadow.mkdir()
+    try:
+        case = CASES["getattr(module, name)"]
+        for rel, source in case["files"].items():
+            (shadow / rel).write_text(source)
+        (shadow / "_counter.py").write_text((runner.workdir / "_counter.py").read_text())
+        flow = str(shadow / "flow.py")
+        runner.run(flow)
+        _change_in(shadow, case)
+        result = runner.run(flow)
+        assert runner.count("start") == 2
+        assert runner.artifacts("CaseFlow", result.run_id)["start"][0]["y"] == "7"
+    finally:
+        import shutil
+
+        shutil.rmtree(shadow, ignore_errors=True)
+
+
+def _change_in(folder, case):
+    for rel, old, new in case["change"]:
+        path = folder / rel
+        path.write_text(path.read_text().replace(old, new, 1))
