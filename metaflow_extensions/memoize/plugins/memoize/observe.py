@@ -21,7 +21,6 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-
 try:  # built by setup.py on 3.9-3.11; optional
     from . import _tracer  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on the build
