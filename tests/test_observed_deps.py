@@ -138,3 +138,104 @@ def _change_in(folder, case):
     for rel, old, new in case["change"]:
         path = folder / rel
         path.write_text(path.read_text().replace(old, new, 1))
+
+
+NESTED_FOREACH = '''
+from metaflow import FlowSpec, step, memoize
+import _counter
+
+
+class CaseFlow(FlowSpec):
+    """The shape of Metaflow's own test/core graph nested_foreach.json."""
+
+    @memoize
+    @step
+    def start(self):
+        _counter.record("start")
+        self.x = "ab"
+        self.y = "cd"
+        self.z = "ef"
+        self.next(self.foreach_split_x)
+
+    @memoize
+    @step
+    def foreach_split_x(self):
+        _counter.record("foreach_split_x")
+        self.next(self.foreach_split_y, foreach="x")
+
+    @memoize
+    @step
+    def foreach_split_y(self):
+        _counter.record("foreach_split_y")
+        self.next(self.foreach_split_z, foreach="y")
+
+    @memoize
+    @step
+    def foreach_split_z(self):
+        _counter.record("foreach_split_z")
+        self.next(self.foreach_inner, foreach="z")
+
+    @memoize
+    @step
+    def foreach_inner(self):
+        _counter.record("foreach_inner")
+        self.word = "".join(str(v) for _, _, v in self.foreach_stack()) + self.input
+        self.next(self.foreach_join_z)
+
+    @memoize
+    @step
+    def foreach_join_z(self, inputs):
+        _counter.record("foreach_join_z")
+        self.words = [i.word for i in inputs]
+        self.next(self.foreach_join_y)
+
+    @memoize
+    @step
+    def foreach_join_y(self, inputs):
+        _counter.record("foreach_join_y")
+        self.words = sum((i.words for i in inputs), [])
+        self.next(self.foreach_join_x)
+
+    @memoize
+    @step
+    def foreach_join_x(self, inputs):
+        _counter.record("foreach_join_x")
+        self.words = sorted(sum((i.words for i in inputs), []))
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+'''
+
+
+def test_metaflow_nested_foreach_graph_caches_every_step(runner):
+    """Its inner joins were `uncacheable` on every run (an outer foreach list is
+    not visible behind a join)."""
+    runner.add_flow("flow.py", source=NESTED_FOREACH)
+    first = runner.run("flow.py")
+    assert "not cached" not in first.output, first
+    counts = runner.executions()
+    assert counts["foreach_inner"] == 8 and counts["foreach_join_y"] == 2
+    second = runner.run("flow.py")
+    assert runner.executions() == counts, second
+    assert "not cached" not in second.output
+    words = runner.artifacts("CaseFlow", second.run_id)["foreach_join_x"][0]["words"]
+    assert words == runner.artifacts("CaseFlow", first.run_id)["foreach_join_x"][0]["words"]
+
+
+def test_plan_sees_an_observed_change(runner):
+    """`memoize plan` verifies the recorded dependencies too: after a helper edit
+    it says the step will run, and why."""
+    case = CASES["method calls a method"]
+    _write_case(runner, case)
+    runner.run("flow.py")
+    planned = runner.cli("flow.py", "memoize", "plan")
+    assert "start  hit" in planned.output.replace("   ", "  "), planned
+    _change(runner, case)
+    planned = runner.cli("flow.py", "memoize", "plan")
+    assert "helper `CaseFlow._scale` changed (observed)" in planned.output, planned

@@ -110,6 +110,20 @@ def is_installed_file(path: str) -> bool:
     return any(_inside(real, root) for root in installed_roots())
 
 
+@functools.cache
+def _resolved_dir(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def _resolved(path: str) -> str:
+    """realpath, resolving each folder once per process (hundreds of modules
+    share a few dozen folders)."""
+    path = os.path.abspath(path)
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    return os.path.join(_resolved_dir(os.path.dirname(path)), os.path.basename(path))
+
+
 _module_class_cache: dict[str, tuple[Any, bool, str | None]] = {}
 
 
@@ -119,7 +133,7 @@ def _module_info(name: str, module) -> tuple[bool, str | None]:
     if cached is not None and cached[0] is module:
         return cached[1], cached[2]
     path = getattr(module, "__file__", None)
-    real = os.path.realpath(path) if isinstance(path, str) else None
+    real = _resolved(path) if isinstance(path, str) else None
     user = (
         real is not None
         and name.split(".")[0] not in _INFRA_PACKAGES
@@ -604,19 +618,21 @@ def _flow_attribute_deps(flow_class, names, deps):
 
 
 def _file_deps(recording, ctx, deps):
+    if not (recording.files_read or recording.dirs_listed or recording.commands):
+        return
     private = tuple(os.path.realpath(p) for p in ctx.private_roots if p)
+    # source files of loaded modules are code (observed as code, not as files)
     module_files = {
-        os.path.realpath(f)
-        for m in list(sys.modules.values())
-        for f in [getattr(m, "__file__", None)]
-        if isinstance(f, str)
+        f for m in list(sys.modules.values()) for f in [getattr(m, "__file__", None)] if f
     }
 
     def wanted(path):
         real = os.path.realpath(path)
         if any(_inside(real, d) for d in _SKIPPED_DIRS):
             return None
-        if is_installed_file(real) or _is_infra_file(real) or real in module_files:
+        if path in module_files or real in module_files:
+            return None
+        if is_installed_file(real) or _is_infra_file(real):
             return None
         if any(_inside(real, p) for p in private):
             return None

@@ -91,9 +91,19 @@ def foreach_component(flow, source_datastore, frames) -> tuple[list[dict[str, An
         try:
             values = source_datastore[frame.var]
         except Exception:
-            raise UnidentifiableInput(
-                "the foreach list '%s' of step %s is no longer visible" % (frame.var, frame.step)
+            # An outer foreach seen from behind an inner join: the join's inputs
+            # no longer carry the list. The task cannot read the item either;
+            # what it can see of the frame is its position and the value
+            # Metaflow recorded for it, and that is what is keyed.
+            out.append(
+                {
+                    "step": frame.step,
+                    "var": frame.var,
+                    "position": [frame.index, frame.num_splits],
+                    "value": None if frame.value is None else str(frame.value),
+                }
             )
+            continue
         try:
             item = values[frame.index]
         except TypeError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,13 @@ from typing import Any
 from . import config
 from . import metaflow_compat as mf
 from .cache import Cache
+from .code_identity import reads_attribute
+from .deps import DepContext
 from .exceptions import CacheFault
 from .identity import UnidentifiableInput, components_for, item_digest
 from .keys import diff_components, key_of
 from .stores import open_store
+from .verified import verified_lookup
 
 HIT, RUN, UNKNOWN, NOT_MEMOIZED = "hit", "run", "unknown", "not memoized"
 
@@ -205,12 +209,14 @@ class Planner:
             return verdict, self._unknown_children(step)
         cache = self.cache_for(deco)
         try:
-            found = cache.lookup(self.flow.name, step, key)
+            found = verified_lookup(
+                cache, self.flow.name, step, key, self._dep_context(step, inputs, frames)
+            )
         except CacheFault as err:
             verdict = TaskVerdict(RUN, "cache unreadable: %s" % err, key, foreach_index=index)
             return verdict, self._unknown_children(step)
         if found.status != "found":
-            reason = found.detail
+            reason = found.detail or found.status
             if found.status == "absent":
                 try:
                     previous = cache.latest_entry(
@@ -235,8 +241,27 @@ class Planner:
         )
         return verdict, self._children(step, inputs, frames, manifest)
 
+    def _dep_context(self, step, inputs: list[Context], frames) -> DepContext:
+        """The observed dependencies of a planned task, against the code as it is
+        now and the inputs the plan expects."""
+        flow_file = mf.flow_file(self.flow)
+        step_func = mf.step_function(self.flow, step)
+        visible = inputs[0].visible or {}
+        return DepContext(
+            flow_class=self.flow.__class__,
+            flow_dir=os.path.dirname(os.path.realpath(flow_file)) if flow_file else os.getcwd(),
+            index=frames[-1].index if frames else None,
+            foreach_indices=[f.index for f in frames],
+            artifact_hash=visible.get,
+            unkeyed_lists=tuple(f.var for f in frames if not reads_attribute(step_func, f.var)),
+        )
+
     def _children(self, step, inputs, frames, manifest):
         produced = {n: a.sha for n, a in manifest.artifacts.items()}
+        for name in manifest.merged:  # a join's merge, as the expected inputs give it
+            shas = {c.visible.get(name) for c in inputs if c.visible and name in c.visible}
+            if len(shas) == 1:
+                produced[name] = shas.pop()
         if mf.join_type(self.graph, step) is None:
             visible = dict(inputs[0].visible)
             visible.update(produced)
