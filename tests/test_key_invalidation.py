@@ -76,7 +76,7 @@ CASES = [
         "word.lower().strip()",
         (),
         False,
-        r"code changed \(helper normalize\)",
+        r"helper `helpers\.normalize` changed \(observed\)",
     ),
     ("unrelated helper edit", FLOW, "return x + 1", "return x + 2", (), True, None),
     (
@@ -86,7 +86,7 @@ CASES = [
         "THRESHOLD = 4",
         (),
         False,
-        r"code changed \(constant THRESHOLD\)",
+        r"global `THRESHOLD` changed \(observed\)",
     ),
     (
         "depends_on file",

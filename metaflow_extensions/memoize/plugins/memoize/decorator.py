@@ -322,6 +322,8 @@ class MemoizeDecorator(StepDecorator):
             raise CorruptEntry("entry %s is corrupt (%s); removed" % (bad[:12], err), bad)
         self._store_key = decision.store_key
         self._replace_entry = decision.replace
+        if decision.store_key != key:
+            meta["memoize_entry"] = decision.store_key  # for `memoize explain`
         if decision.status == "found":
             manifest = decision.manifest
             changed = self._passthrough_changed(manifest)

@@ -168,23 +168,28 @@ def is_user_object(value) -> bool:
 # -- fingerprints ----------------------------------------------------------------
 
 
-_code_digests: dict[int, tuple[types.CodeType, str]] = {}
+_code_digests: dict[tuple[int, bool], tuple[types.CodeType, str]] = {}
 
 
-def code_digest(code: types.CodeType) -> str:
+def code_digest(code: types.CodeType, doc: str | None = None) -> str:
     """Digest of what a code object does: bytecode, names, constants (nested code
     included). Line numbers, positions and file names are left out, so comments
-    and formatting do not count."""
-    cached = _code_digests.get(id(code))
+    and formatting do not count; ``doc``, the function's docstring (the first
+    constant of its code), is left out too."""
+    elide = doc is not None and bool(code.co_consts) and code.co_consts[0] == doc
+    cached = _code_digests.get((id(code), elide))
     if cached is not None and cached[0] is code:
         return cached[1]
     consts = []
-    for const in code.co_consts:
+    for position, const in enumerate(code.co_consts):
+        if elide and position == 0:
+            consts.append(["docstring"])
+            continue
         if isinstance(const, types.CodeType):
             consts.append(["code", code_digest(const)])
         else:
             consts.append(_fp(const, (), 0))
-    doc = [
+    document = [
         code.co_name,
         code.co_argcount,
         code.co_posonlyargcount,
@@ -197,8 +202,8 @@ def code_digest(code: types.CodeType) -> str:
         list(code.co_cellvars),
         consts,
     ]
-    digest = digest_json(doc)
-    _code_digests[id(code)] = (code, digest)
+    digest = digest_json(document)
+    _code_digests[(id(code), elide)] = (code, digest)
     return digest
 
 
@@ -332,7 +337,7 @@ def _fp_function(fn: types.FunctionType, path: tuple, depth: int) -> list:
             closure.append(["empty"])
     doc = [
         "function",
-        code_digest(fn.__code__),
+        code_digest(fn.__code__, fn.__doc__ if isinstance(fn.__doc__, str) else None),
         _fp(fn.__defaults__, path, depth),
         _fp(fn.__kwdefaults__, path, depth),
         closure,

@@ -7,9 +7,10 @@ from typing import Any
 
 from .cache import Cache
 from .exceptions import CacheFault, MemoizeCliError
+from .deps import diff_observed
 from .keys import diff_components
 
-COMPONENTS = ("code", "args", "inputs", "foreach", "env")
+COMPONENTS = ("code", "args", "inputs", "foreach", "env", "observed")
 
 
 @dataclass
@@ -27,8 +28,15 @@ class TaskExplanation:
         return dict(self.__dict__)
 
 
-def _component_verdicts(old: dict, new: dict) -> dict[str, str]:
-    return {part: ("same" if old.get(part) == new.get(part) else "changed") for part in COMPONENTS}
+def _component_verdicts(old, new) -> dict[str, str]:
+    """same/changed per key component, and for what the step was observed using."""
+    verdicts = {
+        part: ("same" if old.components.get(part) == new.components.get(part) else "changed")
+        for part in COMPONENTS
+        if part != "observed"
+    }
+    verdicts["observed"] = "same" if not diff_observed(old.observed, new.observed) else "changed"
+    return verdicts
 
 
 def explain_task(
@@ -47,8 +55,11 @@ def explain_task(
         if status == "hit":
             out.components = {part: "same" for part in COMPONENTS}
         return out
+    # a miss whose key had an entry that no longer verified stored its own at
+    # a variant key (verified.py); the task recorded where
+    entry_key = metadata.get("memoize_entry") or key
     try:
-        own = cache.lookup(flow, step, key).manifest
+        own = cache.lookup(flow, step, entry_key).manifest
         components = own.components if own is not None else None
         if components is None:
             return out
@@ -56,15 +67,17 @@ def explain_task(
             flow,
             step,
             prefer=lambda m: (
-                m.key != key
+                m.key != entry_key
                 and m.created < own.created
                 and m.components.get("foreach") == components.get("foreach")
             ),
         )
-        if previous is not None and previous.key != key:
+        if previous is not None and previous.key != entry_key:
             out.compared_with = previous.origin
-            out.components = _component_verdicts(previous.components, components)
+            out.components = _component_verdicts(previous, own)
             out.changes = diff_components(previous.components, components)
+            if previous.components == components or not out.changes:
+                out.changes += diff_observed(previous.observed, own.observed)
     except CacheFault as err:
         out.reason = "%s (cache unreadable: %s)" % (out.reason or "", err)
     return out
