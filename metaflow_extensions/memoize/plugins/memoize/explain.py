@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import Cache
-from .exceptions import CacheFault, MemoizeCliError
 from .deps import diff_observed
+from .exceptions import CacheFault, MemoizeCliError
 from .keys import diff_components
 
 COMPONENTS = ("code", "args", "inputs", "foreach", "env", "observed")
