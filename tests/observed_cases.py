@@ -647,6 +647,31 @@ if __name__ == "__main__":
         expect_step="end",
         expect={"note": "'set by work'"},
     ),
+    "a helper run in a thread the step starts": dict(
+        files={
+            "flow.py": linear(
+                "from concurrent.futures import ThreadPoolExecutor\n"
+                "with ThreadPoolExecutor(2) as pool:\n"
+                "    self.y = sorted(pool.map(lib.helper, [1, 2]))",
+                prelude="import lib\n",
+            ),
+            "lib.py": "def helper(v):\n    return v + 1\n",
+        },
+        change=[("lib.py", "return v + 1", "return v + 2")],
+        expect={"y": "[3, 4]"},
+    ),
+    "a script the step runs in a subprocess": dict(
+        files={
+            "flow.py": linear(
+                "import subprocess, sys\n"
+                "out = subprocess.run([sys.executable, 'script.py'], capture_output=True, text=True)\n"
+                "self.y = out.stdout.strip()"
+            ),
+            "script.py": "print('one')\n",
+        },
+        change=[("script.py", "'one'", "'two'")],
+        expect={"y": "'two'"},
+    ),
 }
 
 #: changes after which the watched step must still hit (no needless miss)

@@ -239,3 +239,67 @@ def test_plan_sees_an_observed_change(runner):
     _change(runner, case)
     planned = runner.cli("flow.py", "memoize", "plan")
     assert "helper `CaseFlow._scale` changed (observed)" in planned.output, planned
+
+
+PARAMETERS = """
+from metaflow import FlowSpec, Parameter, step, memoize
+import _counter
+
+
+class CaseFlow(FlowSpec):
+    epochs = Parameter("epochs", default=1)
+    note = Parameter("note", default="a")
+
+    @memoize
+    @step
+    def start(self):
+        _counter.record("start")
+        self.data = [1, 2, 3]
+        self.next(self.train)
+
+    @memoize
+    @step
+    def train(self):
+        _counter.record("train")
+        self.model = sum(getattr(self, "da" + "ta")) * self.epochs
+        self.next(self.end)
+
+    @step
+    def end(self):
+        self.summary = "%s %s" % (self.model, self.note)
+
+
+if __name__ == "__main__":
+    CaseFlow()
+"""
+
+
+def test_a_parameter_a_step_does_not_read_does_not_invalidate_it(runner):
+    """Inputs are keyed by what the body reads: `--note` (read by no memoized
+    step) re-runs nothing, `--epochs` re-runs `train` only, and switching it
+    back hits the first entry."""
+    runner.add_flow("flow.py", source=PARAMETERS)
+    runs = [
+        ((), {"start": 1, "train": 1}, "6 a"),
+        (("--note", "b"), {"start": 1, "train": 1}, "6 b"),
+        (("--epochs", "2"), {"start": 1, "train": 2}, "12 a"),
+        (("--epochs", "1", "--note", "c"), {"start": 1, "train": 2}, "6 c"),
+    ]
+    for args, counts, summary in runs:
+        result = runner.run("flow.py", *args)
+        assert runner.count("start") == counts["start"], result
+        assert runner.count("train") == counts["train"], result
+        assert runner.artifacts("CaseFlow", result.run_id)["end"][0]["summary"] == repr(summary)
+    assert (
+        "input 'epochs' changed (read by the step)" in runner.run("flow.py", "--epochs", "3").output
+    )
+
+
+def test_an_artifact_read_by_a_computed_name_is_keyed(runner):
+    runner.add_flow("flow.py", source=PARAMETERS)
+    runner.run("flow.py")
+    source = (runner.workdir / "flow.py").read_text()
+    (runner.workdir / "flow.py").write_text(source.replace("[1, 2, 3]", "[1, 2, 4]"))
+    result = runner.run("flow.py")
+    assert runner.count("train") == 2, result
+    assert runner.artifacts("CaseFlow", result.run_id)["train"][0]["model"] == "7"

@@ -233,6 +233,8 @@ class MemoizeDecorator(StepDecorator):
         self._dep_ctx = None
         self._observer = None
         self._recording = None
+        self._reads = None  # mf.ArtifactReads while the body runs
+        self._read_names = set()
         self._strict = config.strict()
         mode = config.mode()
         self._mode = mode
@@ -265,6 +267,8 @@ class MemoizeDecorator(StepDecorator):
                 mf.foreach_frames(flow),
                 inputs[0] if inputs else None,
                 [self._datastore_root, self.cache_root()],
+                graph=graph,
+                args=self.args,
             )
             meta["memoize_key"] = key
             refresh_all, refresh_steps = config.refresh_request()
@@ -291,11 +295,17 @@ class MemoizeDecorator(StepDecorator):
             # last thing before the body: user step decorators' code counts too
             self._observer = Observer()
             self._observer.start()
+            if self._dep_ctx.reads_keyed and inputs:
+                self._reads = mf.ArtifactReads(inputs[:1])
+                self._reads.start()
 
     def _stop_observing(self):
         if self._observer is not None:
             self._recording = self._observer.stop()
             self._observer = None
+        if self._reads is not None:
+            self._read_names = self._reads.stop()[0]
+            self._reads = None
 
     def _single_flight(self, flow_name, step_name, key, meta) -> str:
         lease = Lease(self._cache, flow_name, step_name, key, config.lock_lease_seconds())
@@ -507,7 +517,9 @@ class MemoizeDecorator(StepDecorator):
         t = self._task
         output = t["output"]
         if self._recording is not None:
-            observed, used_names = observed_dependencies(self._recording, self._dep_ctx)
+            observed, used_names = observed_dependencies(
+                self._recording, self._dep_ctx, self._read_names
+            )
         else:
             observed, used_names = {"incomplete:not-recorded": "incomplete"}, set()
         if "incomplete:recorder" in observed:
@@ -517,7 +529,7 @@ class MemoizeDecorator(StepDecorator):
             )
             return
         produced, passthrough, merged, left_out = self._produced_artifacts(
-            output, graph, step_name, used_names
+            output, graph, step_name, used_names, observed
         )
         if left_out:
             log(
@@ -574,9 +586,9 @@ class MemoizeDecorator(StepDecorator):
                 "%s key=%s: another run stored this entry first; keeping it"
                 % (step_name, self._key[:12])
             )
-        self._warn_unstable(t["inputs"])
+        self._warn_unstable(t["inputs"], observed)
 
-    def _produced_artifacts(self, output, graph, step_name, used_names=()):
+    def _produced_artifacts(self, output, graph, step_name, used_names=(), observed=()):
         """What the entry stores, as (produced, passthrough, merged, left_out).
 
         produced: artifacts the step set. Inherited artifacts that are in the key
@@ -605,6 +617,10 @@ class MemoizeDecorator(StepDecorator):
             keyed = set(keyed)
         else:  # join rows: [step, index, digest, selected names]
             keyed = {name for row in keyed or [] for name in row[3]}
+        # read artifacts are verified equal before a hit: keyed as much as the rest
+        keyed |= {dep[len("artifact:") :] for dep in observed if dep.startswith("artifact:")}
+        # parameters are read-only: Metaflow passes them down from the current run
+        parameters = set(mf.parameter_names(self._task["flow"]))
         assigned = assigned_attributes(mf.step_function(self._task["flow"], step_name))
         if assigned is not None:
             # helpers and methods the step ran may set artifacts too
@@ -612,7 +628,7 @@ class MemoizeDecorator(StepDecorator):
         wanted = self.args["outputs"]
         produced, passthrough, merged, left_out = {}, {}, [], []
         for name, sha in final.items():
-            if name in _NEVER_RESTORED:
+            if name in _NEVER_RESTORED or name in parameters:
                 continue
             if is_join and name not in inherited:
                 carriers = [h[name] for h in input_hashes if name in h]
@@ -632,11 +648,13 @@ class MemoizeDecorator(StepDecorator):
             produced[name] = ArtifactRecord(sha=sha, info=infos.get(name, {}))
         return produced, passthrough, sorted(merged), sorted(left_out)
 
-    def _warn_unstable(self, inputs):
-        if not inputs or not isinstance(self._components.get("inputs"), dict):
+    def _warn_unstable(self, inputs, observed):
+        if not inputs:
             return
-        names = unstable_inputs(mf.artifact_infos(inputs[0]), list(self._components["inputs"]))
-        for name in names:
+        keyed = self._components.get("inputs")
+        names = list(keyed) if isinstance(keyed, dict) else []
+        names += [dep[len("artifact:") :] for dep in observed if dep.startswith("artifact:")]
+        for name in unstable_inputs(mf.artifact_infos(inputs[0]), sorted(set(names))):
             log(
                 "WARNING: %s: input '%s' is a set: sets of strings pickle differently in every "
                 "process, so this step may never hit. Fix: @memoize(ignore=['%s']) or store it "

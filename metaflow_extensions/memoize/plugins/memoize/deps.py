@@ -51,7 +51,7 @@ from typing import Any
 
 import xxhash
 
-from .keys import canonical_json, digest_json
+from .keys import BOOKKEEPING_ARTIFACTS, canonical_json, digest_json
 
 #: bump when a fingerprint's meaning changes
 DEPS_FORMAT = 1
@@ -406,6 +406,11 @@ class DepContext:
     unkeyed_lists: tuple = ()
     #: where Metaflow and memoize keep their own files (never dependencies)
     private_roots: tuple = ()
+    #: a linear step's input artifacts are keyed by what the body reads (a
+    #: join's by all of its inputs, in the static key); ``ignore=`` names never,
+    #: and with ``inputs=`` the key holds exactly those names
+    reads_keyed: bool = False
+    ignored: frozenset = frozenset()
 
 
 def _display_path(path: str, flow_dir: str) -> str:
@@ -511,8 +516,13 @@ def _names_of(code: types.CodeType) -> set[str]:
     return names
 
 
-def observed_dependencies(recording, ctx: DepContext) -> tuple[dict[str, str], set[str]]:
-    """({dependency id: fingerprint}, names the executed user code mentions)."""
+def observed_dependencies(
+    recording, ctx: DepContext, reads: Iterable[str] = ()
+) -> tuple[dict[str, str], set[str]]:
+    """({dependency id: fingerprint}, names the executed user code mentions).
+
+    ``reads``: input artifact names the body read (metaflow_compat.ArtifactReads).
+    """
     if not recording.complete:
         return {"incomplete:recorder": "incomplete"}, set()
     modules = user_modules()
@@ -558,6 +568,15 @@ def observed_dependencies(recording, ctx: DepContext) -> tuple[dict[str, str], s
     for var in ctx.unkeyed_lists:
         if var in names:
             deps["artifact:%s" % var] = ""
+    if ctx.reads_keyed:
+        # read through the datastore (also by computed names, and absent ones),
+        # or named by code that ran (an artifact loaded before the body started)
+        reads = set(reads)
+        for name in reads | names:
+            if name in ctx.ignored or name in BOOKKEEPING_ARTIFACTS or name in ("input", "index"):
+                continue
+            if name in reads or ctx.artifact_hash(name) is not None:
+                deps["artifact:%s" % name] = ""
     _file_deps(recording, ctx, deps)
     values = current_values(deps, ctx)
     return values, names
@@ -836,7 +855,9 @@ def describe_change(dep: str, old: str, new: str) -> str:
     if kind == "task":
         return "foreach position changed (the step reads self.%s)" % rest
     if kind == "artifact":
-        return "foreach list '%s' changed (read by the step)" % rest
+        if gone:
+            return "input '%s' removed (read by the step)" % rest
+        return "input '%s' changed (read by the step)" % rest
     return "dependency %s changed" % dep
 
 

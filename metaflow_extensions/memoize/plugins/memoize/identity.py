@@ -183,6 +183,9 @@ def components_for(
     if mf.node_type(graph, step_name) == "join":
         rows = [(parent, index, selected(arts)) for parent, index, arts in input_maps]
         key_inputs: Any = join_inputs_component(rows)
+    elif reads_keyed(graph, step_name, args):
+        # what the body reads is observed (deps.py: artifact:<name>)
+        key_inputs = {}
     else:
         key_inputs = selected(input_maps[0][2]) if input_maps else {}
     return build_components(
@@ -197,7 +200,13 @@ def components_for(
 
 
 def dependency_context(
-    flow, step_name: str, frames: Sequence[Any], first_input, private_roots: Sequence[str]
+    flow,
+    step_name: str,
+    frames: Sequence[Any],
+    first_input,
+    private_roots: Sequence[str],
+    graph=None,
+    args: dict[str, Any] | None = None,
 ) -> DepContext:
     """What the observed dependencies of a task are evaluated against: the
     flow's current code, its directory, the task's foreach position and its
@@ -223,7 +232,20 @@ def dependency_context(
             f.var for f in frames if f.var and not reads_attribute(step_func, f.var)
         ),
         private_roots=tuple(p for p in private_roots if p and "://" not in p),
+        reads_keyed=reads_keyed(graph, step_name, args),
+        ignored=frozenset((args or {}).get("ignore") or ()),
     )
+
+
+def reads_keyed(graph, step_name: str, args: dict[str, Any] | None) -> bool:
+    """Whether a step's input artifacts are keyed by what its body reads.
+
+    Linear steps and foreach bodies without ``inputs=``: yes (a parameter or
+    an upstream artifact the step never reads does not invalidate it). Joins:
+    their inputs are keyed whole, as rows (static key)."""
+    if graph is None or args is None or args.get("inputs") is not None:
+        return False
+    return mf.node_type(graph, step_name) != "join"
 
 
 _UNSTABLE_TYPES = ("set", "frozenset")

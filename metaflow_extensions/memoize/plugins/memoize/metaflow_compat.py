@@ -89,6 +89,84 @@ def skip_user_step_wrappers(flow, step_name) -> None:
         func.wrappers = []
 
 
+_RECORDING_CLASSES: dict[type, type] = {}
+_reads_open: list[dict[int, set]] = []
+
+
+def _metaflow_input_lookup() -> bool:
+    """Whether the datastore is being read by FlowSpec's own ``self.input`` /
+    ``foreach_stack()`` machinery (reading the foreach list to find the item:
+    the item itself is keyed), not by the step's code."""
+    from metaflow.flowspec import FlowSpec
+
+    target = FlowSpec._find_input.__code__
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return False
+        if frame.f_code is target:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _recording_class(base: type) -> type:
+    if base not in _RECORDING_CLASSES:
+
+        def note(datastore, name):
+            for reads in _reads_open:
+                names = reads.get(id(datastore))
+                if names is not None and isinstance(name, str) and not _metaflow_input_lookup():
+                    names.add(name)
+
+        def getitem(self, name):
+            note(self, name)
+            return base.__getitem__(self, name)
+
+        def contains(self, name):
+            note(self, name)
+            return base.__contains__(self, name)
+
+        _RECORDING_CLASSES[base] = type(
+            "Recording" + base.__name__,
+            (base,),
+            {"__getitem__": getitem, "__contains__": contains, "__module__": __name__},
+        )
+    return _RECORDING_CLASSES[base]
+
+
+class ArtifactReads:
+    """Which artifacts a step body reads from its input datastores.
+
+    Every read of an input artifact (``self.x``, a parameter, ``inputs[i].x``,
+    ``getattr(self, name)``) goes through the input datastore's ``__getitem__``
+    or ``__contains__`` (FlowSpec.__getattr__, Metaflow's parameter properties).
+    For the body's duration, each input datastore's class is swapped for a
+    subclass that notes the names; ``stop()`` restores it.
+    """
+
+    def __init__(self, datastores):
+        self._datastores = [ds for ds in datastores if ds is not None]
+        self._reads: dict[int, set] = {}
+        self._classes: list[tuple[Any, type]] = []
+
+    def start(self) -> None:
+        for ds in self._datastores:
+            self._reads[id(ds)] = set()
+            self._classes.append((ds, type(ds)))
+            ds.__class__ = _recording_class(type(ds))
+        _reads_open.append(self._reads)
+
+    def stop(self) -> list[set]:
+        """The names read, per datastore (in the order given)."""
+        if self._reads in _reads_open:
+            _reads_open.remove(self._reads)
+        for ds, cls in self._classes:
+            ds.__class__ = cls
+        self._classes = []
+        return [self._reads.get(id(ds), set()) for ds in self._datastores]
+
+
 def _recordable(attr: str, value: Any) -> Any:
     if attr == "_transition" and value is not None:
         funcs, foreach = value[0], value[1]

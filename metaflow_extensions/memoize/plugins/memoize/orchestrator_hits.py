@@ -174,7 +174,13 @@ class OrchestratorHits:
             return False
         key = key_of(components)
         context = dependency_context(
-            task.flow, task.step, frames, inputs[0], [deco._datastore_root, root]
+            task.flow,
+            task.step,
+            frames,
+            inputs[0],
+            [deco._datastore_root, root],
+            graph=task.graph,
+            args=deco.args,
         )
         try:
             cache = self._cache(root)
