@@ -303,3 +303,42 @@ def test_an_artifact_read_by_a_computed_name_is_keyed(runner):
     result = runner.run("flow.py")
     assert runner.count("train") == 2, result
     assert runner.artifacts("CaseFlow", result.run_id)["train"][0]["model"] == "7"
+
+
+OUTPUTS = """
+from metaflow import FlowSpec, step, memoize
+import _counter
+
+
+class CaseFlow(FlowSpec):
+    @step
+    def start(self):
+        self.x = 1
+        self.next(self.work)
+
+    @memoize(outputs=["y"])
+    @step
+    def work(self):
+        _counter.record("work")
+        self.y = 10
+        self.x = 2  # overwrites an inherited artifact that outputs= leaves out
+        self.next(self.end)
+
+    @step
+    def end(self):
+        self.seen = (self.x, self.y)
+
+
+if __name__ == "__main__":
+    CaseFlow()
+"""
+
+
+def test_outputs_that_leave_out_a_changed_artifact_are_not_cached(runner):
+    """A hit would have left x at its inherited value (1) where the step sets 2."""
+    runner.add_flow("flow.py", source=OUTPUTS)
+    first = runner.run("flow.py")
+    assert "outputs= leaves out 'x'" in first.output, first
+    second = runner.run("flow.py")
+    assert runner.count("work") == 2
+    assert runner.artifacts("CaseFlow", second.run_id)["end"][0]["seen"] == "(2, 10)"
