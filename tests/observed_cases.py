@@ -672,6 +672,19 @@ if __name__ == "__main__":
         change=[("script.py", "'one'", "'two'")],
         expect={"y": "'two'"},
     ),
+    "a file the step reads and then rewrites": dict(
+        files={
+            "flow.py": linear(
+                "with open('state.txt') as f:\n"
+                "    self.y = f.read().strip()\n"
+                "with open('state.txt', 'w') as f:\n"
+                "    f.write(str(int(self.y) + 1))"
+            ),
+            "state.txt": "1",
+        },
+        change=[],
+        expect={"y": "'2'"},
+    ),
 }
 
 #: changes after which the watched step must still hit (no needless miss)

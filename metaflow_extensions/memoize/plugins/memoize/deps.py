@@ -411,6 +411,10 @@ class DepContext:
     #: and with ``inputs=`` the key holds exactly those names
     reads_keyed: bool = False
     ignored: frozenset = frozenset()
+    #: shared by the orchestrator across the tasks of a run: code, module
+    #: values and class attributes do not change in a process that runs no
+    #: step code, so each is fingerprinted once per run, not once per task
+    memo: dict | None = None
 
 
 def _display_path(path: str, flow_dir: str) -> str:
@@ -577,8 +581,11 @@ def observed_dependencies(
                 continue
             if name in reads or ctx.artifact_hash(name) is not None:
                 deps["artifact:%s" % name] = ""
-    _file_deps(recording, ctx, deps)
+    modified_during_run: set[str] = set()
+    _file_deps(recording, ctx, deps, modified_during_run)
     values = current_values(deps, ctx)
+    for dep in modified_during_run:
+        values[dep] = "modified while the step ran %s" % os.urandom(8).hex()
     return values, names
 
 
@@ -641,7 +648,15 @@ def _flow_attribute_deps(flow_class, names, deps):
         deps["flowattr:%s" % name] = ""
 
 
-def _file_deps(recording, ctx, deps):
+def observe_stat(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _file_deps(recording, ctx, deps, modified_during_run):
     if not (recording.files_read or recording.dirs_listed or recording.commands):
         return
     private = tuple(os.path.realpath(p) for p in ctx.private_roots if p)
@@ -665,11 +680,18 @@ def _file_deps(recording, ctx, deps):
         return real
 
     written = {os.path.realpath(p) for p in recording.files_written}
-    for path in sorted(recording.files_read):
+    for path, signature in sorted(recording.files_read.items()):
         real = wanted(path)
-        if real is None or real in written or os.path.isdir(real):
+        if real is None or os.path.isdir(real):
             continue
-        deps["file:%s" % _display_path(real, ctx.flow_dir)] = ""
+        if real in written and signature is None:
+            continue  # created by the step: an output, not an input
+        dep = "file:%s" % _display_path(real, ctx.flow_dir)
+        deps[dep] = ""
+        if signature is not None and signature != observe_stat(real):
+            # rewritten after the step read it: what it read is gone, so the
+            # entry can never be verified (a miss, never a stale hit)
+            modified_during_run.add(dep)
     for path in sorted(recording.dirs_listed):
         real = wanted(path)
         if real is not None and real not in written:
@@ -689,8 +711,22 @@ def _file_deps(recording, ctx, deps):
 # -- current values --------------------------------------------------------------
 
 
+_PROCESS_STABLE = ("code:", "global:", "flowattr:", "source:")
+
+
 def current_values(dep_ids: Iterable[str], ctx: DepContext) -> dict[str, str]:
-    return {dep: current_value(dep, ctx) for dep in dep_ids}
+    memo = ctx.memo
+    if memo is None:
+        return {dep: current_value(dep, ctx) for dep in dep_ids}
+    out = {}
+    for dep in dep_ids:
+        if dep.startswith(_PROCESS_STABLE):
+            if dep not in memo:
+                memo[dep] = current_value(dep, ctx)
+            out[dep] = memo[dep]
+        else:
+            out[dep] = current_value(dep, ctx)
+    return out
 
 
 def current_value(dep: str, ctx: DepContext) -> str:

@@ -37,7 +37,8 @@ class Recording:
     codes: list = field(default_factory=list)
     #: False when the code recording was interrupted (another profiler took over)
     complete: bool = True
-    files_read: set = field(default_factory=set)
+    #: path -> (size, mtime, inode) when first opened for reading
+    files_read: dict = field(default_factory=dict)
     files_written: set = field(default_factory=set)
     dirs_listed: set = field(default_factory=set)
     commands: list = field(default_factory=list)
@@ -77,10 +78,10 @@ def _audit(event: str, args: tuple) -> None:
                 mode = str(mode)
                 reads = "r" in mode or "+" in mode
                 writes = any(c in mode for c in "wax+")
+            if reads and path not in recording.files_read:
+                recording.files_read[path] = _stat_signature(path)
             if writes:
                 recording.files_written.add(path)
-            elif reads:
-                recording.files_read.add(path)
         elif event in ("os.listdir", "os.scandir"):
             path = _path_of(args[0] if args and args[0] is not None else ".")
             if path is not None:
@@ -94,6 +95,14 @@ def _audit(event: str, args: tuple) -> None:
             recording.commands.append(_argv(path, argv))
     except Exception:  # an audit hook must never break the code it watches
         pass
+
+
+def _stat_signature(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _argv(executable, args) -> list[str]:

@@ -132,6 +132,7 @@ class OrchestratorHits:
         self._not_cloned: dict[str, int] = {}  # step -> tasks in a row not cloned
         self._code: dict[str, dict[str, str]] = {}  # step -> code components, once per run
         self._class_level: set[str] | None = None  # the flow's class-level artifact names
+        self._fingerprints: dict[str, str] = {}  # observed code and values, once per run
         # for the end-of-run summary: what the cloned tasks were, which memoized
         # tasks were launched instead (their own metadata says what they did)
         self.cloned: list[tuple[str, float]] = []
@@ -182,6 +183,7 @@ class OrchestratorHits:
             graph=task.graph,
             args=deco.args,
         )
+        context.memo = self._fingerprints
         try:
             cache = self._cache(root)
             found = verified_lookup(cache, task.flow.name, task.step, key, context)
