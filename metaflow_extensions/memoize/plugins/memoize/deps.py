@@ -615,6 +615,8 @@ def _global_deps(module, code_names, modules, deps, depth):
             continue
         if isinstance(value, types.FunctionType) or _is_flow_class(value):
             continue  # code: a dependency when (and as) it runs
+        if _is_metaflow_object(value):
+            continue  # `current` and the like: the run's context, not the user's state
         if isinstance(value, type) and not is_user_object(value):
             continue
         if callable(value) and not isinstance(value, (type, functools.partial)):
