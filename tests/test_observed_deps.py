@@ -342,3 +342,61 @@ def test_outputs_that_leave_out_a_changed_artifact_are_not_cached(runner):
     second = runner.run("flow.py")
     assert runner.count("work") == 2
     assert runner.artifacts("CaseFlow", second.run_id)["end"][0]["seen"] == "(2, 10)"
+
+
+MERGE_IN_NESTED_FOREACH = """
+from metaflow import FlowSpec, step, memoize
+import _counter
+
+
+class CaseFlow(FlowSpec):
+    @step
+    def start(self):
+        self.outer = ["a", "b"]
+        self.next(self.split_inner, foreach="outer")
+
+    @step
+    def split_inner(self):
+        self.inner = [1, 2]
+        self.next(self.body, foreach="inner")
+
+    @step
+    def body(self):
+        self.v = "%s%d" % (self.foreach_stack()[0][2], self.input)
+        self.next(self.join_inner)
+
+    @memoize
+    @step
+    def join_inner(self, inputs):
+        _counter.record("join_inner")
+        self.vs = sorted(i.v for i in inputs)
+        self.merge_artifacts(inputs, exclude=["v"])
+        self.next(self.join_outer)
+
+    @step
+    def join_outer(self, inputs):
+        self.outers = [i.outer for i in inputs]
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+"""
+
+
+def test_a_merged_artifact_comes_from_the_current_inputs(runner):
+    """After the outer list is reordered, the inner join may hit, but the foreach
+    list it merges through is this run's (it was the entry's old order)."""
+    runner.add_flow("flow.py", source=MERGE_IN_NESTED_FOREACH)
+    runner.run("flow.py")
+    assert runner.count("join_inner") == 2
+    source = (runner.workdir / "flow.py").read_text()
+    (runner.workdir / "flow.py").write_text(source.replace('["a", "b"]', '["b", "a"]'))
+    result = runner.run("flow.py")
+    outers = runner.artifacts("CaseFlow", result.run_id)["join_outer"][0]["outers"]
+    assert outers == repr([["b", "a"], ["b", "a"]]), result
+    assert runner.count("join_inner") == 2, "the inner joins' own work is unchanged: hits"
