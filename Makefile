@@ -37,10 +37,13 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
+	$(BIN)/python -m pip install --quiet numpy
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/observe_cost.py --markdown docs/observation-cost.md
 
 bench-quick: install
 	$(BIN)/python benchmarks/run.py --quick
+	$(BIN)/python benchmarks/observe_cost.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

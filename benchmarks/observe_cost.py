@@ -145,6 +145,19 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+MARKDOWN_HEADER = """# Cost of observation
+
+Written by `make bench` (`benchmarks/observe_cost.py`). On a miss, the step body
+runs under memoize's recorder ([concepts.md](concepts.md#observed-dependencies)),
+then the recording becomes the entry's dependencies. Both variants of each body
+run alternately in one process, so machine load hits them alike; the ratio is
+the median of the per-pair ratios. A hit records nothing: it only fingerprints
+the entry's dependencies again (part of the hit-path figures in
+[performance.md](performance.md)).
+
+"""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny bodies, 3 rounds")
@@ -154,7 +167,7 @@ def main(argv=None) -> int:
     print(text)
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.write(MARKDOWN_HEADER + text)
     return 0
 
 

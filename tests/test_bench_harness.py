@@ -84,3 +84,18 @@ def test_quick_mode_never_overwrites_the_committed_report():
     assert quick != run.DEFAULT_OUTPUT
     assert run.output_path(parse([])) == run.DEFAULT_OUTPUT
     assert run.output_path(parse(["--quick", "--output", "x.md"])) == Path("x.md")
+
+
+def test_observation_cost_harness_runs():
+    """benchmarks/observe_cost.py --quick prints its table (no timing asserted)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "observe_cost.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "worst case (1,000,000 small Python calls)" in proc.stdout
+    assert "Recording -> dependencies after the body" in proc.stdout
