@@ -659,6 +659,7 @@ if __name__ == "__main__":
         },
         change=[("lib.py", "return v + 1", "return v + 2")],
         expect={"y": "[3, 4]"},
+        held_before=True,  # the source-guessed key followed `lib.helper` too
     ),
     "a script the step runs in a subprocess": dict(
         files={

@@ -296,6 +296,8 @@ def test_a_parameter_a_step_does_not_read_does_not_invalidate_it(runner):
 
 
 def test_an_artifact_read_by_a_computed_name_is_keyed(runner):
+    """Guards the read-based input key: a read the source does not name
+    (getattr with a computed name) is still seen, through the datastore."""
     runner.add_flow("flow.py", source=PARAMETERS)
     runner.run("flow.py")
     source = (runner.workdir / "flow.py").read_text()
