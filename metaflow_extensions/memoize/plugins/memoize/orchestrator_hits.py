@@ -199,6 +199,12 @@ class OrchestratorHits:
             return False
         origin_run, origin_ds = origin
         produced = {n: a.sha for n, a in manifest.artifacts.items()}
+        # what a join merged through comes from the current inputs (as in a task)
+        for name in manifest.merged:
+            shas = {mf.artifact_hashes(ds).get(name) for ds in inputs} - {None}
+            if len(shas) != 1:
+                return False
+            produced[name] = shas.pop()
         is_join = mf.node_type(task.graph, task.step) == "join"
         origin_hashes = mf.artifact_hashes(origin_ds)
         parent_hashes = mf.artifact_hashes(inputs[0])
