@@ -9,7 +9,7 @@ from typing import Any
 
 from metaflow.decorators import StepDecorator
 
-from . import config
+from . import audit, config
 from . import metaflow_compat as mf
 from .cache import Cache
 from .code_identity import assigned_attributes
@@ -87,6 +87,9 @@ class MemoizeDecorator(StepDecorator):
         Installed packages whose versions enter the key.
     lock : bool, default False
         Single flight: while one task computes a key, others wait for its entry.
+    audit : float, optional, default None
+        Fraction of hits whose body runs anyway to check the entry (0 to 1).
+        None: METAFLOW_MEMOIZE_AUDIT, else 0.
     """
 
     name = "memoize"
@@ -101,6 +104,7 @@ class MemoizeDecorator(StepDecorator):
         "depends_on": None,
         "env": None,
         "lock": False,
+        "audit": None,
     }
 
     def __init__(self, attributes=None, statically_defined=False, inserted_by=None):
@@ -141,6 +145,12 @@ class MemoizeDecorator(StepDecorator):
         self._datastore_type = getattr(flow_datastore, "TYPE", "local")
         self._datastore_root = mf.datastore_root_for_cli(flow_datastore)
         config.mode()  # fail fast on a bad METAFLOW_MEMOIZE_MODE
+        self.audit_fraction()  # and on a bad METAFLOW_MEMOIZE_AUDIT
+
+    def audit_fraction(self) -> float:
+        """audit=, else METAFLOW_MEMOIZE_AUDIT (audit.py)."""
+        own = self.args["audit"]
+        return config.audit_fraction() if own is None else own
 
     def _check_inputs_exist(self, flow, step_name):
         """`inputs` naming an artifact no step ever sets is a typo: say so at start.
@@ -264,6 +274,13 @@ class MemoizeDecorator(StepDecorator):
                 self._status = self._look_up(flow.name, step_name, key, meta)
                 if self._status == "miss" and self.args["lock"] and mode == "on":
                     self._status = self._single_flight(flow.name, step_name, key, meta)
+                # audit (audit.py): a sampled hit runs its body; task_finished compares
+                if self._status == "hit" and audit.sampled(self.audit_fraction()):
+                    self._status = "audit"
+                    log(
+                        "audit %s key=%s: running the body to check the entry"
+                        % (step_name, key[:12])
+                    )
         except CacheFault as err:
             # a corrupt entry was removed: recomputing may store a good one
             self._rewrite_after_fault = isinstance(err, CorruptEntry)
@@ -395,7 +412,7 @@ class MemoizeDecorator(StepDecorator):
                 )
 
             return restored_step
-        if self._status in ("miss", "refresh", "error"):
+        if self._status in ("miss", "refresh", "error", "audit"):
 
             def timed_step(*args):
                 started = time.time()
@@ -406,7 +423,7 @@ class MemoizeDecorator(StepDecorator):
         return step_func
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
-        if self._status in ("miss", "refresh", "error"):
+        if self._status in ("miss", "refresh", "error", "audit"):
             self._body_ok = True
             self._transition = mf.record_transition(flow)
 
@@ -419,6 +436,10 @@ class MemoizeDecorator(StepDecorator):
                 self._lease = None
 
     def _finish(self, step_name, flow, graph, is_task_ok):
+        if self._status == "audit":  # audit.py
+            if is_task_ok and self._body_ok:
+                self._finish_audit(step_name, flow, graph)
+            return
         # after a corrupt entry was removed, recomputing may store a good one
         writable = self._status in ("miss", "refresh") or (
             self._status == "error" and self._rewrite_after_fault and self._components
@@ -440,6 +461,37 @@ class MemoizeDecorator(StepDecorator):
         except OSError as err:
             self._fault(step_name, CacheFault(str(err)), meta)
             self._register(meta)
+
+    def _finish_audit(self, step_name, flow, graph):
+        """Compare what the body produced with the entry; set a mismatching entry aside."""
+        manifest = self._manifest
+        produced, _ = self._produced_artifacts(self._task["output"], graph, step_name)
+        computed = {n: a.sha for n, a in produced.items()}
+        recorded = {n: a.sha for n, a in manifest.artifacts.items()}
+        differing = audit.compare(recorded, computed, manifest.transition, self._transition)
+        detail = {
+            "task": "%s/%s/%s/%s"
+            % (flow.name, self._task["run_id"], step_name, self._task["task_id"]),
+            "origin": manifest.origin,
+            "differing": differing,
+        }
+        meta = {"memoize_audit": "mismatch" if differing else "match"}
+        try:
+            if differing:
+                described = audit.describe(differing, recorded, computed)
+                meta["memoize_audit_artifacts"] = described
+                log(
+                    "AUDIT MISMATCH %s key=%s: the body did not reproduce the entry from %s: %s. "
+                    "The entry is set aside as suspect; this task keeps what it computed."
+                    % (step_name, self._key[:12], manifest.origin, described)
+                )
+                self._cache.set_aside(manifest, detail)
+            else:
+                log("audit %s key=%s: the body reproduced the entry" % (step_name, self._key[:12]))
+            self._cache.record_audit(flow.name, step_name, self._key, not differing, detail)
+        except CacheFault as err:
+            log("WARNING: %s: could not record the audit: %s" % (step_name, err))
+        self._register(meta)
 
     def _store_entry(self, step_name, flow, graph):
         t = self._task

@@ -249,6 +249,8 @@ class OrchestratorHits:
             return False
         if deco.args["outputs"] is not None or task.is_recursive():
             return False
+        if deco.audit_fraction() > 0:
+            return False  # audit: a sampled hit runs its body in the task (audit.py)
         if len(task.input_paths) > MAX_JOIN_INPUTS:
             return False
         return all(getattr(d, "name", None) in CLONE_SAFE_DECORATORS for d in task.decorators)
