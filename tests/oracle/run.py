@@ -276,6 +276,8 @@ def select(args, flows) -> list:
         cases += random_cases(flows, rng, args.cases - len(cases), exclude=by_id)
     elif args.cases:
         cases = rng.sample(cases, args.cases)
+    # shuffled, so that a run cut short by --minutes still covers every kind
+    rng.shuffle(cases)
     return cases
 
 
