@@ -66,6 +66,14 @@ def test_a_nondeterministic_step_is_flagged_and_its_entry_set_aside(warmed):
     assert "audit did not reproduce" in md["memoize_reason"]
     assert _status(runner, later.run_id, "det")["memoize_status"] == "hit"
     assert runner.count("rnd") == 3
+    # `memoize stats` shows audited hits and mismatches per step
+    out = runner.cli(FLOW, "memoize", "stats").stdout
+    assert "Audits:" in out
+    rows = {line.split()[1]: line.split()[2:] for line in out.split("Audits:")[1].splitlines()[2:]}
+    assert rows["rnd"] == ["1", "1"] and rows["det"] == ["1", "0"], out
+    doc = runner.cli(FLOW, "memoize", "stats", "--json").stdout
+    audits = json.loads(doc[doc.index("{") :])["audits"]
+    assert {"flow": "AuditFlow", "step": "rnd", "audited": 1, "mismatches": 1} in audits
 
 
 def test_a_forged_entry_is_flagged(warmed, tmp_path):
