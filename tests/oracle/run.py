@@ -41,13 +41,11 @@ _RUN_ID = re.compile(r"run-id (\S+?)\)?:")
 #: the deterministic subset `make test` runs (tests/test_oracle.py): one or two
 #: cases of each family of kinds, over several shapes
 QUICK = [
-    "kitchen:helper_d2",
     "kitchen:foreach_reorder",
     "include:step_body:count",
-    "shapes:foreach_duplicate:outer",
+    "core_small_foreach:foreach_duplicate:start",
     "core_switch_in_foreach:foreach_extend:start",
     "core_branch_in_switch:switch_flip:start",
-    "core_foreach:helper_d3",
     "core_branch:param_value",
 ]
 
@@ -414,8 +412,14 @@ def main(argv=None) -> int:
     parser.add_argument("--report", help="write the tally to this markdown file")
     parser.add_argument("--workdir", help="keep work files here (default: a temporary directory)")
     parser.add_argument("--list", action="store_true", help="list the deterministic cases and exit")
+    parser.add_argument("--save", help="write every outcome to this JSON file")
+    parser.add_argument(
+        "--rejudge", help="judge the outcomes saved in this JSON file again (no runs)"
+    )
     args = parser.parse_args(argv)
     flows = corpus()
+    if args.rejudge:
+        return rejudge(Path(args.rejudge), flows, args)
     if args.flow:
         flows = [f for f in flows if f.name in args.flow]
     if args.list:
@@ -449,6 +453,8 @@ def main(argv=None) -> int:
             return o
 
         outcomes = [o for o in pool.map(one, cases) if o is not None]
+    if args.save:
+        save(Path(args.save), outcomes, time.time() - started)
     known = read_known()
     verdict = judge(outcomes, known)
     text = tally(outcomes, verdict, known, time.time() - started, args.seed, args.broken_key)
@@ -472,3 +478,40 @@ def write_report(path: Path, text: str, args) -> None:
         "run of a mutated flow; a needless miss is a step body the memoized run executed "
         "beyond the minimum needed.\n\n```\n%s\n```\n" % (command, text)
     )
+
+
+def save(path: Path, outcomes, elapsed: float) -> None:
+    rows = [
+        {
+            "flow": o.case.flow.name,
+            "mutations": [m.id for m in o.case.mutations],
+            "error": o.error,
+            "diffs": o.diffs,
+            "executed": o.executed,
+            "needed": o.needed,
+            "seconds": o.seconds,
+        }
+        for o in outcomes
+    ]
+    path.write_text(json.dumps({"elapsed": elapsed, "outcomes": rows}, indent=1))
+
+
+def rejudge(path: Path, flows, args) -> int:
+    """The verdict and tally of saved outcomes against the current known list."""
+    data = json.loads(path.read_text())
+    by_name = {f.name: f for f in flows}
+    outcomes = []
+    for r in data["outcomes"]:
+        flow = by_name[r["flow"]]
+        case = Case(flow, [flow.site(m) for m in r["mutations"]])
+        outcomes.append(
+            Outcome(case, r["error"], r["diffs"], r["executed"], r["needed"], r["seconds"])
+        )
+    known = read_known()
+    verdict = judge(outcomes, known)
+    text = tally(outcomes, verdict, known, data["elapsed"], args.seed, args.broken_key)
+    print(text)
+    if args.report:
+        write_report(Path(args.report), text, args)
+    failed = verdict["unexpected"] or verdict["fixed"] or any(o.error for o in outcomes)
+    return 1 if failed else 0
