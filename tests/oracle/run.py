@@ -274,8 +274,11 @@ def select(args, flows) -> list:
         cases += random_cases(flows, rng, args.cases - len(cases), exclude=by_id)
     elif args.cases:
         cases = rng.sample(cases, args.cases)
-    # shuffled, so that a run cut short by --minutes still covers every kind
+    # shuffled, so that a run cut short by --minutes still covers every kind;
+    # --first: those flows' single mutations first (the most informative cases)
     rng.shuffle(cases)
+    first = set(args.first or ())
+    cases.sort(key=lambda c: not (c.flow.name in first and len(c.mutations) == 1))
     return cases
 
 
@@ -404,6 +407,7 @@ def main(argv=None) -> int:
     parser.add_argument("--flow", action="append", help="only these corpus flows")
     parser.add_argument("--kinds", nargs="*", help="only these mutation kinds")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--first", action="append", help="run this flow's single mutations first")
     parser.add_argument(
         "--broken-key",
         action="store_true",
@@ -414,12 +418,14 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the deterministic cases and exit")
     parser.add_argument("--save", help="write every outcome to this JSON file")
     parser.add_argument(
-        "--rejudge", help="judge the outcomes saved in this JSON file again (no runs)"
+        "--rejudge",
+        action="append",
+        help="judge the outcomes saved by --save again, no runs (repeatable: merged)",
     )
     args = parser.parse_args(argv)
     flows = corpus()
     if args.rejudge:
-        return rejudge(Path(args.rejudge), flows, args)
+        return rejudge(args.rejudge, flows, args)
     if args.flow:
         flows = [f for f in flows if f.name in args.flow]
     if args.list:
@@ -445,6 +451,9 @@ def main(argv=None) -> int:
             if deadline and time.time() > deadline:
                 return None
             o = run_case(case, warm[case.flow.name], root, args.broken_key)
+            if args.save:
+                with open(args.save + ".partial", "a") as f:  # survives an interrupted run
+                    f.write(json.dumps(_row(o)) + "\n")
             mark = "FALSE HIT" if o.diffs else ("ERROR" if o.error else "ok")
             print(
                 "  %-70s %-9s needless=%d %.0fs" % (case.id, mark, o.needless, o.seconds),
@@ -480,28 +489,41 @@ def write_report(path: Path, text: str, args) -> None:
     )
 
 
+def _row(o: Outcome) -> dict:
+    return {
+        "flow": o.case.flow.name,
+        "mutations": [m.id for m in o.case.mutations],
+        "error": o.error,
+        "diffs": o.diffs,
+        "executed": o.executed,
+        "needed": o.needed,
+        "seconds": o.seconds,
+    }
+
+
 def save(path: Path, outcomes, elapsed: float) -> None:
-    rows = [
-        {
-            "flow": o.case.flow.name,
-            "mutations": [m.id for m in o.case.mutations],
-            "error": o.error,
-            "diffs": o.diffs,
-            "executed": o.executed,
-            "needed": o.needed,
-            "seconds": o.seconds,
-        }
-        for o in outcomes
-    ]
+    rows = [_row(o) for o in outcomes]
     path.write_text(json.dumps({"elapsed": elapsed, "outcomes": rows}, indent=1))
 
 
-def rejudge(path: Path, flows, args) -> int:
-    """The verdict and tally of saved outcomes against the current known list."""
-    data = json.loads(path.read_text())
+def rejudge(paths, flows, args) -> int:
+    """The verdict and tally of saved outcomes (several files: merged, the last outcome
+    of a case wins) against the current known list. A `.partial` file (JSON lines) is
+    what an interrupted run saved."""
+    rows, elapsed = {}, 0.0
+    for path in paths:
+        text = Path(path).read_text()
+        if path.endswith(".partial"):
+            found = [json.loads(line) for line in text.splitlines() if line.strip()]
+            elapsed += sum(r["seconds"] for r in found) / max(1, args.jobs)
+        else:
+            data = json.loads(text)
+            found, elapsed = data["outcomes"], elapsed + data["elapsed"]
+        for r in found:
+            rows[(r["flow"], tuple(r["mutations"]))] = r
     by_name = {f.name: f for f in flows}
     outcomes = []
-    for r in data["outcomes"]:
+    for r in rows.values():
         flow = by_name[r["flow"]]
         case = Case(flow, [flow.site(m) for m in r["mutations"]])
         outcomes.append(
@@ -509,7 +531,7 @@ def rejudge(path: Path, flows, args) -> int:
         )
     known = read_known()
     verdict = judge(outcomes, known)
-    text = tally(outcomes, verdict, known, data["elapsed"], args.seed, args.broken_key)
+    text = tally(outcomes, verdict, known, elapsed, args.seed, args.broken_key)
     print(text)
     if args.report:
         write_report(Path(args.report), text, args)
