@@ -140,14 +140,15 @@ def _parents(t, tasks, preds):
 
 
 def signature(t, tasks, preds, constants):
+    # the lists of the foreach loops the task is in: out of a foreach task's key
+    # unless it reads them; a join closing a loop gets its list with its inputs
     lists = {var for _, var, _, _ in t.stack}
     if t.step == "start" or not preds.get(t.step):
         params = sorted((n, t.shas.get(n)) for n in constants)
         return [None, [["_parameters", -1, params]]]
     rows = []
     for u, index in _parents(t, tasks, preds):
-        drop = lists | {var for _, var, _, _ in u.stack}
-        arts = {n: sha for n, sha in u.shas.items() if n not in drop}
+        arts = {n: sha for n, sha in u.shas.items() if n not in lists}
         rows.append([u.step, -1 if index is None else index, sorted(arts.items())])
     rows.sort(key=lambda r: (r[0], r[1]))
     item = t.stack[-1][3] if t.stack and t.stack[-1][0] == t.step else None

@@ -208,7 +208,7 @@ def _kitchen() -> CorpusFlow:
             "step_remove_upstream",
             "step_remove_upstream",
             [(f, relay, ""), (f, "self.next(self.relay)", "self.next(self.fan)")],
-            [],
+            ["prep"],  # its transition changed
         ),
         _edit(
             "step_add_upstream",
@@ -216,7 +216,7 @@ def _kitchen() -> CorpusFlow:
             f,
             "        self.next(self.fan)\n\n    @memoize\n    @step\n    def fan",
             extra + "\n    @memoize\n    @step\n    def fan",
-            ["extra"],
+            ["relay", "extra"],  # relay's transition changed
         ),
         _edit(
             "step_add_upstream",
@@ -224,7 +224,7 @@ def _kitchen() -> CorpusFlow:
             f,
             "        self.next(self.fan)\n\n    @memoize\n    @step\n    def fan",
             extra_art + "\n    @memoize\n    @step\n    def fan",
-            ["extra"],
+            ["relay", "extra"],
         ),
     ]
     items = "self.items = [1, 2, 3]"
