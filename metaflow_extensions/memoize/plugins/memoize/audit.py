@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Mapping
 
-from .exceptions import MemoizeException
+from .exceptions import CacheFault, MemoizeException
 
 
 class AuditSettingError(MemoizeException):
@@ -92,3 +92,30 @@ def describe(differing: list[str], entry: Mapping[str, str], produced: Mapping[s
         else:
             parts.append("%s (entry %s, computed %s)" % (name, entry[name][:8], produced[name][:8]))
     return ", ".join(parts)
+
+
+def conclude(cache, manifest, produced, transition, task: str, log) -> dict[str, str]:
+    """After an audited task's body succeeded: compare, log, record the audit, set a
+    mismatching entry aside. Returns the task metadata to register."""
+    computed = {n: a.sha for n, a in produced.items()}
+    recorded = {n: a.sha for n, a in manifest.artifacts.items()}
+    differing = compare(recorded, computed, manifest.transition, transition)
+    detail = {"task": task, "origin": manifest.origin, "differing": differing}
+    meta = {"memoize_audit": "mismatch" if differing else "match"}
+    step, key = manifest.step, manifest.key
+    try:
+        if differing:
+            described = describe(differing, recorded, computed)
+            meta["memoize_audit_artifacts"] = described
+            log(
+                "AUDIT MISMATCH %s key=%s: the body did not reproduce the entry from %s: %s. "
+                "The entry is set aside as suspect; this task keeps what it computed."
+                % (step, key[:12], manifest.origin, described)
+            )
+            cache.set_aside(manifest, detail)
+        else:
+            log("audit %s key=%s: the body reproduced the entry" % (step, key[:12]))
+        cache.record_audit(manifest.flow, step, key, not differing, detail)
+    except CacheFault as err:
+        log("WARNING: %s: could not record the audit: %s" % (step, err))
+    return meta

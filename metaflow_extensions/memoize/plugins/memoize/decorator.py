@@ -463,35 +463,12 @@ class MemoizeDecorator(StepDecorator):
             self._register(meta)
 
     def _finish_audit(self, step_name, flow, graph):
-        """Compare what the body produced with the entry; set a mismatching entry aside."""
-        manifest = self._manifest
+        """audit.py: compare what the body produced with the entry."""
         produced, _ = self._produced_artifacts(self._task["output"], graph, step_name)
-        computed = {n: a.sha for n, a in produced.items()}
-        recorded = {n: a.sha for n, a in manifest.artifacts.items()}
-        differing = audit.compare(recorded, computed, manifest.transition, self._transition)
-        detail = {
-            "task": "%s/%s/%s/%s"
-            % (flow.name, self._task["run_id"], step_name, self._task["task_id"]),
-            "origin": manifest.origin,
-            "differing": differing,
-        }
-        meta = {"memoize_audit": "mismatch" if differing else "match"}
-        try:
-            if differing:
-                described = audit.describe(differing, recorded, computed)
-                meta["memoize_audit_artifacts"] = described
-                log(
-                    "AUDIT MISMATCH %s key=%s: the body did not reproduce the entry from %s: %s. "
-                    "The entry is set aside as suspect; this task keeps what it computed."
-                    % (step_name, self._key[:12], manifest.origin, described)
-                )
-                self._cache.set_aside(manifest, detail)
-            else:
-                log("audit %s key=%s: the body reproduced the entry" % (step_name, self._key[:12]))
-            self._cache.record_audit(flow.name, step_name, self._key, not differing, detail)
-        except CacheFault as err:
-            log("WARNING: %s: could not record the audit: %s" % (step_name, err))
-        self._register(meta)
+        task = "%s/%s/%s/%s" % (flow.name, self._task["run_id"], step_name, self._task["task_id"])
+        self._register(
+            audit.conclude(self._cache, self._manifest, produced, self._transition, task, log)
+        )
 
     def _store_entry(self, step_name, flow, graph):
         t = self._task
