@@ -245,6 +245,11 @@ def main():
     off, off_info = load(flow, off_run)
     memo, _ = load(flow, memo_run)
     count, tasks = needed(orig, orig_info, off, off_info, set(json.loads(needs)))
+    # a step without @memoize runs every time: all its tasks are needed
+    for step in {t.step for t in memo}:
+        one = next(t for t in memo if t.step == step)
+        if "memoize_status" not in one.task.metadata_dict:
+            count[step] = tasks.get(step, 0)
     order = _topological(off_info)
     print(json.dumps({"diffs": false_hits(memo, off, order), "needed": count, "tasks": tasks}))
 
