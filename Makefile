@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Metaflow refuses to run without a user name; CI machines may not set one.
 export USERNAME ?= $(or $(USER),memoize-user)
 
-.PHONY: install demo test lint format bench bench-quick clean
+.PHONY: install demo test lint format bench bench-quick verify clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The differential oracle (docs/oracle.md): CASES flows x mutations, memoized
+# against uncached; the tally goes to docs/verification.md. MINUTES=0: no limit.
+CASES ?= 500
+SEED ?= 0
+MINUTES ?= 0
+JOBS ?= 2
+verify: install
+	$(BIN)/python -m tests.oracle --cases $(CASES) --seed $(SEED) --minutes $(MINUTES) --jobs $(JOBS) --report docs/verification.md
 
 bench: install
 	$(BIN)/python -m pip install --quiet numpy

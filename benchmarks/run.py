@@ -1043,8 +1043,17 @@ class Bench:
                 keys.key_of(components)
                 times.append(time.perf_counter() - started)
             synthetic.append({"n": n, "seconds": summary(times)})
+        # audit at 0 (the default): what a hit pays for deciding not to audit (audit.py)
+        from metaflow_extensions.memoize.plugins.memoize import audit, config
+
+        os.environ.pop(config.ENV_AUDIT, None)
+        times = []
+        for _ in range(self.plan.key_synthetic_reps):
+            started = time.perf_counter()
+            audit.sampled(config.audit_fraction())
+            times.append(time.perf_counter() - started)
         flows = [self._keys_flow(n) for n in self.plan.key_flow]
-        self.results[4] = {"synthetic": synthetic, "flows": flows}
+        self.results[4] = {"synthetic": synthetic, "flows": flows, "audit0": summary(times)}
 
     def _keys_flow(self, n):
         fd = FlowDir(self.work / ("keys-%d" % n), "keys_flow.py", self.env)
@@ -2034,6 +2043,14 @@ class Report:
                 )
             )
             self.row(4, "key from %d input hashes (synthetic)" % x["n"], x["seconds"], "ms", ok)
+        if "audit0" in r:  # audit.py: the hit path's only audit work at fraction 0
+            a = r["audit0"]
+            ok = a["median"] < 0.001
+            out.append(
+                "| – | audit 0: deciding not to audit a hit (read the setting, compare with 0) "
+                "| %s | %s | 1 ms | %s |" % (fmt(a["median"], "ms"), rng(a, "ms"), verdict(ok))
+            )
+            self.row(4, "audit 0: cost on the hit path", a, "ms", ok)
         for x in r["flows"]:
             lim = limit.get(x["n"], 0.05 * x["n"] / 1000)
             key_s = summary(

@@ -8,6 +8,9 @@ Layout under the cache root (see docs/concepts.md):
     v1/locks/<Flow>/<step>/<key>           single-flight leases (lock=True)
     v1/index/<Flow>/<step>/<key>/<md5>_<created>_<expires>_<refs>
                                            empty; what pruning needs, in the name
+    v1/suspect/<Flow>/<step>/<key>.json    an entry an audit set aside (audit.py)
+    v1/audits/<Flow>/<step>/<key>_<outcome>_<ms>
+                                           one tiny record per audited hit
 
 Blobs are written before the manifest that references them, and the manifest
 is published with put-if-absent (first writer wins) unless refreshing.
@@ -62,7 +65,7 @@ class IndexRecord:
 class Lookup:
     """The outcome of looking a key up."""
 
-    status: str  # "found", "absent", "expired", "unsigned"
+    status: str  # "found", "absent", "expired", "unsigned", "suspect"
     manifest: Manifest | None = None
     detail: str = ""
 
@@ -95,6 +98,15 @@ class Cache:
     @staticmethod
     def lock_key(flow: str, step: str, key: str) -> str:
         return check_key("%s/locks/%s/%s/%s" % (LAYOUT, flow, step, key))
+
+    @staticmethod
+    def suspect_key(flow: str, step: str, key: str) -> str:
+        return check_key("%s/suspect/%s/%s/%s.json" % (LAYOUT, flow, step, key))
+
+    @staticmethod
+    def audit_prefix(flow: str | None = None, step: str | None = None) -> str:
+        parts = [LAYOUT, "audits"] + [p for p in (flow, step) if p]
+        return check_key("/".join(parts)) + "/"
 
     @staticmethod
     def lock_prefix() -> str:
@@ -165,6 +177,11 @@ class Cache:
         """Find the entry for a key. Raises CorruptEntry / StoreUnavailable on faults."""
         data = self.store.get(self.manifest_key(flow, step, key))
         if data is None:
+            # only on the miss path: a hit pays nothing for audits
+            if self.store.head(self.suspect_key(flow, step, key)) is not None:
+                return Lookup(
+                    "suspect", detail="the entry was set aside: an audit did not reproduce it"
+                )
             return Lookup("absent", detail="no entry")
         manifest = Manifest.loads(data, expected_key=key)
         if manifest.flow != flow or manifest.step != step:
@@ -268,6 +285,37 @@ class Cache:
         """Delete an entry: the manifest first, so a reader never sees an entry without its marker."""
         self.store.delete([self.manifest_key(flow, step, key)])
         self.store.delete([self.used_key(flow, step, key)])
+
+    # -- audits (audit.py) ----------------------------------------------------
+    def set_aside(self, manifest: Manifest, audit: dict) -> None:
+        """Mark an entry suspect: keep it (and why) under suspect/, then remove it,
+        so later lookups miss with status "suspect" until a new entry is stored."""
+        payload = json.dumps({"manifest": manifest.to_dict(), "audit": audit}, sort_keys=True)
+        self.store.put(
+            self.suspect_key(manifest.flow, manifest.step, manifest.key), payload.encode()
+        )
+        self.remove_entry(manifest.flow, manifest.step, manifest.key)
+
+    def record_audit(self, flow: str, step: str, key: str, matched: bool, detail: dict) -> None:
+        name = "%s%s_%s_%d" % (
+            self.audit_prefix(flow, step),
+            key,
+            "match" if matched else "mismatch",
+            int(self.clock() * 1000),
+        )
+        self.store.put(check_key(name), json.dumps(detail, sort_keys=True).encode())
+
+    def audit_counts(self, flow: str | None = None) -> dict[tuple[str, str], tuple[int, int]]:
+        """{(flow, step): (audited hits, mismatches)} from the audit records."""
+        counts: dict[tuple[str, str], tuple[int, int]] = {}
+        for info in self.store.list(self.audit_prefix(flow)):
+            parts = info.key.split("/")
+            if len(parts) != 5 or parts[1] != "audits":
+                continue
+            audited, mismatched = counts.get((parts[2], parts[3]), (0, 0))
+            bad = parts[4].split("_")[1:2] == ["mismatch"]
+            counts[(parts[2], parts[3])] = (audited + 1, mismatched + int(bad))
+        return counts
 
     # -- maintenance (listing markers and blobs; used by maintenance.py) -----
     @staticmethod

@@ -184,12 +184,18 @@ def show(scope, targets, key, as_json):
 @json_option
 def stats(scope, targets, step, as_json):
     now = time.time()
-    per_root = [(t.root, *mt.summarize(mt.scan(t, step), now)) for t in targets()]
+    chosen = targets()
+    per_root = [(t.root, *mt.summarize(mt.scan(t, step), now)) for t in chosen]
+    audits = [report.audit_rows(t.cache.audit_counts(t.flow), step) for t in chosen]
     if as_json:
-        _echo(report.to_json(report.stats_json(scope.flow, step, per_root)))
+        doc = report.stats_json(scope.flow, step, per_root)
+        doc["audits"] = [row for rows in audits for row in rows]  # audit.py
+        _echo(report.to_json(doc))
         return
-    for root, total, per_step in per_root:
+    for (root, total, per_step), rows in zip(per_root, audits):
         _echo(report.stats_text(root, total, per_step, scope.show_flow))
+        if rows:
+            _echo(report.audits_text(rows))
 
 
 @command("invalidate", help="Remove entries so that the next run recomputes them.")

@@ -22,6 +22,7 @@ ENV_SIGNING_KEY = "METAFLOW_MEMOIZE_SIGNING_KEY"
 ENV_LOCK_LEASE = "METAFLOW_MEMOIZE_LOCK_LEASE"
 ENV_LINK = "METAFLOW_MEMOIZE_LINK"
 ENV_CLONE = "METAFLOW_MEMOIZE_CLONE"
+ENV_AUDIT = "METAFLOW_MEMOIZE_AUDIT"
 
 _TRUE = ("1", "true", "yes", "on", "all", "*")
 _FALSE = ("", "0", "false", "no", "off", "none")
@@ -102,3 +103,10 @@ def clone_hits() -> bool:
     """Whether the orchestrator may complete a hit by cloning the entry's origin task
     (default: yes)."""
     return _on_unless_turned_off("MEMOIZE_CLONE")
+
+
+def audit_fraction() -> float:
+    """METAFLOW_MEMOIZE_AUDIT: the fraction of hits audited (audit.py); 0 when unset."""
+    from .audit import env_fraction
+
+    return env_fraction(_conf("MEMOIZE_AUDIT"))

@@ -9,7 +9,7 @@ from typing import Any
 
 from metaflow.decorators import StepDecorator
 
-from . import config
+from . import audit, config
 from . import metaflow_compat as mf
 from .cache import Cache
 from .code_identity import assigned_attributes
@@ -91,6 +91,9 @@ class MemoizeDecorator(StepDecorator):
         Installed packages whose versions enter the key.
     lock : bool, default False
         Single flight: while one task computes a key, others wait for its entry.
+    audit : float, optional, default None
+        Fraction of hits whose body runs anyway to check the entry (0 to 1).
+        None: METAFLOW_MEMOIZE_AUDIT, else 0.
     """
 
     name = "memoize"
@@ -105,6 +108,7 @@ class MemoizeDecorator(StepDecorator):
         "depends_on": None,
         "env": None,
         "lock": False,
+        "audit": None,
     }
 
     def __init__(self, attributes=None, statically_defined=False, inserted_by=None):
@@ -145,6 +149,12 @@ class MemoizeDecorator(StepDecorator):
         self._datastore_type = getattr(flow_datastore, "TYPE", "local")
         self._datastore_root = mf.datastore_root_for_cli(flow_datastore)
         config.mode()  # fail fast on a bad METAFLOW_MEMOIZE_MODE
+        self.audit_fraction()  # and on a bad METAFLOW_MEMOIZE_AUDIT
+
+    def audit_fraction(self) -> float:
+        """audit=, else METAFLOW_MEMOIZE_AUDIT (audit.py)."""
+        own = self.args["audit"]
+        return config.audit_fraction() if own is None else own
 
     def _check_inputs_exist(self, flow, step_name):
         """`inputs` naming an artifact no step ever sets is a typo: say so at start.
@@ -285,13 +295,20 @@ class MemoizeDecorator(StepDecorator):
                 self._status = self._look_up(flow.name, step_name, key, meta)
                 if self._status == "miss" and self.args["lock"] and mode == "on":
                     self._status = self._single_flight(flow.name, step_name, key, meta)
+                # audit (audit.py): a sampled hit runs its body; task_finished compares
+                if self._status == "hit" and audit.sampled(self.audit_fraction()):
+                    self._status = "audit"
+                    log(
+                        "audit %s key=%s: running the body to check the entry"
+                        % (step_name, key[:12])
+                    )
         except CacheFault as err:
             # a corrupt entry was removed: recomputing may store a good one
             self._rewrite_after_fault = isinstance(err, CorruptEntry)
             self._fault(step_name, err, meta)
         meta["memoize_status"] = self._status
         self._register(meta)
-        if self._status in ("miss", "refresh", "error") and self._dep_ctx is not None:
+        if self._status in ("miss", "refresh", "error", "audit") and self._dep_ctx is not None:
             # last thing before the body: user step decorators' code counts too
             self._observer = Observer()
             self._observer.start()
@@ -465,7 +482,7 @@ class MemoizeDecorator(StepDecorator):
                 mf.replay(flow, restored, manifest.transition)
 
             return restored_step
-        if self._status in ("miss", "refresh", "error"):
+        if self._status in ("miss", "refresh", "error", "audit"):
 
             def timed_step(*args):
                 started = time.time()
@@ -476,7 +493,7 @@ class MemoizeDecorator(StepDecorator):
         return step_func
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
-        if self._status in ("miss", "refresh", "error"):
+        if self._status in ("miss", "refresh", "error", "audit"):
             self._stop_observing()
             self._body_ok = True
             self._transition = mf.record_transition(flow)
@@ -491,6 +508,10 @@ class MemoizeDecorator(StepDecorator):
                 self._lease = None
 
     def _finish(self, step_name, flow, graph, is_task_ok):
+        if self._status == "audit":  # audit.py
+            if is_task_ok and self._body_ok:
+                self._finish_audit(step_name, flow, graph)
+            return
         # after a corrupt entry was removed, recomputing may store a good one
         writable = self._status in ("miss", "refresh") or (
             self._status == "error" and self._rewrite_after_fault and self._components
@@ -512,6 +533,21 @@ class MemoizeDecorator(StepDecorator):
         except OSError as err:
             self._fault(step_name, CacheFault(str(err)), meta)
             self._register(meta)
+
+    def _finish_audit(self, step_name, flow, graph):
+        """audit.py: compare what the body produced with the entry."""
+        observed, used_names = {}, set()
+        if self._recording is not None:
+            observed, used_names = observed_dependencies(
+                self._recording, self._dep_ctx, self._read_names
+            )
+        produced = self._produced_artifacts(
+            self._task["output"], graph, step_name, used_names, observed
+        )[0]
+        task = "%s/%s/%s/%s" % (flow.name, self._task["run_id"], step_name, self._task["task_id"])
+        self._register(
+            audit.conclude(self._cache, self._manifest, produced, self._transition, task, log)
+        )
 
     def _store_entry(self, step_name, flow, graph):
         t = self._task

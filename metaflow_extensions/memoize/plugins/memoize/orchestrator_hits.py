@@ -267,6 +267,9 @@ class OrchestratorHits:
             return False
         if deco.args["outputs"] is not None or task.is_recursive():
             return False
+        audit = deco.args.get("audit")  # audit.py: a sampled hit runs its body in the task
+        if (config.audit_fraction() if audit is None else audit) > 0:
+            return False
         if len(task.input_paths) > MAX_JOIN_INPUTS:
             return False
         return all(getattr(d, "name", None) in CLONE_SAFE_DECORATORS for d in task.decorators)

@@ -289,6 +289,22 @@ def stats_text(root: str, total: StepStats, per_step: list[StepStats], show_flow
     return head + "\n" + table(headers, rows, right=right)
 
 
+def audit_rows(counts, step: str | None = None) -> list[dict[str, Any]]:
+    """Audited hits and mismatches per step (audit.py), from Cache.audit_counts."""
+    return [
+        {"flow": flow, "step": name, "audited": audited, "mismatches": bad}
+        for (flow, name), (audited, bad) in sorted(counts.items())
+        if step is None or name == step
+    ]
+
+
+def audits_text(rows: list[dict[str, Any]]) -> str:
+    table_rows = [[r["flow"], r["step"], str(r["audited"]), str(r["mismatches"])] for r in rows]
+    return "Audits:\n" + table(
+        ["FLOW", "STEP", "AUDITED", "MISMATCHES"], table_rows, right=("AUDITED", "MISMATCHES")
+    )
+
+
 # -- removals ------------------------------------------------------------------
 def removal_json(results: list[tuple[Plan, Outcome | None]], dry_run: bool) -> dict[str, Any]:
     roots = []

@@ -11,6 +11,7 @@ import os
 import types
 from typing import Any
 
+from .audit import parse_fraction
 from .durations import parse_duration
 from .exceptions import MemoizeArgumentError
 
@@ -25,6 +26,7 @@ ARGUMENTS = {
     "depends_on": "a list of functions, modules, or file/directory paths",
     "env": "a list of installed package names",
     "lock": "True or False",
+    "audit": "a fraction of hits, from 0 to 1, whose body runs anyway to check the entry",
 }
 
 
@@ -58,6 +60,17 @@ def _as_bool(step, name, value) -> bool:
     if value is None:
         return False
     raise MemoizeArgumentError(step, name, "is %r" % (value,), "Use True or False.")
+
+
+def _as_fraction(step, name, value) -> float | None:
+    if value is None:
+        return None
+    fraction = parse_fraction(value)
+    if fraction is None:
+        raise MemoizeArgumentError(
+            step, name, "is %r" % (value,), "Use a number from 0 to 1, e.g. %s=0.05." % name
+        )
+    return fraction
 
 
 def parse_arguments(step: str, attributes: dict[str, Any], flow_dir: str) -> dict[str, Any]:
@@ -96,6 +109,7 @@ def parse_arguments(step: str, attributes: dict[str, Any], flow_dir: str) -> dic
         "store": store,
         "env": _as_list(step, "env", a.get("env")) or [],
         "lock": _as_bool(step, "lock", a.get("lock")),
+        "audit": _as_fraction(step, "audit", a.get("audit")),
         "depends_on": _parse_depends_on(step, a.get("depends_on"), flow_dir),
     }
     for name in parsed["env"]:

@@ -32,6 +32,8 @@ def _status(task) -> tuple[str, float] | None:
     status = meta.get("memoize_status")
     if not status:
         return None
+    if meta.get("memoize_audit") == "mismatch":
+        status = "AUDIT MISMATCH"  # audit.py: the entry did not reproduce
     return status, float(meta.get("memoize_saved_seconds") or 0.0)
 
 

@@ -1,0 +1,1 @@
+"""The differential oracle (issue 14): see docs/oracle.md and run.py."""
