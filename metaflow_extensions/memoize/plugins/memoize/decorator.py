@@ -28,6 +28,7 @@ from .settings import parse_arguments
 from .singleflight import Lease
 from .stores import open_store
 from .stores import s3 as s3_store
+from .stores.faults import share_budget
 from .transfer import export_blobs, import_blobs
 from .version import __version__
 
@@ -237,7 +238,10 @@ class MemoizeDecorator(StepDecorator):
             if metaflow_client is not None:
                 # an S3 datastore: our S3 client can skip parsing the service models again
                 s3_store.reuse_loaded_models(metaflow_client)
-            self._cache = Cache(open_store(self.cache_root()), signing_key=config.signing_key())
+            store = open_store(self.cache_root())
+            # a root that keeps failing is switched off for the rest of the run
+            share_budget(store.url, "%s/%s" % (flow.name, run_id))
+            self._cache = Cache(store, signing_key=config.signing_key())
             try:
                 self._components = task_components(
                     flow, graph, step_name, inputs, self.args, self._env_component

@@ -42,8 +42,16 @@ class Store(ABC):
     """Minimal object-store surface used by the cache.
 
     All methods raise ``CacheFault`` subclasses (``StoreUnavailable``) on I/O
-    problems; "not found" is a normal return value, never an exception.
+    problems; "not found" is a normal return value, never an exception. Every
+    subclass's operations are guarded (stores/faults.py): any other exception
+    becomes ``StoreUnavailable``, and a root that keeps failing is disabled.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        from .faults import guard_operations
+
+        guard_operations(cls)
 
     #: the root URL, as given by the user (used in messages and manifests)
     url: str

@@ -13,18 +13,24 @@ import functools
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..exceptions import StoreUnavailable
+from ..exceptions import CacheFault, StoreUnavailable
 from .base import ObjectInfo, Store, check_key
 
 # Short enough that an unreachable store costs a step seconds, not minutes;
 # long enough for a slow-but-alive endpoint to answer a 16 MB part.
 CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 60
-MAX_ATTEMPTS = 3
+# botocore's standard retry mode: 500/503/throttling/connection errors, with
+# exponential backoff and jitter (at most ~7 s of waiting in all)
+MAX_ATTEMPTS = 4
+# what botocore cannot retry: a reply whose body breaks off while it is read
+BODY_ATTEMPTS = 3
+BODY_BACKOFF = 0.2  # seconds, doubled after each failed read
 # One pool per client is shared by all threads, including the transfer
 # manager's workers: it must be at least MAX_CONCURRENCY or they queue.
 MAX_POOL_CONNECTIONS = 16
@@ -236,9 +242,13 @@ class S3Store(Store):
 
     @contextmanager
     def _errors(self, action: str, key: str | None = None):
+        """Any failure of the block is the store's: botocore, s3transfer, urllib3 (a
+        reply that breaks off mid-body), OS errors alike become StoreUnavailable."""
         try:
             yield
-        except _store_errors() as err:
+        except CacheFault:
+            raise
+        except Exception as err:
             raise self._unavailable(action, key, err) from err
 
     def _check_bucket(self) -> None:
@@ -263,14 +273,23 @@ class S3Store(Store):
     def get(self, key: str) -> bytes | None:
         full = self._full(key)
         with self._errors("get", key):
-            try:
-                response = self.client.get_object(Bucket=self.bucket, Key=full)
-            except Exception as err:
-                if _error_code(err) == "NoSuchKey":
-                    return None
-                raise
-            with response["Body"] as body:
-                return body.read()
+            delay = BODY_BACKOFF
+            for attempt in range(1, BODY_ATTEMPTS + 1):
+                try:
+                    response = self.client.get_object(Bucket=self.bucket, Key=full)
+                except Exception as err:
+                    if _error_code(err) == "NoSuchKey":
+                        return None
+                    raise
+                try:
+                    with response["Body"] as body:
+                        return body.read()
+                except Exception:
+                    # botocore retried the request, not the reading of its body
+                    if attempt == BODY_ATTEMPTS:
+                        raise
+                time.sleep(delay)
+                delay *= 2
 
     def put(self, key: str, data: bytes) -> None:
         full = self._full(key)
