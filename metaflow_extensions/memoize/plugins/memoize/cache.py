@@ -243,6 +243,9 @@ class Cache:
             published = True
         else:
             published = self.store.put_if_absent(name, data)
+            if not published and self.store.get(name) == data:
+                # our own write, whose reply was lost: the retry found it
+                published = True
         if published:
             self._write_index(manifest, data)
             self.record_use(manifest.flow, manifest.step, manifest.key)

@@ -279,7 +279,13 @@ class MemoizeDecorator(StepDecorator):
         lease = Lease(self._cache, flow_name, step_name, key, config.lock_lease_seconds())
         if lease.try_acquire():
             self._lease = lease
-            return "miss"
+            if self._cache.lookup(flow_name, step_name, key).status != "found":
+                return "miss"
+            # published between our lookup and our lease: use it
+            lease.release()
+            self._lease = None
+            meta.pop("memoize_reason", None)
+            return self._look_up(flow_name, step_name, key, meta)
         log("%s key=%s: another task is computing it; waiting (lock=True)" % (step_name, key[:12]))
         outcome = lease.wait(
             lambda: self._cache.lookup(flow_name, step_name, key).status == "found"
