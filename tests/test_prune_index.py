@@ -254,6 +254,7 @@ def test_pruning_many_published_entries_on_s3_lists_instead_of_reading(s3_cache)
     print("\npruned %d entries on S3 (moto) in %.1fs" % (n, time.perf_counter() - started))
     assert s3_cache.store.gets == 0
     assert (out.entries, out.markers, out.blobs) == (n, n, n)  # `shared` stays: Other uses it
-    # Other's 3 entries (manifest, marker, index, own blob) and `shared`
-    assert len(names(s3_cache.store, "v1/")) == 3 * 4 + 1
+    # Other's 3 entries (manifest, marker, index, own blob), `shared` and the root marker
+    assert len(names(s3_cache.store, "v1/")) == 3 * 4 + 1 + 1
+    assert "v1/memoize-root.json" in names(s3_cache.store, "v1/")
     assert_consistent(s3_cache.store)

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .cache import LAYOUT, Cache, IndexRecord, blob_ref
+from .cache import LAYOUT, MARKER, Cache, IndexRecord, blob_ref
 from .durations import format_duration
 from .exceptions import CorruptEntry, MemoizeCliError
 from .manifest import Manifest
@@ -136,6 +136,39 @@ def open_target(root: str, flow: str | None = None) -> Target:
     except ValueError as err:
         raise MemoizeCliError(str(err))
     return Target(Cache(store), flow)
+
+
+def check_root(target: Target) -> bool:
+    """Whether ``target`` is a memoize cache that maintenance may delete from.
+
+    True for a root with memoize's marker, and for an older root without one
+    whose every object under v1/ has a name memoize writes (it is adopted: the
+    marker is written before anything is deleted). False for a root with nothing
+    under v1/ (nothing to do). Raises MemoizeCliError for anything else: a
+    folder or prefix that holds objects memoize did not write is not a cache.
+    """
+    cache = target.cache
+    if cache.has_marker():
+        return True
+    found = False
+    for info in cache.store.list(LAYOUT + "/"):
+        found = True
+        if not Cache.is_own(info.key):
+            raise MemoizeCliError(
+                "refusing to delete anything in %s: it has no memoize marker (%s) and "
+                "%s under %s/ is not an object memoize writes, so this is probably not a "
+                "memoize cache root. Point --root (or METAFLOW_MEMOIZE_ROOT, or "
+                "@memoize(store=...)) at the directory or s3://bucket/prefix that holds "
+                "memoize's %s/ folder; every run that stores an entry marks its root."
+                % (target.root, MARKER, info.key, LAYOUT, LAYOUT)
+            )
+    if not found:
+        # only partial files of killed writers (listings leave them out)
+        found = any(
+            Cache.is_temporary(t.key)
+            for t in cache.store.stale_temporaries(float("inf"), LAYOUT + "/")
+        )
+    return found
 
 
 def flow_roots(flow, default_root: str) -> list[str]:
@@ -498,13 +531,15 @@ def plan_prune(
     target: Target, criteria: PruneCriteria, now: float, grace: float, step: str | None = None
 ) -> Plan:
     """Entries the criteria select in scope, then every blob left unreferenced under the root."""
+    if not check_root(target):
+        return Plan(target.root)
     inventory = scan(target, step, full=True)
     plan = plan_removal(inventory, select_for_prune(inventory.entries, now, criteria), now, grace)
     if grace is not None:
         plan.temporaries = [
             t
             for t in target.cache.store.stale_temporaries(now - grace)
-            if t.key.startswith(LAYOUT + "/") and t.key.rsplit("/", 1)[-1].startswith(".tmp-")
+            if Cache.is_temporary(t.key)
         ]
         plan.locks = stale_locks(target.cache, now, grace)
     return plan
@@ -522,7 +557,11 @@ def stale_locks(cache: Cache, now: float, grace: float) -> list[ObjectInfo]:
     """Leases of ``lock=True`` holders that died without releasing: not rewritten for
     the grace period and expired. A live holder rewrites its lease every third of
     its duration, so only the few old ones are read."""
-    old = [i for i in cache.store.list(Cache.lock_prefix()) if now - i.modified >= grace]
+    old = [
+        i
+        for i in cache.store.list(Cache.lock_prefix())
+        if Cache.parse_lock_key(i.key) is not None and now - i.modified >= grace
+    ]
     return [i for i in old if lease_expired(cache.store.get(i.key), now)]
 
 
@@ -531,6 +570,8 @@ def plan_invalidate(target: Target, step: str | None = None, key: str | None = N
 
     Blobs stay: ``prune`` collects them once unreferenced (a full-root scan).
     """
+    if not check_root(target):
+        return Plan(target.root)
     if key is None:
         inventory = scan(target, step)
         return plan_removal(inventory, [(e, "invalidated") for e in inventory.entries], 0, None)
@@ -585,13 +626,25 @@ def summarize(inventory: Inventory, now: float) -> tuple[StepStats, list[StepSta
 
 
 # -- execution -----------------------------------------------------------------
+_OWN_NAMES = {
+    "entries": Cache.parse_manifest_key,
+    "used": Cache.parse_used_key,
+    "index": Cache.parse_index_key,
+    "blobs": Cache.parse_blob_key,
+    "locks": Cache.parse_lock_key,
+    "temporaries": lambda key: key if Cache.is_temporary(key) else None,
+}
+
+
 def _deletable(keys: list[str], area: str) -> list[str]:
-    """The keys, if each is a safe name under ``v1/<area>/``; else refuse them all."""
-    prefix = "%s/%s/" % (LAYOUT, area)
+    """The keys, if each is exactly a name memoize writes in ``area``; else refuse them all."""
+    parse = _OWN_NAMES[area]
     for key in keys:
-        if not key.startswith(prefix):
-            raise MemoizeCliError("refusing to delete %r: it is not under %s" % (key, prefix))
         check_key(key)
+        if parse(key) is None:
+            raise MemoizeCliError(
+                "refusing to delete %r: it is not a name memoize writes (%s)" % (key, area)
+            )
     return keys
 
 
@@ -619,6 +672,11 @@ def execute(target: Target, plan: Plan) -> Outcome:
     marker_keys = _deletable([m.key for m in plan.markers], "used")
     index_keys = _deletable([o.key for o in plan.index], "index")
     _deletable([b.key for b in plan.blobs], "blobs")
+    temporaries = _deletable([t.key for t in plan.temporaries], "temporaries")
+    lock_keys = _deletable([lock.key for lock in plan.locks], "locks")
+    if not plan.empty:
+        # an older root without a marker passed check_root: adopt it
+        target.cache.ensure_marker(recheck=True)
     if manifest_keys:
         store.delete(manifest_keys)
         out.entries = len(manifest_keys)
@@ -639,10 +697,10 @@ def execute(target: Target, plan: Plan) -> Outcome:
         out.blobs = len(blobs)
         out.bytes_freed += sum(b.size for b in blobs)
     if plan.temporaries:
-        store.delete([check_key(t.key) for t in plan.temporaries])
+        store.delete(temporaries)
         out.bytes_freed += sum(t.size for t in plan.temporaries)
     if plan.locks:
-        store.delete(_deletable([lock.key for lock in plan.locks], "locks"))
+        store.delete(lock_keys)
         out.locks = len(plan.locks)
         out.bytes_freed += sum(lock.size for lock in plan.locks)
     return out

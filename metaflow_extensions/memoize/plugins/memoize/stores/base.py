@@ -94,9 +94,9 @@ class Store(ABC):
     def get_file(self, key: str, path: str) -> bool:
         """Download to a local path (written atomically). False if the object does not exist."""
 
-    def stale_temporaries(self, older_than: float) -> list[ObjectInfo]:
-        """Partial writes left by killed writers, last modified before ``older_than``
-        (epoch seconds). Stores whose writes are atomic on the server have none."""
+    def stale_temporaries(self, older_than: float, prefix: str = "") -> list[ObjectInfo]:
+        """Partial writes left by killed writers under ``prefix``, last modified before
+        ``older_than`` (epoch seconds). Stores whose writes are atomic on the server have none."""
         return []
 
     def copy_from_url(self, key: str, source_url: str) -> bool:

@@ -122,9 +122,13 @@ class LocalStore(Store):
         except OSError as err:
             raise self._fault("list", prefix, err)
 
-    def stale_temporaries(self, older_than: float) -> list[ObjectInfo]:
+    def stale_temporaries(self, older_than: float, prefix: str = "") -> list[ObjectInfo]:
         out = []
-        for dirpath, _dirnames, filenames in os.walk(self.root):
+        base = self.root
+        if prefix:
+            check_key(prefix.rstrip("/"))
+            base = os.path.join(self.root, *prefix.rstrip("/").split("/"))
+        for dirpath, _dirnames, filenames in os.walk(base):
             for name in filenames:
                 if not name.startswith(".tmp-"):
                     continue
