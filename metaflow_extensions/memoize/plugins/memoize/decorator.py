@@ -305,6 +305,10 @@ class MemoizeDecorator(StepDecorator):
             raise CorruptEntry("entry %s is corrupt (%s); removed" % (key[:12], err), key)
         if found.status == "found":
             manifest = found.manifest
+            misfit = mf.entry_misfit(self._task["graph"], step_name, manifest)
+            if misfit:
+                self._quarantine(flow_name, step_name, key)
+                raise CorruptEntry("entry %s is unusable: %s" % (key[:12], misfit), key)
             changed = self._passthrough_changed(manifest)
             if changed:
                 reason = (
@@ -316,7 +320,10 @@ class MemoizeDecorator(StepDecorator):
                 return "miss"
             try:
                 moved = import_blobs(
-                    mf.DatastoreBlobs(self._task["output"]), self._cache, manifest.artifacts
+                    mf.DatastoreBlobs(self._task["output"]),
+                    self._cache,
+                    manifest.artifacts,
+                    may_delete=self._mode != "read",
                 )
             except CorruptEntry as err:
                 self._quarantine(flow_name, step_name, key)
@@ -332,7 +339,8 @@ class MemoizeDecorator(StepDecorator):
                 % (step_name, key[:12], manifest.origin, saved, moved.describe())
             )
             try:
-                self._cache.record_use(flow_name, step_name, key)
+                if self._mode != "read":  # read mode writes nothing
+                    self._cache.record_use(flow_name, step_name, key)
             except CacheFault:
                 pass  # recency is best effort: never worth a miss
             return "hit"
@@ -366,6 +374,8 @@ class MemoizeDecorator(StepDecorator):
         return sorted(n for n, sha in manifest.passthrough.items() if current.get(n) != sha)
 
     def _quarantine(self, flow_name, step_name, key):
+        if self._mode == "read":  # read mode deletes nothing
+            return
         try:
             self._cache.remove_entry(flow_name, step_name, key)
         except CacheFault:
