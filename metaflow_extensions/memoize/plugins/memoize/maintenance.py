@@ -690,8 +690,18 @@ def execute(target: Target, plan: Plan) -> Outcome:
     blobs = plan.blobs
     if blobs:
         protected = _new_references(target.cache, plan.seen)
-        out.blobs_spared = sum(_ref_of(b) in protected for b in blobs)
-        blobs = [b for b in blobs if _ref_of(b) not in protected]
+        # a blob written or reused (touched) since the scan may belong to an entry
+        # being published right now: keep it
+        current = list_blobs(target.cache)
+        touched = {
+            b.key
+            for b in blobs
+            if (sha := Cache.parse_blob_key(b.key)) in current
+            and current[sha].modified != b.modified
+        }
+        spared = [b for b in blobs if _ref_of(b) in protected or b.key in touched]
+        out.blobs_spared = len(spared)
+        blobs = [b for b in blobs if b not in spared]
     if blobs:
         store.delete([b.key for b in blobs])
         out.blobs = len(blobs)

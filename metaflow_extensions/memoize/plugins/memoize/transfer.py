@@ -141,6 +141,10 @@ def export_blobs(
         existing = store.head(key)
         how = "present"
         stored_xxh = None
+        if existing is not None and store.touch(key):
+            # reused: a prune that started before this entry is published sees the
+            # blob as modified since its scan and keeps it
+            existing = store.head(key) or existing
         if existing is None:
             if datastore.kind == "local":
                 stored_xxh = file_xxh(datastore.url(sha))

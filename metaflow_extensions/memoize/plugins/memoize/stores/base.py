@@ -99,6 +99,11 @@ class Store(ABC):
         ``older_than`` (epoch seconds). Stores whose writes are atomic on the server have none."""
         return []
 
+    def touch(self, key: str) -> bool:
+        """Mark an existing object as used now, where that is cheap (local files);
+        False when the object does not exist or the store cannot."""
+        return False
+
     def copy_from_url(self, key: str, source_url: str) -> bool:
         """Server-side copy from another URL of the same kind; False when not possible."""
         return False

@@ -46,6 +46,7 @@ OPERATIONS = (
     "stale_temporaries",
     "copy_from_url",
     "copy_to_url",
+    "touch",
     "incomplete_uploads",
     "abort_uploads",
 )

@@ -106,8 +106,14 @@ class LocalStore(Store):
             base = os.path.join(self.root, *prefix.rstrip("/").split("/"))
         if not os.path.isdir(base):
             return
+
+        def unreadable(err):
+            # a folder that cannot be listed must not look empty: prune would take
+            # the blobs its entries reference for garbage
+            raise err
+
         try:
-            for dirpath, dirnames, filenames in os.walk(base):
+            for dirpath, dirnames, filenames in os.walk(base, onerror=unreadable):
                 dirnames.sort()
                 for name in sorted(filenames):
                     if name.startswith(".tmp-"):
@@ -153,6 +159,14 @@ class LocalStore(Store):
             except OSError as err:
                 raise self._fault("delete", key, err)
         return count
+
+    def touch(self, key: str) -> bool:
+        """Set the object's modification time to now (False if it does not exist)."""
+        try:
+            os.utime(self._path(key))
+            return True
+        except (FileNotFoundError, PermissionError):
+            return False  # gone, or another user's file in a shared cache: best effort
 
     def put_file(self, key: str, path: str) -> None:
         dest = self._path(key)
