@@ -115,10 +115,9 @@ def test_publishing_on_s3_writes_one_index_object_and_a_local_store_none(s3_cach
 
 # -- pruning with the index ----------------------------------------------------
 def test_a_prune_of_published_entries_reads_no_manifest(s3_cache):
-    now = time.time()
     shared = b"shared by all"
     for i in range(12):
-        expires = now - 60 if i % 3 == 0 else None  # 4 expired
+        expires = T0 - 1 if i % 3 == 0 else None  # 4 expired (a ttl that has run out)
         publish(s3_cache, "F", "s", "e%d" % i, {"own": b"own %d" % i, "s": shared}, T0, expires)
     publish(s3_cache, "G", "s", "other", {"s": shared})
     s3_cache.store.gets = 0

@@ -180,16 +180,19 @@ class Cache:
     # -- reading -------------------------------------------------------------
     def lookup(self, flow: str, step: str, key: str) -> Lookup:
         """Find the entry for a key. Raises CorruptEntry / StoreUnavailable on faults."""
-        data = self.store.get(self.manifest_key(flow, step, key))
-        if data is None:
+        dated = self.store.get_dated(self.manifest_key(flow, step, key))
+        if dated is None:
             return Lookup("absent", detail="no entry")
+        data, written, store_now = dated
         manifest = Manifest.loads(data, expected_key=key)
         if manifest.flow != flow or manifest.step != step:
             raise CorruptEntry("manifest belongs to %s/%s" % (manifest.flow, manifest.step), key)
         if self.signing_key and not manifest.signature_valid(self.signing_key):
             why = "is unsigned" if not manifest.signature else "has a bad signature"
             return Lookup("unsigned", manifest, "entry %s" % why)
-        if manifest.is_expired(self.clock()):
+        # on the store's clock: the writer's (in `created`/`expires`) may be skewed
+        age = (store_now if store_now is not None else self.clock()) - written
+        if manifest.expired_at_age(age):
             return Lookup("expired", manifest, "expired")
         return Lookup("found", manifest)
 

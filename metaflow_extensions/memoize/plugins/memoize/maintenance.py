@@ -82,7 +82,11 @@ class EntryInfo:
         return self.last_used if self.last_used is not None else self.created
 
     def expired(self, now: float) -> bool:
-        return self.readable and self.expires is not None and now >= self.expires
+        """Judged by the manifest object's age on the store's clock (its listed
+        modification time) and the entry's ttl, never by the writer's clock."""
+        if not self.readable or self.expires is None:
+            return False
+        return max(0.0, now - self.object.modified) >= self.expires - self.created
 
     def blob_sizes(self) -> dict[str, int]:
         """Stored size of each distinct blob (by blob_ref): as the manifest records

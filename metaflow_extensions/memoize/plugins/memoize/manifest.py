@@ -67,6 +67,16 @@ class Manifest:
         return self.expires is not None and now >= self.expires
 
     @property
+    def ttl(self) -> float | None:
+        """How long the entry is valid: a duration, the same on every clock."""
+        return None if self.expires is None else self.expires - self.created
+
+    def expired_at_age(self, age: float) -> bool:
+        """Whether an entry written ``age`` seconds ago (on the store's clock) has expired;
+        a negative age (a timestamp in the future) counts as just written."""
+        return self.ttl is not None and max(0.0, age) >= self.ttl
+
+    @property
     def blob_shas(self):
         return sorted({a.sha for a in self.artifacts.values()})
 

@@ -63,6 +63,14 @@ class Store(ABC):
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None if it does not exist."""
 
+    def get_dated(self, key: str) -> tuple[bytes, float, float | None] | None:
+        """(bytes, modification time, the store's current time or None if it does not
+        tell) on the store's own clock, or None if the object does not exist. TTLs are
+        judged with these, never with the writer's clock."""
+        info = self.head(key)
+        data = self.get(key) if info is not None else None
+        return None if data is None else (data, info.modified, None)
+
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Write (or overwrite) an object atomically: readers see old or new, never half."""

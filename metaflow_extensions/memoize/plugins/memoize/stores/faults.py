@@ -34,6 +34,7 @@ FAULT_LIMIT = 3
 #: the operations that talk to the store
 OPERATIONS = (
     "get",
+    "get_dated",
     "put",
     "put_if_absent",
     "head",

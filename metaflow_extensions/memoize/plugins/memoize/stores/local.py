@@ -47,6 +47,16 @@ class LocalStore(Store):
         except OSError as err:
             raise self._fault("read", key, err)
 
+    def get_dated(self, key: str) -> tuple[bytes, float, float | None] | None:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_mtime, None
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise self._fault("read", key, err)
+
     def _temp_for(self, path: str):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)

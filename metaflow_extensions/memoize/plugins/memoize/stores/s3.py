@@ -140,6 +140,17 @@ def _store_errors() -> tuple[type, ...]:
     return (BotoCoreError, ClientError, boto3.exceptions.Boto3Error) + extra
 
 
+def _server_time(response) -> float | None:
+    """The server's clock when it answered (its Date header), or None."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        date = response["ResponseMetadata"]["HTTPHeaders"]["date"]
+        return parsedate_to_datetime(date).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
 def _endpoint_url() -> str | None:
     url = os.environ.get("METAFLOW_S3_ENDPOINT_URL")
     if not url:
@@ -286,6 +297,27 @@ class S3Store(Store):
                         return body.read()
                 except Exception:
                     # botocore retried the request, not the reading of its body
+                    if attempt == BODY_ATTEMPTS:
+                        raise
+                time.sleep(delay)
+                delay *= 2
+
+    def get_dated(self, key: str) -> tuple[bytes, float, float | None] | None:
+        full = self._full(key)
+        with self._errors("get", key):
+            delay = BODY_BACKOFF
+            for attempt in range(1, BODY_ATTEMPTS + 1):
+                try:
+                    response = self.client.get_object(Bucket=self.bucket, Key=full)
+                except Exception as err:
+                    if _error_code(err) == "NoSuchKey":
+                        return None
+                    raise
+                try:
+                    with response["Body"] as body:
+                        data = body.read()
+                    return data, response["LastModified"].timestamp(), _server_time(response)
+                except Exception:
                     if attempt == BODY_ATTEMPTS:
                         raise
                 time.sleep(delay)
