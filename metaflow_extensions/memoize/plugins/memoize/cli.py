@@ -184,12 +184,23 @@ def show(scope, targets, key, as_json):
 @json_option
 def stats(scope, targets, step, as_json):
     now = time.time()
-    per_root = [(t.root, *mt.summarize(mt.scan(t, step), now)) for t in targets()]
+    resolved = targets()
+    per_root = [(t.root, *mt.summarize(mt.scan(t, step), now)) for t in resolved]
+    uploads = [mt.incomplete_uploads(t) for t in resolved]
     if as_json:
-        _echo(report.to_json(report.stats_json(scope.flow, step, per_root)))
+        doc = report.stats_json(scope.flow, step, per_root)
+        doc["incomplete_uploads"] = sum(uploads)
+        for root_doc, count in zip(doc["roots"], uploads):
+            root_doc["incomplete_uploads"] = count
+        _echo(report.to_json(doc))
         return
-    for root, total, per_step in per_root:
+    for (root, total, per_step), count in zip(per_root, uploads):
         _echo(report.stats_text(root, total, per_step, scope.show_flow))
+        if count:
+            _echo(
+                "  %d incomplete multipart upload(s) of killed writers (`prune` aborts those "
+                "older than --grace)" % count
+            )
 
 
 @command("invalidate", help="Remove entries so that the next run recomputes them.")

@@ -29,7 +29,7 @@ from .cache import LAYOUT, MARKER, Cache, IndexRecord, blob_ref
 from .durations import format_duration
 from .exceptions import CorruptEntry, MemoizeCliError
 from .manifest import Manifest
-from .stores import ObjectInfo, check_key, open_store
+from .stores import ObjectInfo, UploadInfo, check_key, open_store
 
 #: a blob younger than this is never collected: a writer may be about to
 #: publish a manifest that references it
@@ -167,10 +167,13 @@ def check_root(target: Target) -> bool:
                 % (target.root, MARKER, info.key, LAYOUT, LAYOUT)
             )
     if not found:
-        # only partial files of killed writers (listings leave them out)
+        # only partial files or uploads of killed writers (listings leave them out)
         found = any(
             Cache.is_temporary(t.key)
             for t in cache.store.stale_temporaries(float("inf"), LAYOUT + "/")
+        ) or any(
+            Cache.parse_blob_key(u.key) is not None
+            for u in cache.store.incomplete_uploads(LAYOUT + "/")
         )
     return found
 
@@ -483,6 +486,8 @@ class Plan:
     temporaries: list[ObjectInfo] = field(default_factory=list)
     # lock=True leases left by holders that died, expired and older than the grace period
     locks: list[ObjectInfo] = field(default_factory=list)
+    # multipart uploads of blobs that killed writers never completed, older than the grace
+    uploads: list[UploadInfo] = field(default_factory=list)
     # every manifest the scan read: one not in here at deletion time is new
     seen: dict[str, ObjectInfo] = field(default_factory=dict)
 
@@ -498,7 +503,14 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not (self.entries or self.markers or self.blobs or self.temporaries or self.locks)
+        return not (
+            self.entries
+            or self.markers
+            or self.blobs
+            or self.temporaries
+            or self.locks
+            or self.uploads
+        )
 
 
 def plan_removal(
@@ -546,7 +558,26 @@ def plan_prune(
             if Cache.is_temporary(t.key)
         ]
         plan.locks = stale_locks(target.cache, now, grace)
+        plan.uploads = stale_uploads(target.cache, now, grace)
     return plan
+
+
+def stale_uploads(cache: Cache, now: float, grace: float) -> list[UploadInfo]:
+    """Incomplete multipart uploads of blobs started more than ``grace`` ago
+    (a future start time counts as now)."""
+    return [
+        u
+        for u in cache.store.incomplete_uploads(LAYOUT + "/")
+        if Cache.parse_blob_key(u.key) is not None and now - u.initiated >= grace
+    ]
+
+
+def incomplete_uploads(target: Target) -> int:
+    """How many multipart uploads of blobs are incomplete under the root (for stats)."""
+    return sum(
+        Cache.parse_blob_key(u.key) is not None
+        for u in target.cache.store.incomplete_uploads(LAYOUT + "/")
+    )
 
 
 def lease_expired(data: bytes | None, now: float) -> bool:
@@ -659,6 +690,7 @@ class Outcome:
     blobs: int = 0
     blobs_spared: int = 0  # planned, but a manifest published meanwhile references them
     locks: int = 0  # abandoned lock=True leases
+    uploads: int = 0  # incomplete multipart uploads aborted
     bytes_freed: int = 0
 
 
@@ -717,6 +749,9 @@ def execute(target: Target, plan: Plan) -> Outcome:
         store.delete(lock_keys)
         out.locks = len(plan.locks)
         out.bytes_freed += sum(lock.size for lock in plan.locks)
+    if plan.uploads:
+        _deletable([u.key for u in plan.uploads], "blobs")
+        out.uploads = store.abort_uploads(plan.uploads)
     return out
 
 

@@ -25,6 +25,14 @@ class ObjectInfo(NamedTuple):
     md5: str | None = None
 
 
+class UploadInfo(NamedTuple):
+    """A multipart upload that was started and never completed nor aborted."""
+
+    key: str
+    upload_id: str
+    initiated: float  # seconds since the epoch, on the store's clock
+
+
 def check_key(key: str) -> str:
     """Reject keys that could escape the root (``..``, absolute, odd characters)."""
     from ..exceptions import UnsafePath
@@ -111,6 +119,15 @@ class Store(ABC):
         """Mark an existing object as used now, where that is cheap (local files);
         False when the object does not exist or the store cannot."""
         return False
+
+    def incomplete_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        """Multipart uploads under ``prefix`` that were never completed (a writer killed
+        mid-upload): stores without multipart uploads have none."""
+        return []
+
+    def abort_uploads(self, uploads: Iterable[UploadInfo]) -> int:
+        """Abort incomplete uploads (their parts are freed); how many were aborted."""
+        return 0
 
     def copy_from_url(self, key: str, source_url: str) -> bool:
         """Server-side copy from another URL of the same kind; False when not possible."""

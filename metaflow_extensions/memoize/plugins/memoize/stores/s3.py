@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..exceptions import CacheFault, StoreUnavailable
-from .base import ObjectInfo, Store, check_key
+from .base import ObjectInfo, Store, UploadInfo, check_key
 
 # Short enough that an unreachable store costs a step seconds, not minutes;
 # long enough for a slow-but-alive endpoint to answer a 16 MB part.
@@ -406,6 +406,35 @@ class S3Store(Store):
                     )
                 )
         return len(fulls)
+
+    def incomplete_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
+        out = []
+        with self._errors("list uploads", prefix or "/"):
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._root + sub):
+                for upload in page.get("Uploads", ()):
+                    rel = upload["Key"][len(self._root) :]
+                    try:
+                        check_key(rel)
+                    except ValueError:
+                        continue
+                    out.append(UploadInfo(rel, upload["UploadId"], upload["Initiated"].timestamp()))
+        return sorted(out)
+
+    def abort_uploads(self, uploads: Iterable[UploadInfo]) -> int:
+        count = 0
+        for upload in uploads:
+            with self._errors("abort upload of", upload.key):
+                try:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=self._full(upload.key), UploadId=upload.upload_id
+                    )
+                except Exception as err:
+                    if _error_code(err) not in ("NoSuchUpload", "404"):
+                        raise
+            count += 1
+        return count
 
     def put_file(self, key: str, path: str) -> None:
         full = self._full(key)
