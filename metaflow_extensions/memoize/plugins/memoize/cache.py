@@ -23,6 +23,7 @@ manifest is read, as it would be without an index.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import time
@@ -49,7 +50,7 @@ _LOCK_RE = re.compile(r"^%s/locks/(%s)/(%s)/(%s)$" % (LAYOUT, _NAME, _NAME, _KEY
 _BLOB_RE = re.compile(r"^%s/blobs/([0-9a-f]{2})/(%s)$" % (LAYOUT, _SHA))
 _INDEX_RE = re.compile(
     r"^%s/index/(%s)/(%s)/(%s)/([0-9a-f]{32})_([0-9]+)_([0-9]+|never)_((?:[0-9a-f]{%d})"
-    r"(?:\.[0-9a-f]{%d})*|-)$" % (LAYOUT, _NAME, _NAME, _KEY, 16, 16)
+    r"(?:\.[0-9a-f]{%d})*|-)(?:_([0-9a-f]{32}))?$" % (LAYOUT, _NAME, _NAME, _KEY, 16, 16)
 )
 # partial files of killed writers (stores/local.py: ".tmp-" and 16 hex digits, or
 # mkstemp's ".tmp-" and 8 letters, digits or underscores), only in memoize's folders
@@ -65,6 +66,10 @@ MAX_INDEX_NAME = 700
 
 
 _marked: set[str] = set()  # roots whose marker this process has seen or written
+
+
+def _index_hmac(secret: str, name: str) -> str:
+    return hmac.new(secret.encode("utf-8"), name.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
 def blob_ref(sha: str) -> str:
@@ -83,6 +88,14 @@ class IndexRecord:
     created: float
     expires: float | None
     refs: frozenset[str]  # blob_ref of every blob the manifest names
+    # HMAC of the rest of the name (with a signing key): see Cache.index_key
+    signature: str | None = None
+    signed: str = ""  # the part of the name the signature covers
+
+    def signature_valid(self, secret: str) -> bool:
+        return bool(self.signature) and hmac.compare_digest(
+            self.signature, _index_hmac(secret, self.signed)
+        )
 
 
 @dataclass
@@ -147,8 +160,12 @@ class Cache:
         return check_key("/".join(parts)) + "/"
 
     @staticmethod
-    def index_key(manifest: Manifest, md5: str) -> str | None:
-        """The index object name for a manifest whose bytes have ``md5``; None if too long."""
+    def index_key(manifest: Manifest, md5: str, signing_key: str | None = None) -> str | None:
+        """The index object name for a manifest whose bytes have ``md5``; None if too long.
+
+        With a signing key the name ends in an HMAC of the rest: a reader with the key
+        believes only signed index objects (a forged one could claim an entry expired,
+        or that it references no blob)."""
         refs = ".".join(sorted({blob_ref(sha) for sha in manifest.blob_shas})) or "-"
         expires = "never" if manifest.expires is None else "%d" % round(manifest.expires * 1000)
         name = "%s/%s_%d_%s_%s" % (
@@ -158,6 +175,8 @@ class Cache:
             expires,
             refs,
         )
+        if signing_key:
+            name += "_" + _index_hmac(signing_key, name)
         return check_key(name) if len(name) <= MAX_INDEX_NAME else None
 
     @staticmethod
@@ -166,7 +185,7 @@ class Cache:
         match = _INDEX_RE.match(object_key)
         if match is None:
             return None
-        flow, step, key, md5, created, expires, refs = match.groups()
+        flow, step, key, md5, created, expires, refs, signature = match.groups()
         return IndexRecord(
             flow,
             step,
@@ -175,6 +194,8 @@ class Cache:
             int(created) / 1000.0,
             None if expires == "never" else int(expires) / 1000.0,
             frozenset(r for r in refs.split(".") if r and r != "-"),
+            signature,
+            object_key[: -len(signature) - 1] if signature else object_key,
         )
 
     # -- reading -------------------------------------------------------------
@@ -290,7 +311,9 @@ class Cache:
     def _write_index(self, manifest: Manifest, data: bytes) -> None:
         if not self.store.lists_md5:
             return
-        name = self.index_key(manifest, hashlib.md5(data, usedforsecurity=False).hexdigest())
+        name = self.index_key(
+            manifest, hashlib.md5(data, usedforsecurity=False).hexdigest(), self.signing_key
+        )
         if name is None:
             return
         try:

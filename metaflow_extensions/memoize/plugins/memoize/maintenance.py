@@ -139,7 +139,10 @@ def open_target(root: str, flow: str | None = None) -> Target:
         store = open_store(root)
     except ValueError as err:
         raise MemoizeCliError(str(err))
-    return Target(Cache(store), flow)
+    from . import config
+
+    # with a signing key, only signed index objects are believed (see cache.py)
+    return Target(Cache(store, signing_key=config.signing_key()), flow)
 
 
 def check_root(target: Target) -> bool:
@@ -276,13 +279,18 @@ def index_or_read(
         parsed = Cache.parse_manifest_key(info.key)
         if parsed is None:
             continue
-        match = next(
-            ((r, o) for r, o in index.get(parsed, ()) if info.md5 and r.md5 == info.md5), None
-        )
-        if match is None:
+        matches = [
+            (r, o)
+            for r, o in index.get(parsed, ())
+            if info.md5
+            and r.md5 == info.md5
+            and (not cache.signing_key or r.signature_valid(cache.signing_key))
+        ]
+        # two index objects that describe the same manifest differently: one is forged
+        if len({(r.created, r.expires, r.refs) for r, _ in matches}) != 1:
             to_read.append(info)
             continue
-        record, obj = match
+        record, obj = matches[0]
         used.add(obj.key)
         known.append(EntryInfo(*parsed, info, refs=record.refs, index=record))
     stale = [o for objs in index.values() for _, o in objs if o.key not in used]
@@ -550,7 +558,8 @@ def plan_prune(
     if not check_root(target):
         return Plan(target.root)
     inventory = scan(target, step, full=True)
-    plan = plan_removal(inventory, select_for_prune(inventory.entries, now, criteria), now, grace)
+    chosen = confirm(target.cache, select_for_prune(inventory.entries, now, criteria), now)
+    plan = plan_removal(inventory, chosen, now, grace)
     if grace is not None:
         plan.temporaries = [
             t
@@ -560,6 +569,36 @@ def plan_prune(
         plan.locks = stale_locks(target.cache, now, grace)
         plan.uploads = stale_uploads(target.cache, now, grace)
     return plan
+
+
+def confirm(
+    cache: Cache, chosen: list[tuple[EntryInfo, str]], now: float
+) -> list[tuple[EntryInfo, str]]:
+    """Without a signing key, entries selected from their index object alone are read
+    before they go: an entry whose manifest disagrees with its index object (not
+    expired, another creation time or other blobs) stays. A forged index object can
+    then not get a valid entry deleted (one GET per removal, none per kept entry).
+    With a key, index objects are signed and only those are believed: no reads."""
+    if cache.signing_key:
+        return chosen  # only signed index objects were believed (index_or_read)
+    from_index = [e.object for e, _ in chosen if e.manifest is None]
+    if not from_index:
+        return chosen
+    read = {e.object.key: e for e in read_entries(cache, from_index)}
+    kept = []
+    for entry, reason in chosen:
+        if entry.manifest is None:
+            actual = read.get(entry.object.key)
+            if actual is None:
+                continue  # gone since the scan
+            if actual.manifest is not None and (
+                (reason == "expired" and not actual.expired(now))
+                or abs(actual.created - entry.created) > 0.002  # the name keeps ms
+                or actual.refs != entry.refs
+            ):
+                continue  # the index object does not describe this manifest
+        kept.append((entry, reason))
+    return kept
 
 
 def stale_uploads(cache: Cache, now: float, grace: float) -> list[UploadInfo]:
