@@ -264,3 +264,39 @@ def test_a_lost_lease_reply_is_recognised(s3_env, proxy, fault, monkeypatch):
         lease.release()
     assert proxy.stats["reset"] == 1
     fault(observed="acquired at once after the lost reply")
+
+
+def test_the_lease_winner_looks_the_key_up_again(tmp_path, fault):
+    """The race behind "8 runs over 10 keys ran the body 13 times": a task misses, the
+    entry is published and the lease released by another task, then this task wins
+    the (now free) lease. It must use the entry, not compute the key again."""
+    fault(
+        area=AREA,
+        fault="single flight: the entry is published (and the lease released) between a "
+        "task's miss and its winning the lease",
+        store="local",
+        expected="the winner looks the key up again: a hit, and it releases the lease",
+    )
+    from metaflow_extensions.memoize.plugins.memoize.decorator import MemoizeDecorator
+    from metaflow_extensions.memoize.plugins.memoize.manifest import Manifest
+    from metaflow_extensions.memoize.plugins.memoize.stores import open_store
+
+    cache = Cache(open_store(str(tmp_path / "cache")))
+    key = "0123456789abcdef0123456789abcdef"
+    entry = Manifest(key, "F", "s", {}, {}, {"_transition": None}, 1.0, None, "F/1/s/1")
+    assert cache.publish(entry)  # by the other task, after our miss
+
+    class Task:
+        _cache = cache
+        _lease = None
+        looked_up = 0
+
+        def _look_up(self, flow, step, k, meta):
+            self.looked_up += 1
+            return "hit"
+
+    task = Task()
+    status = MemoizeDecorator._single_flight(task, "F", "s", key, {})
+    assert status == "hit" and task.looked_up == 1
+    assert task._lease is None and not cache.store.exists(cache.lock_key("F", "s", key))
+    fault(observed="hit; lease released")
