@@ -132,6 +132,7 @@ def export_blobs(
         by_sha.setdefault(record.sha, []).append(record)
     store = cache.store
     stats = TransferStats()
+    link_out = link_blobs() and not cache.signing_key
 
     def one(sha):
         meta = datastore.cas_meta(sha)
@@ -146,7 +147,14 @@ def export_blobs(
             # blob as modified since its scan and keeps it
             existing = store.head(key) or existing
         if existing is None:
-            if datastore.kind == "local":
+            if datastore.kind == "local" and isinstance(store, LocalStore):
+                stored_xxh = file_xxh(datastore.url(sha))
+                # on the datastore's filesystem (the default root is): a hard link, so
+                # the blob is not stored twice. Never with a signing key, whose threat
+                # model includes the cache's other writers (they could write into it).
+                linked = store.put_file(key, datastore.url(sha), link=link_out)
+                how = "linked" if linked else "copied"
+            elif datastore.kind == "local":
                 stored_xxh = file_xxh(datastore.url(sha))
                 store.put_file(key, datastore.url(sha))
                 how = "copied"

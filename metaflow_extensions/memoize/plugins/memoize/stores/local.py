@@ -178,12 +178,25 @@ class LocalStore(Store):
         except (FileNotFoundError, PermissionError):
             return False  # gone, or another user's file in a shared cache: best effort
 
-    def put_file(self, key: str, path: str) -> None:
+    def put_file(self, key: str, path: str, link: bool = False) -> bool:
+        """Store a copy of the file, or with ``link`` a hard link to it when that is
+        possible (same filesystem) and safe (see ``_try_link``): the cache and the
+        datastore then share one inode and the blob takes no more disk space.
+        True if it was linked."""
         dest = self._path(key)
         tmp = None
         try:
             directory = os.path.dirname(dest)
             os.makedirs(directory, exist_ok=True)
+            if link:
+                try:
+                    tmp = self._try_link(path, directory)
+                except _Missing as err:
+                    raise FileNotFoundError(str(err)) from None
+                if tmp is not None:
+                    os.replace(tmp, dest)
+                    tmp = None
+                    return True
             # copyfile creates the new name with the umask's mode; reopening a file
             # from mkstemp would truncate it, which ext4 (auto_da_alloc) answers with
             # a flush of the new data when it is closed
@@ -191,6 +204,7 @@ class LocalStore(Store):
             shutil.copyfile(path, tmp)
             os.replace(tmp, dest)
             tmp = None
+            return False
         except OSError as err:
             raise self._fault("write", key, err)
         finally:
