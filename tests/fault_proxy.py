@@ -54,6 +54,8 @@ class FaultProxy:
         self.latency = latency
         self.kinds = kinds
         self.stats: Counter = Counter()
+        #: optional (method, target, headers) -> headers, applied to every reply
+        self.rewrite_headers = None
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._server = None
@@ -140,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _send(self, status, headers, data, truncate=False) -> None:
+        if self.owner.rewrite_headers is not None:
+            headers = self.owner.rewrite_headers(self.command, self.path, headers)
         self.send_response_only(status)
         for name, value in headers:
             if name.lower() in _HOP_BY_HOP or name.lower() == "content-length":

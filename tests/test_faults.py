@@ -300,3 +300,44 @@ def test_the_lease_winner_looks_the_key_up_again(tmp_path, fault):
     assert status == "hit" and task.looked_up == 1
     assert task._lease is None and not cache.store.exists(cache.lock_key("F", "s", key))
     fault(observed="hit; lease released")
+
+
+def test_a_server_side_copy_is_verified_with_s3_checksums(s3_env, proxy, fault, monkeypatch):
+    fault(
+        area=AREA,
+        fault="a server-side copy whose destination checksum disagrees with the source's "
+        "(the proxy alters the x-amz-checksum-* header S3 reports for the copy)",
+        store="S3",
+        expected="the copy asks S3 for a checksum of the source's algorithm; a mismatch is "
+        "a cache fault and the bad copy is deleted; an agreeing copy passes",
+    )
+    monkeypatch.setenv("METAFLOW_S3_ENDPOINT_URL", proxy.url)
+    store_faults.reset_budgets()
+    s3_env.client.put_object(
+        Bucket=s3_env.bucket,
+        Key="metaflow/src",
+        Body=b"blob bytes" * 100,
+        ChecksumAlgorithm="CRC32",
+    )
+    source = "s3://%s/metaflow/src" % s3_env.bucket
+    store = S3Store(s3_env.url(PREFIX))
+    good = "v1/blobs/ab/" + "ab" * 20
+    assert store.copy_from_url(good, source)
+    assert store.get(good) == b"blob bytes" * 100
+
+    def corrupt(method, target, headers):
+        if method == "HEAD" and "/%s/v1/blobs/cd/" % PREFIX in target:
+            return [
+                (k, "AAAAAA==" if k.lower().startswith("x-amz-checksum-crc") else v)
+                for k, v in headers
+            ]
+        return headers
+
+    proxy.rewrite_headers = corrupt
+    bad = "v1/blobs/cd/" + "cd" * 20
+    with pytest.raises(StoreUnavailable, match="not .* as its source"):
+        store.copy_from_url(bad, source)
+    proxy.rewrite_headers = None
+    assert store.head(bad) is None
+    store_faults.reset_budgets()
+    fault(observed="agreeing copy kept; disagreeing copy raised a cache fault and was deleted")

@@ -151,6 +151,23 @@ def _server_time(response) -> float | None:
         return None
 
 
+#: checksums S3 keeps of an object, strongest first (S3 stores at most one)
+CHECKSUM_ALGORITHMS = ("SHA256", "CRC64NVME", "SHA1", "CRC32C", "CRC32")
+
+
+def _checksum(client, bucket: str, key: str) -> tuple[str, str] | None:
+    """(algorithm, value) of the full-object checksum S3 keeps of an object, or None
+    (none recorded, a composite one of a multipart upload, or not supported)."""
+    response = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    for algorithm in CHECKSUM_ALGORITHMS:
+        value = response.get("Checksum" + algorithm)
+        if value:
+            if "-" in value or response.get("ChecksumType") == "COMPOSITE":
+                return None
+            return algorithm, value
+    return None
+
+
 def _endpoint_url() -> str | None:
     url = os.environ.get("METAFLOW_S3_ENDPOINT_URL")
     if not url:
@@ -496,18 +513,44 @@ class S3Store(Store):
             return False
         with self._errors("copy from %s to" % source_url, key):
             try:
-                self.client.copy(
-                    {"Bucket": src_bucket, "Key": src_key},
-                    self.bucket,
-                    full,
-                    Config=_transfer(),
-                )
+                self._verified_copy(src_bucket, src_key, self.bucket, full)
             except Exception as err:
                 if _is_not_found(err):
                     self._check_bucket()
                     return False
                 raise
         return True
+
+    def _verified_copy(self, src_bucket, src_key, dest_bucket, dest_key, extra=None) -> None:
+        """A server-side copy that S3 checksums: when the source has a full-object
+        checksum, the copy is asked for one of the same algorithm and the two must
+        agree; otherwise (no checksum, or an endpoint without checksums) only the
+        copy's success vouches for it. A copy that disagrees is deleted."""
+        extra = dict(extra or {})
+        try:
+            source = _checksum(self.client, src_bucket, src_key)
+        except Exception as err:
+            if _is_not_found(err):
+                raise
+            source = None  # the endpoint does not do checksums: copy as before
+        if source is not None:
+            extra["ChecksumAlgorithm"] = source[0]
+        self.client.copy(
+            {"Bucket": src_bucket, "Key": src_key},
+            dest_bucket,
+            dest_key,
+            ExtraArgs=extra or None,
+            Config=_transfer(),
+        )
+        if source is None:
+            return
+        copied = _checksum(self.client, dest_bucket, dest_key)
+        if copied is not None and copied != source:
+            self.client.delete_object(Bucket=dest_bucket, Key=dest_key)
+            raise StoreUnavailable(
+                "S3 cache %s: the copy of s3://%s/%s has %s %s, not %s as its source: deleted"
+                % (self.url, src_bucket, src_key, copied[0], copied[1], source[1])
+            )
 
     def copy_to_url(self, key: str, dest_url: str, metadata: dict | None = None) -> bool:
         """Server-side copy of one of our objects to another S3 location.
@@ -526,13 +569,7 @@ class S3Store(Store):
             }
         with self._errors("copy to %s from" % dest_url, key):
             try:
-                self.client.copy(
-                    {"Bucket": self.bucket, "Key": self._full(key)},
-                    dest_bucket,
-                    dest_key,
-                    ExtraArgs=extra or None,
-                    Config=_transfer(),
-                )
+                self._verified_copy(self.bucket, self._full(key), dest_bucket, dest_key, extra)
             except Exception as err:
                 if _is_not_found(err):
                     return False
