@@ -8,7 +8,7 @@ the cause. With the S3 datastore too, the datastore's own requests go through
 the proxy unfaulted (only the cache prefix is faulted).
 
 ``make test`` runs MEMOIZE_FAULT_RUNS (default 2) runs per rate with a local
-datastore and half as many with the S3 datastore; the figures in
+datastore and half as many (at least 2) with the S3 datastore; the figures in
 docs/reliability.md come from ``MEMOIZE_FAULT_RUNS=10``.
 """
 
@@ -123,7 +123,8 @@ def _warnings_per_task(output: str) -> int:
     [("local", 0.05), ("local", 0.2), ("local", 1.0), ("s3", 0.05), ("s3", 0.2), ("s3", 1.0)],
 )
 def test_flaky_s3_never_fails_a_run(runner, s3_env, proxy, fault, datastore, rate):
-    runs = RUNS if datastore == "local" else max(1, RUNS // 2)
+    # at least two runs: one that hits the clean run's entries, one that misses
+    runs = RUNS if datastore == "local" else max(2, RUNS // 2)
     fault(
         area=AREA,
         fault="%d%% of the cache's S3 requests faulted (500, 503 SlowDown, reset after the "
@@ -162,7 +163,8 @@ def test_flaky_s3_never_fails_a_run(runner, s3_env, proxy, fault, datastore, rat
     )
     assert failed == 0 and wrong == 0
     assert worst <= 1
-    assert stats.get("faulted", 0) > 0
+    if rate >= 0.2:  # at 5% a short pass (a few dozen requests) may draw no fault at all
+        assert stats.get("faulted", 0) > 0
 
 
 def test_flaky_s3_in_strict_mode_fails_cleanly_naming_the_cause(runner, s3_env, proxy, fault):
