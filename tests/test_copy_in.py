@@ -76,6 +76,10 @@ def test_a_corrupt_cache_blob_is_a_miss_and_never_linked(stored, tmp_path):
     sha, in_cache, _ = _payload_blob(a, cache, first.run_id)
     data = bytearray(in_cache.read_bytes())
     data[len(data) // 2] ^= 0x55  # same size: only a hash can tell
+    # a new file in its place: the stored blob is a hard link to A's datastore file
+    # (a miss links its blobs into a cache on the same filesystem), which a write
+    # into the file would corrupt too
+    in_cache.unlink()
     in_cache.write_bytes(bytes(data))
     b = _runner(tmp_path / "b", cache)
     result = b.run(TINY_FILE, "--size", SIZE)

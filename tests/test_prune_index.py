@@ -115,16 +115,16 @@ def test_publishing_on_s3_writes_one_index_object_and_a_local_store_none(s3_cach
 
 # -- pruning with the index ----------------------------------------------------
 def test_a_prune_of_published_entries_reads_no_manifest(s3_cache):
-    now = time.time()
     shared = b"shared by all"
     for i in range(12):
-        expires = now - 60 if i % 3 == 0 else None  # 4 expired
+        expires = T0 - 1 if i % 3 == 0 else None  # 4 expired (a ttl that has run out)
         publish(s3_cache, "F", "s", "e%d" % i, {"own": b"own %d" % i, "s": shared}, T0, expires)
     publish(s3_cache, "G", "s", "other", {"s": shared})
     s3_cache.store.gets = 0
     target = mt.Target(s3_cache, "F")
     plan = mt.plan_prune(target, mt.PruneCriteria(expired=True), time.time() + 10, grace=0)
-    assert s3_cache.store.gets == 0
+    # no manifest read to scan; only the 4 removed entries' manifests, to confirm them
+    assert s3_cache.store.gets == 4
     assert sorted(e.key for e, _ in plan.entries) == sorted(key_of("e%d" % i) for i in (0, 3, 6, 9))
     assert {reason for _, reason in plan.entries} == {"expired"}
     assert {e.size for e, _ in plan.entries} == {len(b"own 0") + len(shared)}
@@ -143,7 +143,7 @@ def test_lru_under_max_size_works_from_the_index(s3_cache):
     target = mt.Target(s3_cache, "F")
     manifests = sum(i.size for i in s3_cache.store.list(Cache.entry_prefix()))
     plan = mt.plan_prune(target, mt.PruneCriteria(max_size=manifests + 2000), time.time() + 10, 0)
-    assert s3_cache.store.gets == 0
+    assert s3_cache.store.gets == 1  # the removed entry's manifest, to confirm it
     assert [e.key for e, _ in plan.entries] == [key_of("mid")]
 
 
@@ -237,6 +237,7 @@ def test_pruning_many_published_entries_on_s3_lists_instead_of_reading(s3_cache)
     """MEMOIZE_PRUNE_N=10000 to measure; the timed figure is benchmarks' target 6."""
     n = int(os.environ.get("MEMOIZE_PRUNE_N", "300"))
     shared = b"shared-blob" * 10
+    s3_cache.signing_key = "prune-test-key"
 
     def one(flow, i):
         own = b"own %s %d" % (flow.encode(), i)
@@ -247,6 +248,8 @@ def test_pruning_many_published_entries_on_s3_lists_instead_of_reading(s3_cache)
     for i in range(3):
         one("Other", i)  # references `shared` too
     s3_cache.store.gets = 0
+    # with a signing key the (signed) index is believed as it is; without one, prune
+    # reads each removed entry's manifest to confirm its index object (see confirm)
     target = mt.Target(s3_cache, "Big")
     started = time.perf_counter()
     plan = mt.plan_prune(target, EVERYTHING, time.time() + 10, grace=0)
@@ -254,6 +257,29 @@ def test_pruning_many_published_entries_on_s3_lists_instead_of_reading(s3_cache)
     print("\npruned %d entries on S3 (moto) in %.1fs" % (n, time.perf_counter() - started))
     assert s3_cache.store.gets == 0
     assert (out.entries, out.markers, out.blobs) == (n, n, n)  # `shared` stays: Other uses it
-    # Other's 3 entries (manifest, marker, index, own blob) and `shared`
-    assert len(names(s3_cache.store, "v1/")) == 3 * 4 + 1
+    # Other's 3 entries (manifest, marker, index, own blob), `shared` and the root marker
+    assert len(names(s3_cache.store, "v1/")) == 3 * 4 + 1 + 1
+    assert "v1/memoize-root.json" in names(s3_cache.store, "v1/")
     assert_consistent(s3_cache.store)
+
+
+# -- forged index objects --------------------------------------------------------
+@pytest.mark.parametrize("prune_key", [None, "team-key"], ids=["prune-without-key", "with-key"])
+def test_a_forged_index_object_cannot_get_a_signed_entry_pruned(s3_env, prune_key):
+    """An index object naming the manifest's real MD5 but `expires` in 1970 and no blobs:
+    prune --expired keeps the (valid, signed) entry and its blobs."""
+    import dataclasses
+
+    from test_maintenance import manifest as make_manifest
+
+    writer = Cache(S3Store(s3_env.url("c")), signing_key="team-key")
+    m = publish(writer, "F", "s", "victim", {"x": b"precious"})
+    (listed,) = list(writer.store.list(Cache.entry_prefix("F")))
+    forged = dataclasses.replace(make_manifest("F", "s", m.key, {}), created=1000.0, expires=1001.0)
+    writer.store.put(Cache.index_key(forged, listed.md5), b"")  # unsigned, plausible
+    target = mt.Target(Cache(S3Store(s3_env.url("c")), signing_key=prune_key), "F")
+    plan = mt.plan_prune(target, mt.PruneCriteria(expired=True), time.time() + 10, grace=0)
+    mt.execute(target, plan)
+    assert [e.key for e, _ in plan.entries] == []
+    assert writer.lookup("F", "s", m.key).status == "found"
+    assert writer.store.exists(Cache.blob_key(sha_of(b"precious")))

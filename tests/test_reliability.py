@@ -698,7 +698,7 @@ def test_prune_reclaims_temp_files_of_killed_writers(tmp_path, fault):
     cli = Path(sys.executable).parent / "metaflow-memoize"
     if not cli.exists():
         pytest.skip("the metaflow-memoize command is not installed")
-    orphan = tmp_path / "cache" / "v1" / "blobs" / "ab" / ".tmp-abc123"
+    orphan = tmp_path / "cache" / "v1" / "blobs" / "ab" / ".tmp-abc123def4567890"
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"half a blob")
     old = time.time() - 40 * 86400

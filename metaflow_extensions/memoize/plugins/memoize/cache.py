@@ -26,7 +26,9 @@ manifest is read, as it would be without an index.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,11 +38,44 @@ from .manifest import Manifest
 from .stores import ObjectInfo, Store, check_key
 
 LAYOUT = "v1"
+#: written by memoize when it first writes into a root: maintenance commands only
+#: act on a root that has it (or whose every object under v1/ is memoize's own)
+MARKER = LAYOUT + "/memoize-root.json"
+
+# The exact names memoize writes. Maintenance deletes nothing else: a name that
+# merely sits under v1/ is someone else's.
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"  # a flow or step name (a Python identifier)
+_KEY = r"[0-9a-f]{32}"  # keys.key_of: xxh3-128 hex
+_SHA = r"[0-9a-f]{40}"  # Metaflow's content hash: sha1 hex
+_MANIFEST_RE = re.compile(r"^%s/entries/(%s)/(%s)/(%s)\.json$" % (LAYOUT, _NAME, _NAME, _KEY))
+_USED_RE = re.compile(r"^%s/used/(%s)/(%s)/(%s)$" % (LAYOUT, _NAME, _NAME, _KEY))
+_LOCK_RE = re.compile(r"^%s/locks/(%s)/(%s)/(%s)$" % (LAYOUT, _NAME, _NAME, _KEY))
+_BLOB_RE = re.compile(r"^%s/blobs/([0-9a-f]{2})/(%s)$" % (LAYOUT, _SHA))
+# audit.py: entries set aside, and one record per audited hit
+_SUSPECT_RE = re.compile(r"^%s/suspect/(%s)/(%s)/(%s)\.json$" % (LAYOUT, _NAME, _NAME, _KEY))
+_AUDIT_RE = re.compile(r"^%s/audits/(%s)/(%s)/(%s)_[a-z]+_[0-9]+$" % (LAYOUT, _NAME, _NAME, _KEY))
+_INDEX_RE = re.compile(
+    r"^%s/index/(%s)/(%s)/(%s)/([0-9a-f]{32})_([0-9]+)_([0-9]+|never)_((?:[0-9a-f]{%d})"
+    r"(?:\.[0-9a-f]{%d})*|-)(?:_([0-9a-f]{32}))?$" % (LAYOUT, _NAME, _NAME, _KEY, 16, 16)
+)
+# partial files of killed writers (stores/local.py: ".tmp-" and 16 hex digits, or
+# mkstemp's ".tmp-" and 8 letters, digits or underscores), only in memoize's folders
+_TEMP_RE = re.compile(
+    r"^%s/(?:entries|used|locks|index|blobs)(?:/[A-Za-z0-9_=.-]+)*/\.tmp-[A-Za-z0-9_]{8,16}$"
+    % LAYOUT
+)
 #: blobs are named in the index by the first REF_CHARS hex digits of their sha:
 #: 64 bits tell blobs apart (a collision only keeps a blob), and ~40 fit in a name
 REF_CHARS = 16
 #: the longest index name written; S3 allows 1,024 bytes including the root prefix
 MAX_INDEX_NAME = 700
+
+
+_marked: set[str] = set()  # roots whose marker this process has seen or written
+
+
+def _index_hmac(secret: str, name: str) -> str:
+    return hmac.new(secret.encode("utf-8"), name.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
 def blob_ref(sha: str) -> str:
@@ -59,6 +94,14 @@ class IndexRecord:
     created: float
     expires: float | None
     refs: frozenset[str]  # blob_ref of every blob the manifest names
+    # HMAC of the rest of the name (with a signing key): see Cache.index_key
+    signature: str | None = None
+    signed: str = ""  # the part of the name the signature covers
+
+    def signature_valid(self, secret: str) -> bool:
+        return bool(self.signature) and hmac.compare_digest(
+            self.signature, _index_hmac(secret, self.signed)
+        )
 
 
 @dataclass
@@ -123,12 +166,8 @@ class Cache:
     @staticmethod
     def parse_manifest_key(object_key: str) -> tuple[str, str, str] | None:
         """(flow, step, key) for an entry object name, None for anything else."""
-        parts = object_key.split("/")
-        if len(parts) != 5 or parts[0] != LAYOUT or parts[1] != "entries":
-            return None
-        if not parts[4].endswith(".json"):
-            return None
-        return parts[2], parts[3], parts[4][: -len(".json")]
+        match = _MANIFEST_RE.match(object_key)
+        return match.groups() if match else None
 
     @staticmethod
     def index_prefix(flow: str | None = None, step: str | None = None, key: str | None = None):
@@ -136,8 +175,12 @@ class Cache:
         return check_key("/".join(parts)) + "/"
 
     @staticmethod
-    def index_key(manifest: Manifest, md5: str) -> str | None:
-        """The index object name for a manifest whose bytes have ``md5``; None if too long."""
+    def index_key(manifest: Manifest, md5: str, signing_key: str | None = None) -> str | None:
+        """The index object name for a manifest whose bytes have ``md5``; None if too long.
+
+        With a signing key the name ends in an HMAC of the rest: a reader with the key
+        believes only signed index objects (a forged one could claim an entry expired,
+        or that it references no blob)."""
         refs = ".".join(sorted({blob_ref(sha) for sha in manifest.blob_shas})) or "-"
         expires = "never" if manifest.expires is None else "%d" % round(manifest.expires * 1000)
         name = "%s/%s_%d_%s_%s" % (
@@ -147,49 +190,50 @@ class Cache:
             expires,
             refs,
         )
+        if signing_key:
+            name += "_" + _index_hmac(signing_key, name)
         return check_key(name) if len(name) <= MAX_INDEX_NAME else None
 
     @staticmethod
     def parse_index_key(object_key: str) -> IndexRecord | None:
         """The record an index object name holds; None for anything else."""
-        parts = object_key.split("/")
-        if len(parts) != 6 or parts[0] != LAYOUT or parts[1] != "index":
+        match = _INDEX_RE.match(object_key)
+        if match is None:
             return None
-        fields = parts[5].split("_")
-        if len(fields) != 4 or len(fields[0]) != 32:
-            return None
-        md5, created, expires, refs = fields
-        try:
-            return IndexRecord(
-                parts[2],
-                parts[3],
-                parts[4],
-                md5,
-                int(created) / 1000.0,
-                None if expires == "never" else int(expires) / 1000.0,
-                frozenset(r for r in refs.split(".") if r and r != "-"),
-            )
-        except ValueError:
-            return None
+        flow, step, key, md5, created, expires, refs, signature = match.groups()
+        return IndexRecord(
+            flow,
+            step,
+            key,
+            md5,
+            int(created) / 1000.0,
+            None if expires == "never" else int(expires) / 1000.0,
+            frozenset(r for r in refs.split(".") if r and r != "-"),
+            signature,
+            object_key[: -len(signature) - 1] if signature else object_key,
+        )
 
     # -- reading -------------------------------------------------------------
     def lookup(self, flow: str, step: str, key: str) -> Lookup:
         """Find the entry for a key. Raises CorruptEntry / StoreUnavailable on faults."""
-        data = self.store.get(self.manifest_key(flow, step, key))
-        if data is None:
+        dated = self.store.get_dated(self.manifest_key(flow, step, key))
+        if dated is None:
             # only on the miss path: a hit pays nothing for audits
             if self.store.head(self.suspect_key(flow, step, key)) is not None:
                 return Lookup(
                     "suspect", detail="the entry was set aside: an audit did not reproduce it"
                 )
             return Lookup("absent", detail="no entry")
+        data, written, store_now = dated
         manifest = Manifest.loads(data, expected_key=key)
         if manifest.flow != flow or manifest.step != step:
             raise CorruptEntry("manifest belongs to %s/%s" % (manifest.flow, manifest.step), key)
         if self.signing_key and not manifest.signature_valid(self.signing_key):
             why = "is unsigned" if not manifest.signature else "has a bad signature"
             return Lookup("unsigned", manifest, "entry %s" % why)
-        if manifest.is_expired(self.clock()):
+        # on the store's clock: the writer's (in `created`/`expires`) may be skewed
+        age = (store_now if store_now is not None else self.clock()) - written
+        if manifest.expired_at_age(age):
             return Lookup("expired", manifest, "expired")
         return Lookup("found", manifest)
 
@@ -253,6 +297,7 @@ class Cache:
     def publish(self, manifest: Manifest, overwrite: bool = False) -> bool:
         """Write the manifest (blobs must already be stored). False if another writer won."""
         manifest.sign(self.signing_key)
+        self.ensure_marker()
         name = self.manifest_key(manifest.flow, manifest.step, manifest.key)
         data = manifest.dumps()
         if overwrite:
@@ -260,15 +305,35 @@ class Cache:
             published = True
         else:
             published = self.store.put_if_absent(name, data)
+            if not published and self.store.get(name) == data:
+                # our own write, whose reply was lost: the retry found it
+                published = True
         if published:
             self._write_index(manifest, data)
             self.record_use(manifest.flow, manifest.step, manifest.key)
         return published
 
+    def ensure_marker(self, recheck: bool = False) -> None:
+        """Mark the root as a memoize cache (checked once per process and root, unless
+        ``recheck``)."""
+        if self.store.url in _marked and not recheck:
+            return
+        if self.store.head(MARKER) is None:
+            from .version import __version__
+
+            doc = {"memoize": "cache root", "layout": LAYOUT, "version": __version__}
+            self.store.put_if_absent(MARKER, json.dumps(doc, sort_keys=True).encode())
+        _marked.add(self.store.url)
+
+    def has_marker(self) -> bool:
+        return self.store.head(MARKER) is not None
+
     def _write_index(self, manifest: Manifest, data: bytes) -> None:
         if not self.store.lists_md5:
             return
-        name = self.index_key(manifest, hashlib.md5(data, usedforsecurity=False).hexdigest())
+        name = self.index_key(
+            manifest, hashlib.md5(data, usedforsecurity=False).hexdigest(), self.signing_key
+        )
         if name is None:
             return
         try:
@@ -326,17 +391,44 @@ class Cache:
     @staticmethod
     def parse_used_key(object_key: str) -> tuple[str, str, str] | None:
         """(flow, step, key) for a last-use marker name, None for anything else."""
-        parts = object_key.split("/")
-        if len(parts) != 5 or parts[0] != LAYOUT or parts[1] != "used":
-            return None
-        return parts[2], parts[3], parts[4]
+        match = _USED_RE.match(object_key)
+        return match.groups() if match else None
+
+    @staticmethod
+    def parse_lock_key(object_key: str) -> tuple[str, str, str] | None:
+        """(flow, step, key) for a lease name, None for anything else."""
+        match = _LOCK_RE.match(object_key)
+        return match.groups() if match else None
+
+    @staticmethod
+    def is_temporary(object_key: str) -> bool:
+        """Whether a name is a partial file a killed memoize writer left."""
+        return _TEMP_RE.match(object_key) is not None
+
+    @staticmethod
+    def is_own(object_key: str) -> bool:
+        """Whether a name is one memoize writes (and maintenance may delete)."""
+        return (
+            object_key == MARKER
+            or any(
+                parse(object_key) is not None
+                for parse in (
+                    Cache.parse_manifest_key,
+                    Cache.parse_used_key,
+                    Cache.parse_lock_key,
+                    Cache.parse_blob_key,
+                    Cache.parse_index_key,
+                )
+            )
+            or Cache.is_temporary(object_key)
+            or _SUSPECT_RE.match(object_key) is not None
+            or _AUDIT_RE.match(object_key) is not None
+        )
 
     @staticmethod
     def parse_blob_key(object_key: str) -> str | None:
         """The sha of a blob object name, None for anything else."""
-        parts = object_key.split("/")
-        if len(parts) != 4 or parts[0] != LAYOUT or parts[1] != "blobs":
+        match = _BLOB_RE.match(object_key)
+        if match is None or not match.group(2).startswith(match.group(1)):
             return None
-        if not parts[3].startswith(parts[2]) or len(parts[3]) < 3:
-            return None
-        return parts[3]
+        return match.group(2)

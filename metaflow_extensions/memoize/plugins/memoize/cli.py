@@ -184,16 +184,25 @@ def show(scope, targets, key, as_json):
 @json_option
 def stats(scope, targets, step, as_json):
     now = time.time()
-    chosen = targets()
-    per_root = [(t.root, *mt.summarize(mt.scan(t, step), now)) for t in chosen]
-    audits = [report.audit_rows(t.cache.audit_counts(t.flow), step) for t in chosen]
+    resolved = targets()
+    per_root = [(t.root, *mt.summarize(mt.scan(t, step), now)) for t in resolved]
+    uploads = [mt.incomplete_uploads(t) for t in resolved]
+    audits = [report.audit_rows(t.cache.audit_counts(t.flow), step) for t in resolved]
     if as_json:
         doc = report.stats_json(scope.flow, step, per_root)
+        doc["incomplete_uploads"] = sum(uploads)
+        for root_doc, count in zip(doc["roots"], uploads):
+            root_doc["incomplete_uploads"] = count
         doc["audits"] = [row for rows in audits for row in rows]  # audit.py
         _echo(report.to_json(doc))
         return
-    for (root, total, per_step), rows in zip(per_root, audits):
+    for (root, total, per_step), count, rows in zip(per_root, uploads, audits):
         _echo(report.stats_text(root, total, per_step, scope.show_flow))
+        if count:
+            _echo(
+                "  %d incomplete multipart upload(s) of killed writers (`prune` aborts those "
+                "older than --grace)" % count
+            )
         if rows:
             _echo(report.audits_text(rows))
 

@@ -31,6 +31,7 @@ from .settings import parse_arguments
 from .singleflight import Lease
 from .stores import open_store
 from .stores import s3 as s3_store
+from .stores.faults import share_budget
 from .transfer import export_blobs, import_blobs
 from .verified import verified_lookup
 from .version import __version__
@@ -258,7 +259,10 @@ class MemoizeDecorator(StepDecorator):
             if metaflow_client is not None:
                 # an S3 datastore: our S3 client can skip parsing the service models again
                 s3_store.reuse_loaded_models(metaflow_client)
-            self._cache = Cache(open_store(self.cache_root()), signing_key=config.signing_key())
+            store = open_store(self.cache_root())
+            # a root that keeps failing is switched off for the rest of the run
+            share_budget(store.url, "%s/%s" % (flow.name, run_id))
+            self._cache = Cache(store, signing_key=config.signing_key())
             try:
                 self._components = task_components(
                     flow, graph, step_name, inputs, self.args, self._env_component
@@ -326,13 +330,22 @@ class MemoizeDecorator(StepDecorator):
 
     def _single_flight(self, flow_name, step_name, key, meta) -> str:
         lease = Lease(self._cache, flow_name, step_name, key, config.lock_lease_seconds())
+
+        def usable():
+            found = verified_lookup(self._cache, flow_name, step_name, key, self._dep_ctx)
+            return found.status == "found"
+
         if lease.try_acquire():
             self._lease = lease
-            return "miss"
+            if not usable():
+                return "miss"
+            # published between our lookup and our lease: use it
+            lease.release()
+            self._lease = None
+            meta.pop("memoize_reason", None)
+            return self._look_up(flow_name, step_name, key, meta)
         log("%s key=%s: another task is computing it; waiting (lock=True)" % (step_name, key[:12]))
-        outcome = lease.wait(
-            lambda: self._cache.lookup(flow_name, step_name, key).status == "found"
-        )
+        outcome = lease.wait(usable)
         if outcome == "acquired":
             self._lease = lease
             log("%s key=%s: the other task's lease expired; computing" % (step_name, key[:12]))
@@ -353,6 +366,12 @@ class MemoizeDecorator(StepDecorator):
             meta["memoize_entry"] = decision.store_key  # for `memoize explain`
         if decision.status == "found":
             manifest = decision.manifest
+            misfit = mf.entry_misfit(self._task["graph"], step_name, manifest)
+            if misfit:
+                self._quarantine(flow_name, step_name, manifest.key)
+                raise CorruptEntry(
+                    "entry %s is unusable: %s" % (manifest.key[:12], misfit), manifest.key
+                )
             changed = self._passthrough_changed(manifest)
             if changed:
                 reason = (
@@ -371,7 +390,10 @@ class MemoizeDecorator(StepDecorator):
                 return "miss"
             try:
                 moved = import_blobs(
-                    mf.DatastoreBlobs(self._task["output"]), self._cache, manifest.artifacts
+                    mf.DatastoreBlobs(self._task["output"]),
+                    self._cache,
+                    manifest.artifacts,
+                    may_delete=self._mode != "read",
                 )
             except CorruptEntry as err:
                 self._quarantine(flow_name, step_name, manifest.key)
@@ -392,7 +414,8 @@ class MemoizeDecorator(StepDecorator):
                 % (step_name, key[:12], manifest.origin, saved, moved.describe())
             )
             try:
-                self._cache.record_use(flow_name, step_name, manifest.key)
+                if self._mode != "read":  # read mode writes nothing
+                    self._cache.record_use(flow_name, step_name, manifest.key)
             except CacheFault:
                 pass  # recency is best effort: never worth a miss
             return "hit"
@@ -443,6 +466,8 @@ class MemoizeDecorator(StepDecorator):
         return sorted(n for n, sha in manifest.passthrough.items() if current.get(n) != sha)
 
     def _quarantine(self, flow_name, step_name, key):
+        if self._mode == "read":  # read mode deletes nothing
+            return
         try:
             self._cache.remove_entry(flow_name, step_name, key)
         except CacheFault:

@@ -25,11 +25,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .cache import LAYOUT, Cache, IndexRecord, blob_ref
+from .cache import LAYOUT, MARKER, Cache, IndexRecord, blob_ref
 from .durations import format_duration
 from .exceptions import CorruptEntry, MemoizeCliError
 from .manifest import Manifest
-from .stores import ObjectInfo, check_key, open_store
+from .stores import ObjectInfo, UploadInfo, check_key, open_store
 
 #: a blob younger than this is never collected: a writer may be about to
 #: publish a manifest that references it
@@ -82,7 +82,11 @@ class EntryInfo:
         return self.last_used if self.last_used is not None else self.created
 
     def expired(self, now: float) -> bool:
-        return self.readable and self.expires is not None and now >= self.expires
+        """Judged by the manifest object's age on the store's clock (its listed
+        modification time) and the entry's ttl, never by the writer's clock."""
+        if not self.readable or self.expires is None:
+            return False
+        return max(0.0, now - self.object.modified) >= self.expires - self.created
 
     def blob_sizes(self) -> dict[str, int]:
         """Stored size of each distinct blob (by blob_ref): as the manifest records
@@ -135,7 +139,46 @@ def open_target(root: str, flow: str | None = None) -> Target:
         store = open_store(root)
     except ValueError as err:
         raise MemoizeCliError(str(err))
-    return Target(Cache(store), flow)
+    from . import config
+
+    # with a signing key, only signed index objects are believed (see cache.py)
+    return Target(Cache(store, signing_key=config.signing_key()), flow)
+
+
+def check_root(target: Target) -> bool:
+    """Whether ``target`` is a memoize cache that maintenance may delete from.
+
+    True for a root with memoize's marker, and for an older root without one
+    whose every object under v1/ has a name memoize writes (it is adopted: the
+    marker is written before anything is deleted). False for a root with nothing
+    under v1/ (nothing to do). Raises MemoizeCliError for anything else: a
+    folder or prefix that holds objects memoize did not write is not a cache.
+    """
+    cache = target.cache
+    if cache.has_marker():
+        return True
+    found = False
+    for info in cache.store.list(LAYOUT + "/"):
+        found = True
+        if not Cache.is_own(info.key):
+            raise MemoizeCliError(
+                "refusing to delete anything in %s: it has no memoize marker (%s) and "
+                "%s under %s/ is not an object memoize writes, so this is probably not a "
+                "memoize cache root. Point --root (or METAFLOW_MEMOIZE_ROOT, or "
+                "@memoize(store=...)) at the directory or s3://bucket/prefix that holds "
+                "memoize's %s/ folder; every run that stores an entry marks its root."
+                % (target.root, MARKER, info.key, LAYOUT, LAYOUT)
+            )
+    if not found:
+        # only partial files or uploads of killed writers (listings leave them out)
+        found = any(
+            Cache.is_temporary(t.key)
+            for t in cache.store.stale_temporaries(float("inf"), LAYOUT + "/")
+        ) or any(
+            Cache.parse_blob_key(u.key) is not None
+            for u in cache.store.incomplete_uploads(LAYOUT + "/")
+        )
+    return found
 
 
 def flow_roots(flow, default_root: str) -> list[str]:
@@ -236,13 +279,18 @@ def index_or_read(
         parsed = Cache.parse_manifest_key(info.key)
         if parsed is None:
             continue
-        match = next(
-            ((r, o) for r, o in index.get(parsed, ()) if info.md5 and r.md5 == info.md5), None
-        )
-        if match is None:
+        matches = [
+            (r, o)
+            for r, o in index.get(parsed, ())
+            if info.md5
+            and r.md5 == info.md5
+            and (not cache.signing_key or r.signature_valid(cache.signing_key))
+        ]
+        # two index objects that describe the same manifest differently: one is forged
+        if len({(r.created, r.expires, r.refs) for r, _ in matches}) != 1:
             to_read.append(info)
             continue
-        record, obj = match
+        record, obj = matches[0]
         used.add(obj.key)
         known.append(EntryInfo(*parsed, info, refs=record.refs, index=record))
     stale = [o for objs in index.values() for _, o in objs if o.key not in used]
@@ -446,6 +494,8 @@ class Plan:
     temporaries: list[ObjectInfo] = field(default_factory=list)
     # lock=True leases left by holders that died, expired and older than the grace period
     locks: list[ObjectInfo] = field(default_factory=list)
+    # multipart uploads of blobs that killed writers never completed, older than the grace
+    uploads: list[UploadInfo] = field(default_factory=list)
     # every manifest the scan read: one not in here at deletion time is new
     seen: dict[str, ObjectInfo] = field(default_factory=dict)
 
@@ -461,7 +511,14 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not (self.entries or self.markers or self.blobs or self.temporaries or self.locks)
+        return not (
+            self.entries
+            or self.markers
+            or self.blobs
+            or self.temporaries
+            or self.locks
+            or self.uploads
+        )
 
 
 def plan_removal(
@@ -498,16 +555,68 @@ def plan_prune(
     target: Target, criteria: PruneCriteria, now: float, grace: float, step: str | None = None
 ) -> Plan:
     """Entries the criteria select in scope, then every blob left unreferenced under the root."""
+    if not check_root(target):
+        return Plan(target.root)
     inventory = scan(target, step, full=True)
-    plan = plan_removal(inventory, select_for_prune(inventory.entries, now, criteria), now, grace)
+    chosen = confirm(target.cache, select_for_prune(inventory.entries, now, criteria), now)
+    plan = plan_removal(inventory, chosen, now, grace)
     if grace is not None:
         plan.temporaries = [
             t
             for t in target.cache.store.stale_temporaries(now - grace)
-            if t.key.startswith(LAYOUT + "/") and t.key.rsplit("/", 1)[-1].startswith(".tmp-")
+            if Cache.is_temporary(t.key)
         ]
         plan.locks = stale_locks(target.cache, now, grace)
+        plan.uploads = stale_uploads(target.cache, now, grace)
     return plan
+
+
+def confirm(
+    cache: Cache, chosen: list[tuple[EntryInfo, str]], now: float
+) -> list[tuple[EntryInfo, str]]:
+    """Without a signing key, entries selected from their index object alone are read
+    before they go: an entry whose manifest disagrees with its index object (not
+    expired, another creation time or other blobs) stays. A forged index object can
+    then not get a valid entry deleted (one GET per removal, none per kept entry).
+    With a key, index objects are signed and only those are believed: no reads."""
+    if cache.signing_key:
+        return chosen  # only signed index objects were believed (index_or_read)
+    from_index = [e.object for e, _ in chosen if e.manifest is None]
+    if not from_index:
+        return chosen
+    read = {e.object.key: e for e in read_entries(cache, from_index)}
+    kept = []
+    for entry, reason in chosen:
+        if entry.manifest is None:
+            actual = read.get(entry.object.key)
+            if actual is None:
+                continue  # gone since the scan
+            if actual.manifest is not None and (
+                (reason == "expired" and not actual.expired(now))
+                or abs(actual.created - entry.created) > 0.002  # the name keeps ms
+                or actual.refs != entry.refs
+            ):
+                continue  # the index object does not describe this manifest
+        kept.append((entry, reason))
+    return kept
+
+
+def stale_uploads(cache: Cache, now: float, grace: float) -> list[UploadInfo]:
+    """Incomplete multipart uploads of blobs started more than ``grace`` ago
+    (a future start time counts as now)."""
+    return [
+        u
+        for u in cache.store.incomplete_uploads(LAYOUT + "/")
+        if Cache.parse_blob_key(u.key) is not None and now - u.initiated >= grace
+    ]
+
+
+def incomplete_uploads(target: Target) -> int:
+    """How many multipart uploads of blobs are incomplete under the root (for stats)."""
+    return sum(
+        Cache.parse_blob_key(u.key) is not None
+        for u in target.cache.store.incomplete_uploads(LAYOUT + "/")
+    )
 
 
 def lease_expired(data: bytes | None, now: float) -> bool:
@@ -522,7 +631,11 @@ def stale_locks(cache: Cache, now: float, grace: float) -> list[ObjectInfo]:
     """Leases of ``lock=True`` holders that died without releasing: not rewritten for
     the grace period and expired. A live holder rewrites its lease every third of
     its duration, so only the few old ones are read."""
-    old = [i for i in cache.store.list(Cache.lock_prefix()) if now - i.modified >= grace]
+    old = [
+        i
+        for i in cache.store.list(Cache.lock_prefix())
+        if Cache.parse_lock_key(i.key) is not None and now - i.modified >= grace
+    ]
     return [i for i in old if lease_expired(cache.store.get(i.key), now)]
 
 
@@ -531,6 +644,8 @@ def plan_invalidate(target: Target, step: str | None = None, key: str | None = N
 
     Blobs stay: ``prune`` collects them once unreferenced (a full-root scan).
     """
+    if not check_root(target):
+        return Plan(target.root)
     if key is None:
         inventory = scan(target, step)
         return plan_removal(inventory, [(e, "invalidated") for e in inventory.entries], 0, None)
@@ -585,13 +700,25 @@ def summarize(inventory: Inventory, now: float) -> tuple[StepStats, list[StepSta
 
 
 # -- execution -----------------------------------------------------------------
+_OWN_NAMES = {
+    "entries": Cache.parse_manifest_key,
+    "used": Cache.parse_used_key,
+    "index": Cache.parse_index_key,
+    "blobs": Cache.parse_blob_key,
+    "locks": Cache.parse_lock_key,
+    "temporaries": lambda key: key if Cache.is_temporary(key) else None,
+}
+
+
 def _deletable(keys: list[str], area: str) -> list[str]:
-    """The keys, if each is a safe name under ``v1/<area>/``; else refuse them all."""
-    prefix = "%s/%s/" % (LAYOUT, area)
+    """The keys, if each is exactly a name memoize writes in ``area``; else refuse them all."""
+    parse = _OWN_NAMES[area]
     for key in keys:
-        if not key.startswith(prefix):
-            raise MemoizeCliError("refusing to delete %r: it is not under %s" % (key, prefix))
         check_key(key)
+        if parse(key) is None:
+            raise MemoizeCliError(
+                "refusing to delete %r: it is not a name memoize writes (%s)" % (key, area)
+            )
     return keys
 
 
@@ -602,6 +729,7 @@ class Outcome:
     blobs: int = 0
     blobs_spared: int = 0  # planned, but a manifest published meanwhile references them
     locks: int = 0  # abandoned lock=True leases
+    uploads: int = 0  # incomplete multipart uploads aborted
     bytes_freed: int = 0
 
 
@@ -619,6 +747,11 @@ def execute(target: Target, plan: Plan) -> Outcome:
     marker_keys = _deletable([m.key for m in plan.markers], "used")
     index_keys = _deletable([o.key for o in plan.index], "index")
     _deletable([b.key for b in plan.blobs], "blobs")
+    temporaries = _deletable([t.key for t in plan.temporaries], "temporaries")
+    lock_keys = _deletable([lock.key for lock in plan.locks], "locks")
+    if not plan.empty:
+        # an older root without a marker passed check_root: adopt it
+        target.cache.ensure_marker(recheck=True)
     if manifest_keys:
         store.delete(manifest_keys)
         out.entries = len(manifest_keys)
@@ -632,19 +765,32 @@ def execute(target: Target, plan: Plan) -> Outcome:
     blobs = plan.blobs
     if blobs:
         protected = _new_references(target.cache, plan.seen)
-        out.blobs_spared = sum(_ref_of(b) in protected for b in blobs)
-        blobs = [b for b in blobs if _ref_of(b) not in protected]
+        # a blob written or reused (touched) since the scan may belong to an entry
+        # being published right now: keep it
+        current = list_blobs(target.cache)
+        touched = {
+            b.key
+            for b in blobs
+            if (sha := Cache.parse_blob_key(b.key)) in current
+            and current[sha].modified != b.modified
+        }
+        spared = [b for b in blobs if _ref_of(b) in protected or b.key in touched]
+        out.blobs_spared = len(spared)
+        blobs = [b for b in blobs if b not in spared]
     if blobs:
         store.delete([b.key for b in blobs])
         out.blobs = len(blobs)
         out.bytes_freed += sum(b.size for b in blobs)
     if plan.temporaries:
-        store.delete([check_key(t.key) for t in plan.temporaries])
+        store.delete(temporaries)
         out.bytes_freed += sum(t.size for t in plan.temporaries)
     if plan.locks:
-        store.delete(_deletable([lock.key for lock in plan.locks], "locks"))
+        store.delete(lock_keys)
         out.locks = len(plan.locks)
         out.bytes_freed += sum(lock.size for lock in plan.locks)
+    if plan.uploads:
+        _deletable([u.key for u in plan.uploads], "blobs")
+        out.uploads = store.abort_uploads(plan.uploads)
     return out
 
 

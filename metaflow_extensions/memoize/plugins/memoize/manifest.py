@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -75,6 +76,16 @@ class Manifest:
         return self.expires is not None and now >= self.expires
 
     @property
+    def ttl(self) -> float | None:
+        """How long the entry is valid: a duration, the same on every clock."""
+        return None if self.expires is None else self.expires - self.created
+
+    def expired_at_age(self, age: float) -> bool:
+        """Whether an entry written ``age`` seconds ago (on the store's clock) has expired;
+        a negative age (a timestamp in the future) counts as just written."""
+        return self.ttl is not None and max(0.0, age) >= self.ttl
+
+    @property
     def blob_shas(self):
         return sorted({a.sha for a in self.artifacts.values()})
 
@@ -131,6 +142,9 @@ class Manifest:
             )
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
             raise CorruptEntry("manifest does not parse: %s" % err, key=expected_key)
+        problem = _problem(d)
+        if problem:
+            raise CorruptEntry("manifest does not validate: %s" % problem, key=expected_key)
         if expected_key is not None and m.key != expected_key:
             raise CorruptEntry(
                 "manifest is for key %s, not %s" % (m.key, expected_key), key=expected_key
@@ -154,6 +168,108 @@ def _string_list(value) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TypeError("merged must be a list of names")
     return list(value)
+
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_XXH_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _str_map(value, values_re=None) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) and (values_re is None or values_re.match(v))
+        for k, v in value.items()
+    )
+
+
+def _artifact_problem(name, a) -> str | None:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        return "artifact name %r is not an identifier" % (name,)
+    if not isinstance(a, dict):
+        return "artifact %s is not an object" % name
+    if not isinstance(a.get("sha"), str) or not _SHA_RE.match(a["sha"]):
+        return "artifact %s: sha %r is not a content hash" % (name, a.get("sha"))
+    if not isinstance(a.get("info", {}), dict):
+        return "artifact %s: info is not an object" % name
+    encoding = (a.get("info") or {}).get("encoding")
+    if encoding is not None and not isinstance(encoding, str):
+        return "artifact %s: encoding %r is not a string" % (name, encoding)
+    if not isinstance(a.get("cas_raw", False), bool):
+        return "artifact %s: cas_raw is not a boolean" % name
+    size = a.get("stored_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        return "artifact %s: stored_size %r is not a size" % (name, size)
+    xxh = a.get("stored_xxh")
+    if xxh is not None and (not isinstance(xxh, str) or not _XXH_RE.match(xxh)):
+        return "artifact %s: stored_xxh %r is not a digest" % (name, xxh)
+    return None
+
+
+def _transition_problem(t) -> str | None:
+    if not isinstance(t, dict):
+        return "transition is not an object"
+    move = t.get("_transition")
+    if move is not None:
+        if not isinstance(move, dict):
+            return "transition._transition is not an object"
+        funcs = move.get("funcs")
+        if not isinstance(funcs, list) or not all(
+            isinstance(f, str) and _NAME_RE.match(f) for f in funcs
+        ):
+            return "transition names no valid steps (%r)" % (funcs,)
+        if move.get("foreach") is not None and not isinstance(move["foreach"], str):
+            return "transition foreach is not a name"
+        if not isinstance(move.get("extra") or [], list):
+            return "transition extra is not a list"
+    for attr in ("_foreach_var",):
+        if t.get(attr) is not None and not isinstance(t[attr], str):
+            return "transition %s is not a name" % attr
+    splits = t.get("_foreach_num_splits")
+    if splits is not None and (not isinstance(splits, int) or isinstance(splits, bool)):
+        return "transition _foreach_num_splits is not a number"
+    return None
+
+
+def _problem(d) -> str | None:
+    """Why a parsed manifest document cannot be a valid entry (None if it can)."""
+    for name in ("key", "flow", "step"):
+        if not isinstance(d.get(name), str):
+            return "%s is not a string" % name
+    if not _NAME_RE.match(d["flow"]) or not _NAME_RE.match(d["step"]):
+        return "flow or step is not a name"
+    if not isinstance(d.get("components"), dict):
+        return "components is not an object"
+    if not isinstance(d.get("artifacts"), dict):
+        return "artifacts is not an object"
+    for name, a in d["artifacts"].items():
+        problem = _artifact_problem(name, a)
+        if problem:
+            return problem
+    problem = _transition_problem(d.get("transition"))
+    if problem:
+        return problem
+    if not _is_number(d.get("created")):
+        return "created is not a number"
+    if d.get("expires") is not None and not _is_number(d["expires"]):
+        return "expires is not a number"
+    if not isinstance(d.get("origin", ""), str):
+        return "origin is not a string"
+    if d.get("body_seconds") is not None and not _is_number(d["body_seconds"]):
+        return "body_seconds is not a number"
+    for name in ("versions", "unrestored"):
+        if d.get(name) is not None and not _str_map(d[name]):
+            return "%s is not a map of strings" % name
+    if d.get("passthrough") is not None and not _str_map(d["passthrough"], _SHA_RE):
+        return "passthrough is not a map of content hashes"
+    if d.get("static_key") is not None and not isinstance(d["static_key"], str):
+        return "static_key is not a string"
+    if d.get("signature") is not None and not isinstance(d["signature"], str):
+        return "signature is not a string"
+    return None
 
 
 def _hmac(secret: str, payload: bytes) -> str:

@@ -183,6 +183,38 @@ def record_transition(flow) -> dict[str, Any]:
     }
 
 
+def entry_misfit(graph, step_name: str, manifest) -> str | None:
+    """Why an entry that validates cannot be replayed in this flow (None if it can):
+    its transition names steps the step does not go to, or an artifact's encoding
+    no serializer of this Metaflow reads."""
+    move = (manifest.transition or {}).get("_transition")
+    if move is not None:
+        try:
+            allowed = set(graph[step_name].out_funcs)
+        except (KeyError, AttributeError, TypeError):
+            allowed = None
+        wrong = [f for f in move.get("funcs") or () if allowed is not None and f not in allowed]
+        if wrong:
+            return "its transition goes to %s, not a next step of %s" % (wrong[0], step_name)
+    for name, record in manifest.artifacts.items():
+        encoding = record.info.get("encoding")
+        if encoding is not None and not _encoding_known(encoding):
+            return "artifact %s has encoding %r, which no serializer reads" % (name, encoding)
+    return None
+
+
+def _encoding_known(encoding: str) -> bool:
+    try:
+        from metaflow.datastore.artifacts.serializer import SerializationMetadata
+        from metaflow.datastore.task_datastore import SerializerStore
+
+        metadata = SerializationMetadata(obj_type="", size=0, encoding=encoding, serializer_info={})
+        return any(s.can_deserialize(metadata) for s in SerializerStore.get_ordered_serializers())
+    except Exception:
+        # another Metaflow: the pickle encodings it has always had
+        return encoding in ("pickle-v2", "pickle-v4", "gzip+pickle-v2", "gzip+pickle-v4")
+
+
 def replay(flow, artifacts: dict[str, dict[str, Any]], transition: dict[str, Any]) -> None:
     """Make the task look as if the step body had run: restore artifacts by reference
     and set the recorded transition. ``artifacts``: name -> {"sha", "info"}."""

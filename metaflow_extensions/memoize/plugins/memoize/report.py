@@ -329,6 +329,7 @@ def removal_json(results: list[tuple[Plan, Outcome | None]], dry_run: bool) -> d
                 "blobs_kept_young": len(plan.young_blobs),
                 "blobs_spared": outcome.blobs_spared if outcome else 0,
                 "locks": outcome.locks if outcome else len(plan.locks),
+                "incomplete_uploads": outcome.uploads if outcome else len(plan.uploads),
                 "bytes_freed": outcome.bytes_freed if outcome else plan.bytes_freed,
             }
         )
@@ -404,6 +405,14 @@ def removal_text(
         lines.append(
             "  %s %s left by tasks that died holding them (lock=True)"
             % ("removed" if outcome else "would remove", _count(len(plan.locks), "abandoned lock"))
+        )
+    if plan.uploads and grace is not None:
+        lines.append(
+            "  %s %s that killed writers left"
+            % (
+                "aborted" if outcome else "would abort",
+                _count(len(plan.uploads), "incomplete multipart upload"),
+            )
         )
     if outcome is not None and outcome.blobs_spared:
         lines.append(

@@ -48,6 +48,10 @@ class Lease:
             self._start_renewing()
             return True
         held = self._current()
+        if held is not None and held.get("owner") == self.owner:
+            # our own conditional PUT, whose reply was lost: its retry got 412
+            self._start_renewing()
+            return True
         if held is not None and (
             held.get("expires", 0) < self.cache.clock() or self._unrenewed(held)
         ):

@@ -132,6 +132,7 @@ def export_blobs(
         by_sha.setdefault(record.sha, []).append(record)
     store = cache.store
     stats = TransferStats()
+    link_out = link_blobs() and not cache.signing_key
 
     def one(sha):
         meta = datastore.cas_meta(sha)
@@ -141,8 +142,19 @@ def export_blobs(
         existing = store.head(key)
         how = "present"
         stored_xxh = None
+        if existing is not None and store.touch(key):
+            # reused: a prune that started before this entry is published sees the
+            # blob as modified since its scan and keeps it
+            existing = store.head(key) or existing
         if existing is None:
-            if datastore.kind == "local":
+            if datastore.kind == "local" and isinstance(store, LocalStore):
+                stored_xxh = file_xxh(datastore.url(sha))
+                # on the datastore's filesystem (the default root is): a hard link, so
+                # the blob is not stored twice. Never with a signing key, whose threat
+                # model includes the cache's other writers (they could write into it).
+                linked = store.put_file(key, datastore.url(sha), link=link_out)
+                how = "linked" if linked else "copied"
+            elif datastore.kind == "local":
                 stored_xxh = file_xxh(datastore.url(sha))
                 store.put_file(key, datastore.url(sha))
                 how = "copied"
@@ -171,14 +183,28 @@ def export_blobs(
 
 
 def import_blobs(
-    datastore: DatastoreBlobs, cache: Cache, artifacts: dict[str, ArtifactRecord]
+    datastore: DatastoreBlobs,
+    cache: Cache,
+    artifacts: dict[str, ArtifactRecord],
+    may_delete: bool = True,
 ) -> TransferStats:
     """Make every artifact's blob present in the run's datastore.
 
     Blobs already in the datastore are not touched (a zero-copy hit). Others are
     fetched from the cache, verified against their content hash, then moved into
-    place. A blob that fails verification is deleted from the cache.
+    place. A blob whose own bytes fail their content hash (its name) is deleted
+    from the cache (unless ``may_delete`` is false: read mode). What a manifest
+    says about a blob (its size, packing, digest) never gets it deleted: other
+    entries share it, and the manifest may be the one that is wrong.
     """
+
+    def condemn(key, sha, record, path, err):
+        """The blob failed a check: delete it only if its bytes fail their own hash
+        however they are packed; else the manifest is what is wrong."""
+        if may_delete and path is not None and not _payload_matches_either_packing(path, sha):
+            _discard(store, key)
+        raise err
+
     wanted = {}
     for record in artifacts.values():
         wanted.setdefault(record.sha, record)
@@ -204,8 +230,8 @@ def import_blobs(
             if info is None:
                 raise CorruptEntry("blob %s is missing from the cache" % sha)
             if record.stored_size is not None and info.size != record.stored_size:
-                _discard(store, key)
-                raise CorruptEntry("blob %s has the wrong size" % sha)
+                # which is wrong, the blob or the manifest? not worth a download here
+                raise CorruptEntry("blob %s does not have the size its manifest says" % sha)
             if store.copy_to_url(key, datastore.url(sha), meta):
                 return "server_side", info.size
         if datastore.kind == "local" and isinstance(store, LocalStore):
@@ -222,9 +248,9 @@ def import_blobs(
                 if record.stored_size is not None and size != record.stored_size:
                     raise CorruptEntry("blob %s is truncated or has the wrong size" % sha)
                 verify_blob_file(tmp, sha, record.cas_raw, fast_digest.get(sha))
-            except CorruptEntry:
-                _discard(store, key)
-                raise
+                check_packing(tmp, sha, record.cas_raw)
+            except CorruptEntry as err:
+                condemn(key, sha, record, tmp, err)
             datastore.write_blob(sha, tmp, meta)
             return "copied", size
         finally:
@@ -252,9 +278,9 @@ def import_blobs(
                 if not (expected and hasher.hexdigest() == expected):
                     # digest unknown, or another writer's packing of the same payload
                     verify_payload(tmp, sha, record.cas_raw)
-            except CorruptEntry:
-                _discard(store, key)
-                raise
+                check_packing(tmp, sha, record.cas_raw)
+            except CorruptEntry as err:
+                condemn(key, sha, record, tmp, err)
             datastore.write_blob(sha, tmp, meta, linked=linked)
             return ("linked" if linked else "copied"), size
         finally:
@@ -264,6 +290,30 @@ def import_blobs(
     for how, size in _parallel(one, missing):
         stats.add(how, size)
     return stats
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def check_packing(path: str, sha: str, cas_raw: bool) -> None:
+    """Raise CorruptEntry unless the stored bytes are packed as the manifest says:
+    gzip (Metaflow's packing) unless ``cas_raw``. Metaflow reads the blob by that flag."""
+    with open(path, "rb") as f:
+        packed = f.read(2) == _GZIP_MAGIC
+    if packed == bool(cas_raw):
+        raise CorruptEntry(
+            "blob %s is %s, not as its manifest says" % (sha, "gzip" if packed else "raw")
+        )
+
+
+def _payload_matches_either_packing(path: str, sha: str) -> bool:
+    for cas_raw in (False, True):
+        try:
+            verify_payload(path, sha, cas_raw)
+            return True
+        except CorruptEntry:
+            continue
+    return False
 
 
 def _discard(store, key: str) -> None:

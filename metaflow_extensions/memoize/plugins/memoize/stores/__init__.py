@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import ObjectInfo, Store, check_key  # noqa: F401
+from .base import ObjectInfo, Store, UploadInfo, check_key  # noqa: F401
 
 
 def open_store(url: str) -> Store:

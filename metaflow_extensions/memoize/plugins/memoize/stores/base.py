@@ -25,6 +25,14 @@ class ObjectInfo(NamedTuple):
     md5: str | None = None
 
 
+class UploadInfo(NamedTuple):
+    """A multipart upload that was started and never completed nor aborted."""
+
+    key: str
+    upload_id: str
+    initiated: float  # seconds since the epoch, on the store's clock
+
+
 def check_key(key: str) -> str:
     """Reject keys that could escape the root (``..``, absolute, odd characters)."""
     from ..exceptions import UnsafePath
@@ -42,8 +50,16 @@ class Store(ABC):
     """Minimal object-store surface used by the cache.
 
     All methods raise ``CacheFault`` subclasses (``StoreUnavailable``) on I/O
-    problems; "not found" is a normal return value, never an exception.
+    problems; "not found" is a normal return value, never an exception. Every
+    subclass's operations are guarded (stores/faults.py): any other exception
+    becomes ``StoreUnavailable``, and a root that keeps failing is disabled.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        from .faults import guard_operations
+
+        guard_operations(cls)
 
     #: the root URL, as given by the user (used in messages and manifests)
     url: str
@@ -54,6 +70,14 @@ class Store(ABC):
     @abstractmethod
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None if it does not exist."""
+
+    def get_dated(self, key: str) -> tuple[bytes, float, float | None] | None:
+        """(bytes, modification time, the store's current time or None if it does not
+        tell) on the store's own clock, or None if the object does not exist. TTLs are
+        judged with these, never with the writer's clock."""
+        info = self.head(key)
+        data = self.get(key) if info is not None else None
+        return None if data is None else (data, info.modified, None)
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -86,10 +110,24 @@ class Store(ABC):
     def get_file(self, key: str, path: str) -> bool:
         """Download to a local path (written atomically). False if the object does not exist."""
 
-    def stale_temporaries(self, older_than: float) -> list[ObjectInfo]:
-        """Partial writes left by killed writers, last modified before ``older_than``
-        (epoch seconds). Stores whose writes are atomic on the server have none."""
+    def stale_temporaries(self, older_than: float, prefix: str = "") -> list[ObjectInfo]:
+        """Partial writes left by killed writers under ``prefix``, last modified before
+        ``older_than`` (epoch seconds). Stores whose writes are atomic on the server have none."""
         return []
+
+    def touch(self, key: str) -> bool:
+        """Mark an existing object as used now, where that is cheap (local files);
+        False when the object does not exist or the store cannot."""
+        return False
+
+    def incomplete_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        """Multipart uploads under ``prefix`` that were never completed (a writer killed
+        mid-upload): stores without multipart uploads have none."""
+        return []
+
+    def abort_uploads(self, uploads: Iterable[UploadInfo]) -> int:
+        """Abort incomplete uploads (their parts are freed); how many were aborted."""
+        return 0
 
     def copy_from_url(self, key: str, source_url: str) -> bool:
         """Server-side copy from another URL of the same kind; False when not possible."""

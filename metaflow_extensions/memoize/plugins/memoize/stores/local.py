@@ -47,6 +47,16 @@ class LocalStore(Store):
         except OSError as err:
             raise self._fault("read", key, err)
 
+    def get_dated(self, key: str) -> tuple[bytes, float, float | None] | None:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_mtime, None
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise self._fault("read", key, err)
+
     def _temp_for(self, path: str):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
@@ -106,8 +116,14 @@ class LocalStore(Store):
             base = os.path.join(self.root, *prefix.rstrip("/").split("/"))
         if not os.path.isdir(base):
             return
+
+        def unreadable(err):
+            # a folder that cannot be listed must not look empty: prune would take
+            # the blobs its entries reference for garbage
+            raise err
+
         try:
-            for dirpath, dirnames, filenames in os.walk(base):
+            for dirpath, dirnames, filenames in os.walk(base, onerror=unreadable):
                 dirnames.sort()
                 for name in sorted(filenames):
                     if name.startswith(".tmp-"):
@@ -122,9 +138,13 @@ class LocalStore(Store):
         except OSError as err:
             raise self._fault("list", prefix, err)
 
-    def stale_temporaries(self, older_than: float) -> list[ObjectInfo]:
+    def stale_temporaries(self, older_than: float, prefix: str = "") -> list[ObjectInfo]:
         out = []
-        for dirpath, _dirnames, filenames in os.walk(self.root):
+        base = self.root
+        if prefix:
+            check_key(prefix.rstrip("/"))
+            base = os.path.join(self.root, *prefix.rstrip("/").split("/"))
+        for dirpath, _dirnames, filenames in os.walk(base):
             for name in filenames:
                 if not name.startswith(".tmp-"):
                     continue
@@ -150,12 +170,33 @@ class LocalStore(Store):
                 raise self._fault("delete", key, err)
         return count
 
-    def put_file(self, key: str, path: str) -> None:
+    def touch(self, key: str) -> bool:
+        """Set the object's modification time to now (False if it does not exist)."""
+        try:
+            os.utime(self._path(key))
+            return True
+        except (FileNotFoundError, PermissionError):
+            return False  # gone, or another user's file in a shared cache: best effort
+
+    def put_file(self, key: str, path: str, link: bool = False) -> bool:
+        """Store a copy of the file, or with ``link`` a hard link to it when that is
+        possible (same filesystem) and safe (see ``_try_link``): the cache and the
+        datastore then share one inode and the blob takes no more disk space.
+        True if it was linked."""
         dest = self._path(key)
         tmp = None
         try:
             directory = os.path.dirname(dest)
             os.makedirs(directory, exist_ok=True)
+            if link:
+                try:
+                    tmp = self._try_link(path, directory)
+                except _Missing as err:
+                    raise FileNotFoundError(str(err)) from None
+                if tmp is not None:
+                    os.replace(tmp, dest)
+                    tmp = None
+                    return True
             # copyfile creates the new name with the umask's mode; reopening a file
             # from mkstemp would truncate it, which ext4 (auto_da_alloc) answers with
             # a flush of the new data when it is closed
@@ -163,6 +204,7 @@ class LocalStore(Store):
             shutil.copyfile(path, tmp)
             os.replace(tmp, dest)
             tmp = None
+            return False
         except OSError as err:
             raise self._fault("write", key, err)
         finally:

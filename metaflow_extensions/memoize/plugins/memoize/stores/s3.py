@@ -13,18 +13,24 @@ import functools
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..exceptions import StoreUnavailable
-from .base import ObjectInfo, Store, check_key
+from ..exceptions import CacheFault, StoreUnavailable
+from .base import ObjectInfo, Store, UploadInfo, check_key
 
 # Short enough that an unreachable store costs a step seconds, not minutes;
 # long enough for a slow-but-alive endpoint to answer a 16 MB part.
 CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 60
-MAX_ATTEMPTS = 3
+# botocore's standard retry mode: 500/503/throttling/connection errors, with
+# exponential backoff and jitter (at most ~7 s of waiting in all)
+MAX_ATTEMPTS = 4
+# what botocore cannot retry: a reply whose body breaks off while it is read
+BODY_ATTEMPTS = 3
+BODY_BACKOFF = 0.2  # seconds, doubled after each failed read
 # One pool per client is shared by all threads, including the transfer
 # manager's workers: it must be at least MAX_CONCURRENCY or they queue.
 MAX_POOL_CONNECTIONS = 16
@@ -134,6 +140,34 @@ def _store_errors() -> tuple[type, ...]:
     return (BotoCoreError, ClientError, boto3.exceptions.Boto3Error) + extra
 
 
+def _server_time(response) -> float | None:
+    """The server's clock when it answered (its Date header), or None."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        date = response["ResponseMetadata"]["HTTPHeaders"]["date"]
+        return parsedate_to_datetime(date).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+#: checksums S3 keeps of an object, strongest first (S3 stores at most one)
+CHECKSUM_ALGORITHMS = ("SHA256", "CRC64NVME", "SHA1", "CRC32C", "CRC32")
+
+
+def _checksum(client, bucket: str, key: str) -> tuple[str, str] | None:
+    """(algorithm, value) of the full-object checksum S3 keeps of an object, or None
+    (none recorded, a composite one of a multipart upload, or not supported)."""
+    response = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    for algorithm in CHECKSUM_ALGORITHMS:
+        value = response.get("Checksum" + algorithm)
+        if value:
+            if "-" in value or response.get("ChecksumType") == "COMPOSITE":
+                return None
+            return algorithm, value
+    return None
+
+
 def _endpoint_url() -> str | None:
     url = os.environ.get("METAFLOW_S3_ENDPOINT_URL")
     if not url:
@@ -236,9 +270,13 @@ class S3Store(Store):
 
     @contextmanager
     def _errors(self, action: str, key: str | None = None):
+        """Any failure of the block is the store's: botocore, s3transfer, urllib3 (a
+        reply that breaks off mid-body), OS errors alike become StoreUnavailable."""
         try:
             yield
-        except _store_errors() as err:
+        except CacheFault:
+            raise
+        except Exception as err:
             raise self._unavailable(action, key, err) from err
 
     def _check_bucket(self) -> None:
@@ -263,14 +301,44 @@ class S3Store(Store):
     def get(self, key: str) -> bytes | None:
         full = self._full(key)
         with self._errors("get", key):
-            try:
-                response = self.client.get_object(Bucket=self.bucket, Key=full)
-            except Exception as err:
-                if _error_code(err) == "NoSuchKey":
-                    return None
-                raise
-            with response["Body"] as body:
-                return body.read()
+            delay = BODY_BACKOFF
+            for attempt in range(1, BODY_ATTEMPTS + 1):
+                try:
+                    response = self.client.get_object(Bucket=self.bucket, Key=full)
+                except Exception as err:
+                    if _error_code(err) == "NoSuchKey":
+                        return None
+                    raise
+                try:
+                    with response["Body"] as body:
+                        return body.read()
+                except Exception:
+                    # botocore retried the request, not the reading of its body
+                    if attempt == BODY_ATTEMPTS:
+                        raise
+                time.sleep(delay)
+                delay *= 2
+
+    def get_dated(self, key: str) -> tuple[bytes, float, float | None] | None:
+        full = self._full(key)
+        with self._errors("get", key):
+            delay = BODY_BACKOFF
+            for attempt in range(1, BODY_ATTEMPTS + 1):
+                try:
+                    response = self.client.get_object(Bucket=self.bucket, Key=full)
+                except Exception as err:
+                    if _error_code(err) == "NoSuchKey":
+                        return None
+                    raise
+                try:
+                    with response["Body"] as body:
+                        data = body.read()
+                    return data, response["LastModified"].timestamp(), _server_time(response)
+                except Exception:
+                    if attempt == BODY_ATTEMPTS:
+                        raise
+                time.sleep(delay)
+                delay *= 2
 
     def put(self, key: str, data: bytes) -> None:
         full = self._full(key)
@@ -356,6 +424,35 @@ class S3Store(Store):
                 )
         return len(fulls)
 
+    def incomplete_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
+        out = []
+        with self._errors("list uploads", prefix or "/"):
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._root + sub):
+                for upload in page.get("Uploads", ()):
+                    rel = upload["Key"][len(self._root) :]
+                    try:
+                        check_key(rel)
+                    except ValueError:
+                        continue
+                    out.append(UploadInfo(rel, upload["UploadId"], upload["Initiated"].timestamp()))
+        return sorted(out)
+
+    def abort_uploads(self, uploads: Iterable[UploadInfo]) -> int:
+        count = 0
+        for upload in uploads:
+            with self._errors("abort upload of", upload.key):
+                try:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=self._full(upload.key), UploadId=upload.upload_id
+                    )
+                except Exception as err:
+                    if _error_code(err) not in ("NoSuchUpload", "404"):
+                        raise
+            count += 1
+        return count
+
     def put_file(self, key: str, path: str) -> None:
         full = self._full(key)
         with self._errors("upload", key):
@@ -416,18 +513,44 @@ class S3Store(Store):
             return False
         with self._errors("copy from %s to" % source_url, key):
             try:
-                self.client.copy(
-                    {"Bucket": src_bucket, "Key": src_key},
-                    self.bucket,
-                    full,
-                    Config=_transfer(),
-                )
+                self._verified_copy(src_bucket, src_key, self.bucket, full)
             except Exception as err:
                 if _is_not_found(err):
                     self._check_bucket()
                     return False
                 raise
         return True
+
+    def _verified_copy(self, src_bucket, src_key, dest_bucket, dest_key, extra=None) -> None:
+        """A server-side copy that S3 checksums: when the source has a full-object
+        checksum, the copy is asked for one of the same algorithm and the two must
+        agree; otherwise (no checksum, or an endpoint without checksums) only the
+        copy's success vouches for it. A copy that disagrees is deleted."""
+        extra = dict(extra or {})
+        try:
+            source = _checksum(self.client, src_bucket, src_key)
+        except Exception as err:
+            if _is_not_found(err):
+                raise
+            source = None  # the endpoint does not do checksums: copy as before
+        if source is not None:
+            extra["ChecksumAlgorithm"] = source[0]
+        self.client.copy(
+            {"Bucket": src_bucket, "Key": src_key},
+            dest_bucket,
+            dest_key,
+            ExtraArgs=extra or None,
+            Config=_transfer(),
+        )
+        if source is None:
+            return
+        copied = _checksum(self.client, dest_bucket, dest_key)
+        if copied is not None and copied != source:
+            self.client.delete_object(Bucket=dest_bucket, Key=dest_key)
+            raise StoreUnavailable(
+                "S3 cache %s: the copy of s3://%s/%s has %s %s, not %s as its source: deleted"
+                % (self.url, src_bucket, src_key, copied[0], copied[1], source[1])
+            )
 
     def copy_to_url(self, key: str, dest_url: str, metadata: dict | None = None) -> bool:
         """Server-side copy of one of our objects to another S3 location.
@@ -446,13 +569,7 @@ class S3Store(Store):
             }
         with self._errors("copy to %s from" % dest_url, key):
             try:
-                self.client.copy(
-                    {"Bucket": self.bucket, "Key": self._full(key)},
-                    dest_bucket,
-                    dest_key,
-                    ExtraArgs=extra or None,
-                    Config=_transfer(),
-                )
+                self._verified_copy(self.bucket, self._full(key), dest_bucket, dest_key, extra)
             except Exception as err:
                 if _is_not_found(err):
                     return False
