@@ -120,7 +120,14 @@ def _warnings_per_task(output: str) -> int:
 
 @pytest.mark.parametrize(
     "datastore,rate",
-    [("local", 0.05), ("local", 0.2), ("local", 1.0), ("s3", 0.05), ("s3", 0.2), ("s3", 1.0)],
+    [
+        ("local", 0.05),
+        ("local", 0.2),
+        ("local", 1.0),
+        pytest.param("s3", 0.05, marks=pytest.mark.slow),
+        pytest.param("s3", 0.2, marks=pytest.mark.slow),
+        ("s3", 1.0),
+    ],
 )
 def test_flaky_s3_never_fails_a_run(runner, s3_env, proxy, fault, datastore, rate):
     # at least two runs: one that hits the clean run's entries, one that misses

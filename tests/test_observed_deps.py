@@ -53,7 +53,28 @@ def _run_case(runner, case):
     return second, runner.count(step) - per_run, artifacts[0]
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+#: one case per mechanism runs in `make test`; the whole corpus in `make test-slow`
+QUICK = {
+    "method calls a method",
+    "closure factory argument",
+    "decorator arguments",
+    "import inside the step",
+    "a file the step reads, without depends_on",
+    "self.index after the list is reordered",
+    "user step decorator code",
+    "flow file reached through a symlink",
+    "ignore= and a method that sets the ignored artifact",
+}
+
+
+def _corpus(names):
+    return [
+        pytest.param(name, marks=() if name in QUICK else pytest.mark.slow)
+        for name in sorted(names)
+    ]
+
+
+@pytest.mark.parametrize("name", _corpus(CASES))
 def test_a_changed_dependency_is_never_a_hit(runner, name):
     case = CASES[name]
     second, new_runs, artifacts = _run_case(runner, case)
@@ -78,11 +99,13 @@ def test_a_miss_names_the_observed_dependency(runner):
     assert "helper `CaseFlow._scale` changed (observed)" in second.output, second
 
 
+@pytest.mark.slow
 def test_a_file_change_is_named(runner):
     second, _, _ = _run_case(runner, CASES["a file the step reads, without depends_on"])
     assert "file vocab.txt changed" in second.output, second
 
 
+@pytest.mark.slow
 def test_switching_back_and_forth_hits_both_ways(runner):
     """Two entries share a static key and differ by an observed helper."""
     case = CASES["import inside the step"]
@@ -112,6 +135,7 @@ def test_user_step_decorator_is_not_applied_twice_on_a_hit(runner):
     assert runner.artifacts("CaseFlow", result.run_id)["start"][0]["y"] == "50"
 
 
+@pytest.mark.slow
 def test_flow_beside_the_python_installation_is_user_code(runner):
     """A flow folder whose path shares a prefix with sys.prefix (``<venv>-flows``)
     is the user's code, not installed code."""
@@ -213,6 +237,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow
 def test_metaflow_nested_foreach_graph_caches_every_step(runner):
     """Its inner joins were `uncacheable` on every run (an outer foreach list is
     not visible behind a join)."""
@@ -295,6 +320,7 @@ def test_a_parameter_a_step_does_not_read_does_not_invalidate_it(runner):
     )
 
 
+@pytest.mark.slow
 def test_an_artifact_read_by_a_computed_name_is_keyed(runner):
     """Guards the read-based input key: a read the source does not name
     (getattr with a computed name) is still seen, through the datastore."""
@@ -390,6 +416,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_merged_artifact_comes_from_the_current_inputs(runner):
     """After the outer list is reordered, the inner join may hit, but the foreach
     list it merges through is this run's (it was the entry's old order)."""
