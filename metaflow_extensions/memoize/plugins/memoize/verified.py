@@ -37,19 +37,17 @@ class Decision:
 def verified_lookup(cache: Cache, flow: str, step: str, key: str, ctx: DepContext) -> Decision:
     """Raises CorruptEntry / store faults like Cache.lookup."""
     found = cache.lookup(flow, step, key)
-    if found.status != "found":
-        return Decision(
-            found.status,
-            None,
-            found.detail,
-            store_key=key,
-            replace=found.status in ("expired", "unsigned"),
-            first=found.manifest,
-        )
+    if found.manifest is None:  # absent, or set aside by an audit
+        return Decision(found.status, None, found.detail, store_key=key)
     first = found.manifest
     reasons, current = verify(first.observed, ctx)
     if not reasons:
-        return Decision("found", first, store_key=key, first=first)
+        if found.status == "found":
+            return Decision("found", first, store_key=key, first=first)
+        # expired or not validly signed, and what it used is unchanged: replace it
+        return Decision(found.status, None, found.detail, store_key=key, replace=True, first=first)
+    # what the key's entry used has changed (whether or not it is still fresh):
+    # an entry for the current values may sit at the variant key
     variant = variant_key(key, current)
     second = cache.lookup(flow, step, variant)
     if second.status == "found":
@@ -57,12 +55,16 @@ def verified_lookup(cache: Cache, flow: str, step: str, key: str, ctx: DepContex
         if not second_reasons:
             return Decision("found", second.manifest, store_key=variant, first=first)
         reasons = second_reasons
+    elif second.status in ("expired", "unsigned"):
+        return Decision(
+            second.status, None, second.detail, store_key=variant, replace=True, first=first
+        )
     return Decision(
         "changed",
         None,
         "; ".join(reasons),
         store_key=variant,
-        replace=second.status != "absent",
+        replace=second.status != "absent" and second.manifest is not None,
         first=first,
         reasons=reasons,
     )
