@@ -298,6 +298,7 @@ def test_the_lease_winner_looks_the_key_up_again(tmp_path, fault):
     class Task:
         _cache = cache
         _lease = None
+        _dep_ctx = None  # the entry records no observed dependencies
         looked_up = 0
 
         def _look_up(self, flow, step, k, meta):

@@ -98,22 +98,24 @@ CASES = [
         r"dependency changed \(vocab\.txt\)",
     ),
     (
+        # start reads the parameter and re-runs; featurize reads what start made of it
         "parameter",
         None,
         None,
         None,
         ("--words", "alpha,beta,delta"),
         False,
-        r"input 'words' changed",
+        r"input 'raw' changed \(read by the step\)",
     ),
+    # an upstream artifact featurize never reads does not invalidate it
     (
-        "upstream output value",
+        "upstream output value it does not read",
         FLOW,
         'self.upstream = "v1"',
         'self.upstream = "v2"',
         (),
-        False,
-        r"input 'upstream' changed",
+        True,
+        None,
     ),
     (
         "upstream code, same output (early cut-off)",

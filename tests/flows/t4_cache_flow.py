@@ -15,7 +15,8 @@ from metaflow import FlowSpec, Parameter, memoize, step
 class T4CacheFlow(FlowSpec):
     n = Parameter("n", default=1)
 
-    @memoize(ttl=os.environ.get("T4_TTL") or None)
+    # inputs= declares the key: one entry per --n (the cache commands' fixture)
+    @memoize(ttl=os.environ.get("T4_TTL") or None, inputs=["n"])
     @step
     def start(self):
         record("start", str(self.n))
@@ -23,7 +24,7 @@ class T4CacheFlow(FlowSpec):
         self.shared = "s" * 5000
         self.next(self.side)
 
-    @memoize(store=os.environ.get("T4_SIDE_STORE") or None)
+    @memoize(store=os.environ.get("T4_SIDE_STORE") or None, inputs=["n"])
     @step
     def side(self):
         record("side", str(self.n))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import datetime
 import decimal
+import dis
 import enum
 import fractions
 import functools
@@ -168,42 +169,44 @@ def is_user_object(value) -> bool:
 # -- fingerprints ----------------------------------------------------------------
 
 
-_code_digests: dict[tuple[int, bool], tuple[types.CodeType, str]] = {}
+_code_digests: dict[int, tuple[types.CodeType, str]] = {}
 
 
 def code_digest(code: types.CodeType, doc: str | None = None) -> str:
-    """Digest of what a code object does: bytecode, names, constants (nested code
-    included). Line numbers, positions and file names are left out, so comments
-    and formatting do not count; ``doc``, the function's docstring (the first
-    constant of its code), is left out too."""
-    elide = doc is not None and bool(code.co_consts) and code.co_consts[0] == doc
-    cached = _code_digests.get((id(code), elide))
+    """Digest of what a code object does: its instructions, with constants by
+    value (nested code by its own digest) and names by name. Line numbers,
+    positions, file names and constants no instruction uses (the docstring:
+    ``doc`` is accepted for callers but not needed) are left out, so comments,
+    formatting and docstrings do not count."""
+    cached = _code_digests.get(id(code))
     if cached is not None and cached[0] is code:
         return cached[1]
-    consts = []
-    for position, const in enumerate(code.co_consts):
-        if elide and position == 0:
-            consts.append(["docstring"])
-            continue
-        if isinstance(const, types.CodeType):
-            consts.append(["code", code_digest(const)])
+    instructions = []
+    for ins in dis.get_instructions(code):
+        if ins.opcode in dis.hasconst:
+            value = ins.argval
+            arg = ["code", code_digest(value)] if isinstance(value, types.CodeType) else _fp(
+                value, (), 0
+            )
+            instructions.append([ins.opname, arg])
+        elif ins.argrepr:
+            instructions.append([ins.opname, ins.argrepr])
         else:
-            consts.append(_fp(const, (), 0))
+            instructions.append([ins.opname, ins.arg])
     document = [
         code.co_name,
         code.co_argcount,
         code.co_posonlyargcount,
         code.co_kwonlyargcount,
         code.co_flags,
-        code.co_code.hex(),
-        list(code.co_names),
+        instructions,
         list(code.co_varnames),
         list(code.co_freevars),
         list(code.co_cellvars),
-        consts,
+        getattr(code, "co_exceptiontable", b"").hex(),
     ]
     digest = digest_json(document)
-    _code_digests[(id(code), elide)] = (code, digest)
+    _code_digests[id(code)] = (code, digest)
     return digest
 
 
