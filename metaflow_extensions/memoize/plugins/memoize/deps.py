@@ -720,7 +720,7 @@ _PROCESS_STABLE = ("code:", "global:", "flowattr:", "source:")
 
 
 def current_values(dep_ids: Iterable[str], ctx: DepContext) -> dict[str, str]:
-    memo = ctx.memo
+    memo = getattr(ctx, "memo", None)
     if memo is None:
         return {dep: current_value(dep, ctx) for dep in dep_ids}
     out = {}
