@@ -72,6 +72,8 @@ _VALUE_REPR_TYPES = (
 )
 _INFRA_PACKAGES = ("metaflow", "metaflow_extensions")
 _SKIPPED_DIRS = ("/proc", "/sys", "/dev")
+#: folders Metaflow creates for its own transfers while a step runs
+_METAFLOW_TEMP_PREFIXES = ("metaflow.s3.", "metaflow.tmp", ".metaflow")
 #: containers larger than this are fingerprinted through pickle (one C call)
 _LARGE = 2000
 _MAX_DEPTH = 200
@@ -680,8 +682,11 @@ def _file_deps(recording, ctx, deps, modified_during_run):
             return None
         if any(_inside(real, p) for p in private):
             return None
-        if real.endswith((".pyc", ".pyo")) or "__pycache__" in real.split(os.sep):
+        parts = real.split(os.sep)
+        if real.endswith((".pyc", ".pyo")) or "__pycache__" in parts:
             return None
+        if any(part.startswith(_METAFLOW_TEMP_PREFIXES) for part in parts):
+            return None  # Metaflow's own downloads (S3 client temp folders)
         return real
 
     written = {os.path.realpath(p) for p in recording.files_written}
