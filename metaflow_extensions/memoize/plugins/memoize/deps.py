@@ -187,8 +187,10 @@ def code_digest(code: types.CodeType, doc: str | None = None) -> str:
     for ins in dis.get_instructions(code):
         if ins.opcode in dis.hasconst:
             value = ins.argval
-            arg = ["code", code_digest(value)] if isinstance(value, types.CodeType) else _fp(
-                value, (), 0
+            arg = (
+                ["code", code_digest(value)]
+                if isinstance(value, types.CodeType)
+                else _fp(value, (), 0)
             )
             instructions.append([ins.opname, arg])
         elif ins.argrepr:
