@@ -256,14 +256,20 @@ def test_metaflow_nested_foreach_graph_caches_every_step(runner):
 def test_plan_sees_an_observed_change(runner):
     """`memoize plan` verifies the recorded dependencies too: after a helper edit
     it says the step will run, and why."""
+    import json
+
+    def planned():
+        out = runner.cli("flow.py", "memoize", "plan", "--json").stdout
+        return {s["step"]: s for s in json.loads(out[out.index("{") :])["steps"]}
+
     case = CASES["method calls a method"]
     _write_case(runner, case)
     runner.run("flow.py")
-    planned = runner.cli("flow.py", "memoize", "plan")
-    assert "start  hit" in planned.output.replace("   ", "  "), planned
+    assert planned()["start"]["verdict"] == "hit"
     _change(runner, case)
-    planned = runner.cli("flow.py", "memoize", "plan")
-    assert "helper `CaseFlow._scale` changed (observed)" in planned.output, planned
+    start = planned()["start"]
+    assert start["verdict"] == "run", start
+    assert "helper `CaseFlow._scale` changed (observed)" in json.dumps(start), start
 
 
 PARAMETERS = """

@@ -441,22 +441,20 @@ class MemoizeDecorator(StepDecorator):
         return "miss"
 
     def _merged_now(self, manifest):
-        """{name: (sha, info)} of the artifacts a join merged through, from the
+        """{name: {sha, info}} of the artifacts a join merged through, from the
         current inputs; None when the inputs disagree (merging would fail)."""
-        out = {}
+        if not manifest.merged:
+            return {}
         inputs = self._task["inputs"] or []
+        hashes = [mf.artifact_hashes(ds) for ds in inputs]
+        out = {}
         for name in manifest.merged:
-            shas = {mf.artifact_hashes(ds).get(name) for ds in inputs}
-            shas.discard(None)
-            if len(shas) != 1:
+            carriers = [i for i, h in enumerate(hashes) if name in h]
+            if not carriers or len({hashes[i][name] for i in carriers}) != 1:
                 return None
-            sha = shas.pop()
-            info = next(
-                mf.artifact_infos(ds).get(name, {})
-                for ds in inputs
-                if mf.artifact_hashes(ds).get(name) == sha
-            )
-            out[name] = {"sha": sha, "info": info}
+            first = carriers[0]
+            info = mf.artifact_infos(inputs[first]).get(name, {})
+            out[name] = {"sha": hashes[first][name], "info": info}
         return out
 
     def _passthrough_changed(self, manifest):
@@ -583,10 +581,11 @@ class MemoizeDecorator(StepDecorator):
             )
         else:
             observed, used_names = {"incomplete:not-recorded": "incomplete"}, set()
-        if "incomplete:recorder" in observed:
+        if any(dep.startswith("incomplete:") for dep in observed):
             log(
-                "WARNING: %s not cached: another profiler or debugger replaced memoize's "
-                "recorder while the step ran, so what it used is unknown" % step_name
+                "WARNING: %s not cached: what it used while it ran is unknown (another "
+                "profiler or debugger replaced memoize's recorder, or the cache failed "
+                "before the body started)" % step_name
             )
             return
         produced, passthrough, merged, left_out = self._produced_artifacts(

@@ -36,7 +36,6 @@ import enum
 import fractions
 import functools
 import importlib
-import json
 import os
 import pathlib
 import pickle
@@ -44,6 +43,7 @@ import re
 import site
 import sys
 import sysconfig
+import time
 import types
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -53,6 +53,7 @@ from typing import Any
 import xxhash
 
 from .keys import BOOKKEEPING_ARTIFACTS, canonical_json, digest_json
+from .observe import stat_signature
 
 #: bump when a fingerprint's meaning changes
 DEPS_FORMAT = 1
@@ -657,14 +658,6 @@ def _flow_attribute_deps(flow_class, names, deps):
         deps["flowattr:%s" % name] = ""
 
 
-def observe_stat(path: str):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
 def _file_deps(recording, ctx, deps, modified_during_run):
     if not (recording.files_read or recording.dirs_listed or recording.commands):
         return
@@ -700,7 +693,7 @@ def _file_deps(recording, ctx, deps, modified_during_run):
             continue  # created by the step: an output, not an input
         dep = "file:%s" % _display_path(real, ctx.flow_dir)
         deps[dep] = ""
-        if signature is not None and signature != observe_stat(real):
+        if signature is not None and signature != stat_signature(real):
             # rewritten after the step read it: what it read is gone, so the
             # entry can never be verified (a miss, never a stale hit)
             modified_during_run.add(dep)
@@ -827,7 +820,7 @@ def file_digest(path: str) -> str:
     memo = os.path.join(_stat_cache_dir(), xxhash.xxh3_64_hexdigest(real.encode()))
     # a file modified within the last 2 s may change again within the same
     # mtime tick: never trust a memo for it
-    fresh = (st.st_mtime_ns / 1e9) > (_now() - 2.0)
+    fresh = (st.st_mtime_ns / 1e9) > (time.time() - 2.0)
     if not fresh:
         try:
             with open(memo, encoding="utf-8") as f:
@@ -851,12 +844,6 @@ def file_digest(path: str) -> str:
         except OSError:
             pass  # the memo is an optimisation only
     return digest
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 # -- verification and reasons ------------------------------------------------------
@@ -919,7 +906,3 @@ def diff_observed(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
             continue  # not used any more: not a reason by itself
         reasons.append(describe_change(dep, old.get(dep, "absent"), new[dep]))
     return reasons
-
-
-def dependency_names(recorded: Mapping[str, str]) -> str:
-    return json.dumps(sorted(recorded))

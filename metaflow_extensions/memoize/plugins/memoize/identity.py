@@ -210,11 +210,12 @@ def dependency_context(
 ) -> DepContext:
     """What the observed dependencies of a task are evaluated against: the
     flow's current code, its directory, the task's foreach position and its
-    first input's artifact hashes (the orchestrator passes the parent's)."""
+    first input's artifact hashes (the orchestrator passes the parent's;
+    `memoize plan` a {name: hash} map of what the task would see)."""
     flow_file = mf.flow_file(flow)
     flow_dir = os.path.dirname(os.path.realpath(flow_file)) if flow_file else os.getcwd()
     step_func = mf.step_function(flow, step_name)
-    hashes: dict[str, str] | None = None
+    hashes: dict[str, str] | None = first_input if isinstance(first_input, dict) else None
 
     def artifact_hash(name):
         nonlocal hashes

@@ -79,7 +79,7 @@ def _audit(event: str, args: tuple) -> None:
                 reads = "r" in mode or "+" in mode
                 writes = any(c in mode for c in "wax+")
             if reads and path not in recording.files_read:
-                recording.files_read[path] = _stat_signature(path)
+                recording.files_read[path] = stat_signature(path)
             if writes:
                 recording.files_written.add(path)
         elif event in ("os.listdir", "os.scandir"):
@@ -97,7 +97,9 @@ def _audit(event: str, args: tuple) -> None:
         pass
 
 
-def _stat_signature(path: str):
+def stat_signature(path: str):
+    """(size, mtime, inode) of a file, None when it cannot be read: what tells
+    a file rewritten after the body read it."""
     try:
         st = os.stat(path)
     except OSError:
@@ -241,10 +243,6 @@ class Observer:
         self._recorder = None
         self._recording = None
         return recording
-
-    @property
-    def active(self) -> bool:
-        return self._recording is not None
 
 
 def mechanism() -> str:

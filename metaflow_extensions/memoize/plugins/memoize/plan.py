@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +19,9 @@ from typing import Any
 from . import config
 from . import metaflow_compat as mf
 from .cache import Cache
-from .code_identity import reads_attribute
 from .deps import DepContext
 from .exceptions import CacheFault
-from .identity import UnidentifiableInput, components_for, item_digest
+from .identity import UnidentifiableInput, components_for, dependency_context, item_digest
 from .keys import diff_components, key_of
 from .stores import open_store
 from .verified import verified_lookup
@@ -244,17 +242,7 @@ class Planner:
     def _dep_context(self, step, inputs: list[Context], frames) -> DepContext:
         """The observed dependencies of a planned task, against the code as it is
         now and the inputs the plan expects."""
-        flow_file = mf.flow_file(self.flow)
-        step_func = mf.step_function(self.flow, step)
-        visible = inputs[0].visible or {}
-        return DepContext(
-            flow_class=self.flow.__class__,
-            flow_dir=os.path.dirname(os.path.realpath(flow_file)) if flow_file else os.getcwd(),
-            index=frames[-1].index if frames else None,
-            foreach_indices=[f.index for f in frames],
-            artifact_hash=visible.get,
-            unkeyed_lists=tuple(f.var for f in frames if not reads_attribute(step_func, f.var)),
-        )
+        return dependency_context(self.flow, step, frames, dict(inputs[0].visible or {}), ())
 
     def _children(self, step, inputs, frames, manifest):
         produced = {n: a.sha for n, a in manifest.artifacts.items()}

@@ -152,9 +152,7 @@ def _guard(name: str, method):
             try:
                 yield from method(self, *args, **kwargs)
             except Exception as err:
-                fault = _as_fault(self, name, err)
-                if isinstance(fault, StoreUnavailable):
-                    budget.record(fault)
+                fault = _counted_fault(self, name, err, budget)
                 if fault is err:
                     raise
                 raise fault from err
@@ -170,15 +168,22 @@ def _guard(name: str, method):
         try:
             return method(self, *args, **kwargs)
         except Exception as err:
-            fault = _as_fault(self, name, err)
-            if isinstance(fault, StoreUnavailable):
-                budget.record(fault)
+            fault = _counted_fault(self, name, err, budget)
             if fault is err:
                 raise
             raise fault from err
 
     guarded._memoize_guarded = True
     return guarded
+
+
+def _counted_fault(store, name, err, budget):
+    """The cache fault ``err`` stands for; an unavailable store counts against
+    the root's budget for the run."""
+    fault = _as_fault(store, name, err)
+    if isinstance(fault, StoreUnavailable):
+        budget.record(fault)
+    return fault
 
 
 def guard_operations(cls) -> None:

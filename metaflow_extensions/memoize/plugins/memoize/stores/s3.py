@@ -299,27 +299,19 @@ class S3Store(Store):
         self._bucket_checked = True
 
     def get(self, key: str) -> bytes | None:
-        full = self._full(key)
-        with self._errors("get", key):
-            delay = BODY_BACKOFF
-            for attempt in range(1, BODY_ATTEMPTS + 1):
-                try:
-                    response = self.client.get_object(Bucket=self.bucket, Key=full)
-                except Exception as err:
-                    if _error_code(err) == "NoSuchKey":
-                        return None
-                    raise
-                try:
-                    with response["Body"] as body:
-                        return body.read()
-                except Exception:
-                    # botocore retried the request, not the reading of its body
-                    if attempt == BODY_ATTEMPTS:
-                        raise
-                time.sleep(delay)
-                delay *= 2
+        read = self._read(key)
+        return None if read is None else read[0]
 
     def get_dated(self, key: str) -> tuple[bytes, float, float | None] | None:
+        read = self._read(key)
+        if read is None:
+            return None
+        data, response = read
+        return data, response["LastModified"].timestamp(), _server_time(response)
+
+    def _read(self, key: str):
+        """(body, response) of an object, None when absent; a body that breaks
+        off is read again (botocore retries the request, not the reading)."""
         full = self._full(key)
         with self._errors("get", key):
             delay = BODY_BACKOFF
@@ -332,8 +324,7 @@ class S3Store(Store):
                     raise
                 try:
                     with response["Body"] as body:
-                        data = body.read()
-                    return data, response["LastModified"].timestamp(), _server_time(response)
+                        return body.read(), response
                 except Exception:
                     if attempt == BODY_ATTEMPTS:
                         raise
