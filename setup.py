@@ -37,14 +37,14 @@ setup(
     if sys.version_info >= (3, 12)
     else [
         Extension(
-            "metaflow_extensions.memoize.plugins.memoize._tracer",
-            ["metaflow_extensions/memoize/plugins/memoize/_tracer.c"],
+            "metaflow_extensions.memoize.plugins.memoize.key._tracer",
+            ["metaflow_extensions/memoize/plugins/memoize/key/_tracer.c"],
             optional=True,
         )
     ],
     entry_points={
         "console_scripts": [
-            "metaflow-memoize=metaflow_extensions.memoize.plugins.memoize.standalone_cli:main",
+            "metaflow-memoize=metaflow_extensions.memoize.plugins.memoize.cli.standalone:main",
         ],
     },
 )

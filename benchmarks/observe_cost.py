@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 
-from metaflow_extensions.memoize.plugins.memoize import deps, observe
+from metaflow_extensions.memoize.plugins.memoize.key import deps, observe
 
 
 def _numpy_body(scale: float):

@@ -268,8 +268,8 @@ _PROBE = textwrap.dedent(
     import metaflow  # noqa: F401
     from metaflow.task import MetaflowTask
     from metaflow.datastore.task_datastore import TaskDataStore
-    from metaflow_extensions.memoize.plugins.memoize import decorator as D
-    from metaflow_extensions.memoize.plugins.memoize import cache as C
+    from metaflow_extensions.memoize.plugins.memoize.runtime import decorator as D
+    from metaflow_extensions.memoize.plugins.memoize.cache.entries import entries as C
     IMPORTED = time.perf_counter() - T0
     phases = {}
 
@@ -530,10 +530,17 @@ def interleaved(reps, variants):
 def product():
     import metaflow  # noqa: F401  (Metaflow first: it loads the extension)
 
-    from metaflow_extensions.memoize.plugins.memoize import cache, keys, manifest, transfer
+    from metaflow_extensions.memoize.plugins.memoize.cache.entries import (
+        entries as cache,
+    )
+    from metaflow_extensions.memoize.plugins.memoize.cache.entries import (
+        manifest,
+        transfer,
+    )
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import S3Store
+    from metaflow_extensions.memoize.plugins.memoize.key import components as keys
     from metaflow_extensions.memoize.plugins.memoize.metaflow_compat import DatastoreBlobs
-    from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
-    from metaflow_extensions.memoize.plugins.memoize.stores.s3 import S3Store
 
     return SimpleNamespace(
         Cache=cache.Cache,
@@ -714,7 +721,7 @@ class Bench:
             t0 = time.perf_counter()
             import boto3
             t1 = time.perf_counter()
-            from metaflow_extensions.memoize.plugins.memoize.stores import s3
+            from metaflow_extensions.memoize.plugins.memoize.cache.stores import s3
             s3._client_for(s3._endpoint_url(), s3._region())
             t2 = time.perf_counter()
             print(json.dumps([t1 - t0, t2 - t1]))
@@ -1044,7 +1051,8 @@ class Bench:
                 times.append(time.perf_counter() - started)
             synthetic.append({"n": n, "seconds": summary(times)})
         # audit at 0 (the default): what a hit pays for deciding not to audit (audit.py)
-        from metaflow_extensions.memoize.plugins.memoize import audit, config
+        from metaflow_extensions.memoize.plugins.memoize import config
+        from metaflow_extensions.memoize.plugins.memoize.cache.entries import audit
 
         os.environ.pop(config.ENV_AUDIT, None)
         times = []
@@ -1168,7 +1176,7 @@ class Bench:
         client = self.moto.client()
         n = self.plan.prune_entries
         try:
-            from metaflow_extensions.memoize.plugins.memoize import maintenance
+            from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance
         except ImportError:
             maintenance = None
         api = maintenance is not None and all(

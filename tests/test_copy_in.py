@@ -16,8 +16,8 @@ import pytest
 import xxhash
 from flowrunner import FlowRunner
 
-from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
-from metaflow_extensions.memoize.plugins.memoize.transfer import file_xxh, verify_payload
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
+from metaflow_extensions.memoize.plugins.memoize.cache.transfer import file_xxh, verify_payload
 
 TINY_FILE = "t6_tiny_flow.py"
 TINY = "T6TinyFlow"
@@ -124,7 +124,7 @@ def test_with_a_signing_key_only_the_sha1_vouches_for_a_blob(tmp_path):
     digest a signed manifest records: re-sign the manifest so that its xxh3 is that
     of a tampered blob. With a signing key the blob must still be rejected (the SHA-1
     of its payload does not match), so the step runs and computes the right value."""
-    from metaflow_extensions.memoize.plugins.memoize.manifest import Manifest
+    from metaflow_extensions.memoize.plugins.memoize.cache.manifest import Manifest
 
     secret = "copy-in-secret"
     cache = tmp_path / "cache"
@@ -256,7 +256,7 @@ def _require_kernel_copy(directory: Path) -> None:
 
 
 def test_a_copy_of_many_kernel_chunks_hashes_exactly_the_copy(tmp_path, monkeypatch):
-    from metaflow_extensions.memoize.plugins.memoize.stores import local
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores import local
 
     # small kernel chunks: many of them, hashed while the next ones are copied
     _require_kernel_copy(tmp_path)
@@ -293,8 +293,8 @@ def test_where_the_kernel_cannot_copy_the_bytes_go_through_a_buffer(store_with_b
 def test_a_kernel_copy_failing_midway_is_a_store_fault_and_leaves_nothing(
     store_with_blob, monkeypatch
 ):
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores import local
     from metaflow_extensions.memoize.plugins.memoize.exceptions import StoreUnavailable
-    from metaflow_extensions.memoize.plugins.memoize.stores import local
 
     store, data, directory = store_with_blob
     _require_kernel_copy(directory.parent.parent)

@@ -22,12 +22,12 @@ import pytest
 from fault_proxy import FaultProxy
 from reliability_report import fault_notes
 
-from metaflow_extensions.memoize.plugins.memoize.cache import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.singleflight import Lease
+from metaflow_extensions.memoize.plugins.memoize.cache.stores import faults as store_faults
+from metaflow_extensions.memoize.plugins.memoize.cache.stores import s3 as s3_store
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import S3Store
 from metaflow_extensions.memoize.plugins.memoize.exceptions import StoreUnavailable
-from metaflow_extensions.memoize.plugins.memoize.singleflight import Lease
-from metaflow_extensions.memoize.plugins.memoize.stores import faults as store_faults
-from metaflow_extensions.memoize.plugins.memoize.stores import s3 as s3_store
-from metaflow_extensions.memoize.plugins.memoize.stores.s3 import S3Store
 
 AREA = "7. Flaky S3 (fault-injecting proxy)"
 RUNS = int(os.environ.get("MEMOIZE_FAULT_RUNS", "2"))
@@ -286,9 +286,9 @@ def test_the_lease_winner_looks_the_key_up_again(tmp_path, fault):
         store="local",
         expected="the winner looks the key up again: a hit, and it releases the lease",
     )
-    from metaflow_extensions.memoize.plugins.memoize.decorator import MemoizeDecorator
-    from metaflow_extensions.memoize.plugins.memoize.manifest import Manifest
-    from metaflow_extensions.memoize.plugins.memoize.stores import open_store
+    from metaflow_extensions.memoize.plugins.memoize.cache.manifest import Manifest
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
+    from metaflow_extensions.memoize.plugins.memoize.runtime.decorator import MemoizeDecorator
 
     cache = Cache(open_store(str(tmp_path / "cache")))
     key = "0123456789abcdef0123456789abcdef"

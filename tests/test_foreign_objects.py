@@ -20,11 +20,11 @@ import metaflow  # noqa: F401  (must load before its extension's modules)
 import pytest
 from reliability_report import fault_notes
 
-from metaflow_extensions.memoize.plugins.memoize import maintenance as mt
-from metaflow_extensions.memoize.plugins.memoize.cache import MARKER, Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import MARKER, Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
+from metaflow_extensions.memoize.plugins.memoize.cache.manifest import ArtifactRecord, Manifest
+from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
 from metaflow_extensions.memoize.plugins.memoize.exceptions import MemoizeCliError
-from metaflow_extensions.memoize.plugins.memoize.manifest import ArtifactRecord, Manifest
-from metaflow_extensions.memoize.plugins.memoize.stores import open_store
 
 AREA = "8. Foreign objects and roots that are not caches"
 STANDALONE = Path(sys.executable).with_name("metaflow-memoize")

@@ -196,7 +196,7 @@ def test_pypi_and_conda_packages_and_images_enter_the_key():
     import metaflow  # noqa: F401  (loads the plugins)
     from metaflow.plugins import STEP_DECORATORS
 
-    from metaflow_extensions.memoize.plugins.memoize.identity import environment_component
+    from metaflow_extensions.memoize.plugins.memoize.key.identity import environment_component
 
     by_name = {d.name: d for d in STEP_DECORATORS}
 
@@ -217,7 +217,7 @@ def test_pypi_and_conda_packages_and_images_enter_the_key():
 
 
 def test_env_argument_adds_package_versions():
-    from metaflow_extensions.memoize.plugins.memoize.identity import environment_component
+    from metaflow_extensions.memoize.plugins.memoize.key.identity import environment_component
 
     comp = environment_component([], ["xxhash", "boto3"])
     assert comp["package:xxhash"] and comp["package:boto3"]

@@ -11,15 +11,15 @@ import time
 import metaflow  # noqa: F401  (must load before its extension's modules)
 import pytest
 
-from metaflow_extensions.memoize.plugins.memoize import maintenance as mt
-from metaflow_extensions.memoize.plugins.memoize.cache import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
+from metaflow_extensions.memoize.plugins.memoize.cache.manifest import ArtifactRecord, Manifest
+from metaflow_extensions.memoize.plugins.memoize.cache.stores import ObjectInfo, Store
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
 from metaflow_extensions.memoize.plugins.memoize.exceptions import (
     MemoizeCliError,
     StoreUnavailable,
 )
-from metaflow_extensions.memoize.plugins.memoize.manifest import ArtifactRecord, Manifest
-from metaflow_extensions.memoize.plugins.memoize.stores import ObjectInfo, Store
-from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
 
 T0 = 1_700_000_000.0
 KEEP_ALL = mt.PruneCriteria()

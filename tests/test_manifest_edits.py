@@ -26,9 +26,9 @@ import pytest
 from flowrunner import FlowRunner
 from reliability_report import fault_notes
 
-from metaflow_extensions.memoize.plugins.memoize.cache import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
 from metaflow_extensions.memoize.plugins.memoize.exceptions import CorruptEntry
-from metaflow_extensions.memoize.plugins.memoize.stores import open_store
 
 AREA = "9. Hand-edited manifests"
 KEY = "edits-signing-key"

@@ -61,8 +61,8 @@ def test_prune_aborts_incomplete_uploads_of_killed_writers(s3_env, fault):
     client, bucket = s3_env.client, s3_env.bucket
     root = s3_env.url("cache")
     # a cache root with one entry (so it has memoize's marker)
-    from metaflow_extensions.memoize.plugins.memoize.cache import Cache
-    from metaflow_extensions.memoize.plugins.memoize.stores import open_store
+    from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
 
     Cache(open_store(root)).ensure_marker(recheck=True)
     ours = []

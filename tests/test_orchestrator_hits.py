@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from metaflow_extensions.memoize.plugins.memoize.orchestrator_hits import clone_mismatch
+from metaflow_extensions.memoize.plugins.memoize.runtime.orchestrator_hits import clone_mismatch
 
 _TASKS_SCRIPT = textwrap.dedent(
     """
@@ -327,7 +327,9 @@ class _Task:
     ],
 )
 def test_which_tasks_the_orchestrator_may_clone(monkeypatch, others, kwargs, eligible):
-    from metaflow_extensions.memoize.plugins.memoize.orchestrator_hits import OrchestratorHits
+    from metaflow_extensions.memoize.plugins.memoize.runtime.orchestrator_hits import (
+        OrchestratorHits,
+    )
 
     for name in ("METAFLOW_MEMOIZE_MODE", "METAFLOW_MEMOIZE_REFRESH", "METAFLOW_MEMOIZE_CLONE"):
         monkeypatch.delenv(name, raising=False)
@@ -342,7 +344,7 @@ def test_which_tasks_the_orchestrator_may_clone(monkeypatch, others, kwargs, eli
 
 
 def test_the_orchestrator_stops_checking_a_step_that_keeps_missing(monkeypatch):
-    from metaflow_extensions.memoize.plugins.memoize import orchestrator_hits
+    from metaflow_extensions.memoize.plugins.memoize.runtime import orchestrator_hits
 
     for name in ("METAFLOW_MEMOIZE_MODE", "METAFLOW_MEMOIZE_REFRESH", "METAFLOW_MEMOIZE_CLONE"):
         monkeypatch.delenv(name, raising=False)

@@ -25,10 +25,14 @@ from test_maintenance import (
     sha_of,
 )
 
-from metaflow_extensions.memoize.plugins.memoize import maintenance as mt
-from metaflow_extensions.memoize.plugins.memoize.cache import MAX_INDEX_NAME, Cache, blob_ref
-from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
-from metaflow_extensions.memoize.plugins.memoize.stores.s3 import S3Store
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import (
+    MAX_INDEX_NAME,
+    Cache,
+    blob_ref,
+)
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import S3Store
 
 T0 = time.time() - 7200
 

@@ -23,11 +23,11 @@ import pytest
 from reliability_report import fault_notes
 from test_reliability import NO_DAC, no_dac  # noqa: F401  (fixture)
 
-from metaflow_extensions.memoize.plugins.memoize import maintenance as mt
-from metaflow_extensions.memoize.plugins.memoize.cache import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
+from metaflow_extensions.memoize.plugins.memoize.cache.manifest import ArtifactRecord, Manifest
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
 from metaflow_extensions.memoize.plugins.memoize.exceptions import CacheFault
-from metaflow_extensions.memoize.plugins.memoize.manifest import ArtifactRecord, Manifest
-from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
 
 AREA = "10. Prune safety"
 STANDALONE = Path(sys.executable).with_name("metaflow-memoize")
@@ -152,7 +152,7 @@ def test_a_blob_reused_during_a_prune_is_kept(tmp_path, fault):
         store="local",
         expected="the blob is kept: the new entry is complete",
     )
-    from metaflow_extensions.memoize.plugins.memoize.transfer import export_blobs
+    from metaflow_extensions.memoize.plugins.memoize.cache.transfer import export_blobs
 
     root = tmp_path / "cache"
     store = RacingStore(str(root))

@@ -32,8 +32,8 @@ import pytest
 from flowrunner import _RUN_ID_RE, FLOWS_DIR, FlowResult, FlowRunner
 from reliability_report import fault_notes
 
+from metaflow_extensions.memoize.plugins.memoize.cache.transfer import verify_blob_file
 from metaflow_extensions.memoize.plugins.memoize.exceptions import CorruptEntry
-from metaflow_extensions.memoize.plugins.memoize.transfer import verify_blob_file
 
 ROOT_ENV = "METAFLOW_MEMOIZE_ROOT"
 TINY = "T6TinyFlow"
@@ -350,8 +350,8 @@ def _edit(data: bytes, _drop=None, **fields) -> bytes:
 
 
 def test_malformed_manifests_are_corrupt_entries(golden, tmp_path, fault):
-    from metaflow_extensions.memoize.plugins.memoize.cache import Cache
-    from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
+    from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
 
     fault(
         area=FAIL_OPEN,
@@ -885,9 +885,9 @@ def test_a_failed_lock_holder_releases_its_lease(runner, fault):
 
 
 def test_a_lock_that_is_never_renewed_does_not_block_forever(tmp_path, fault):
-    from metaflow_extensions.memoize.plugins.memoize.cache import Cache
-    from metaflow_extensions.memoize.plugins.memoize.singleflight import Lease
-    from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
+    from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+    from metaflow_extensions.memoize.plugins.memoize.cache.singleflight import Lease
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
 
     fault(
         area=CONCURRENCY,

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from metaflow_extensions.memoize.plugins.memoize import metaflow_compat as mf
-from metaflow_extensions.memoize.plugins.memoize.stores import s3
-from metaflow_extensions.memoize.plugins.memoize.stores.s3 import S3Store
+from metaflow_extensions.memoize.plugins.memoize.cache.stores import s3
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import S3Store
 
 
 @pytest.fixture

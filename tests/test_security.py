@@ -32,11 +32,11 @@ from test_reliability import (
     warning_lines,
 )
 
-from metaflow_extensions.memoize.plugins.memoize.cache import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.manifest import ArtifactRecord, Manifest
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import S3Store, parse_s3_url
 from metaflow_extensions.memoize.plugins.memoize.exceptions import CorruptEntry, UnsafePath
-from metaflow_extensions.memoize.plugins.memoize.manifest import ArtifactRecord, Manifest
-from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
-from metaflow_extensions.memoize.plugins.memoize.stores.s3 import S3Store, parse_s3_url
 
 PATHS = "5. Bad input: unsafe names and lying manifests"
 SIGNING = "6. Security: signed entries"

@@ -14,10 +14,10 @@ import metaflow  # noqa: F401  (must load before its extension's modules)
 import pytest
 from reliability_report import fault_notes
 
-from metaflow_extensions.memoize.plugins.memoize import maintenance as mt
-from metaflow_extensions.memoize.plugins.memoize.cache import Cache
-from metaflow_extensions.memoize.plugins.memoize.manifest import Manifest
-from metaflow_extensions.memoize.plugins.memoize.stores import open_store
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
+from metaflow_extensions.memoize.plugins.memoize.cache.manifest import Manifest
+from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
 
 AREA = "11. Clocks"
 DAY = 86400.0

@@ -13,14 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import metaflow  # noqa: F401  (must load before its extension's modules; see exceptions.py)
 import pytest
 
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import (
+    S3Store,
+    parse_s3_url,
+)
 from metaflow_extensions.memoize.plugins.memoize.exceptions import (
     StoreUnavailable,
     UnsafePath,
-)
-from metaflow_extensions.memoize.plugins.memoize.stores.local import LocalStore
-from metaflow_extensions.memoize.plugins.memoize.stores.s3 import (
-    S3Store,
-    parse_s3_url,
 )
 
 ROOT = "cache/root"

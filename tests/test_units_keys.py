@@ -11,14 +11,20 @@ import textwrap
 import metaflow  # noqa: F401  (must load before its extension's modules)
 import pytest
 
-from metaflow_extensions.memoize.plugins.memoize import code_identity, durations, keys
+from metaflow_extensions.memoize.plugins.memoize import durations
+from metaflow_extensions.memoize.plugins.memoize.cache.manifest import (
+    ArtifactRecord,
+    Manifest,
+)
 from metaflow_extensions.memoize.plugins.memoize.exceptions import (
     CorruptEntry,
     MemoizeArgumentError,
 )
-from metaflow_extensions.memoize.plugins.memoize.manifest import (
-    ArtifactRecord,
-    Manifest,
+from metaflow_extensions.memoize.plugins.memoize.key import (
+    code as code_identity,
+)
+from metaflow_extensions.memoize.plugins.memoize.key import (
+    components as keys,
 )
 from metaflow_extensions.memoize.plugins.memoize.settings import parse_arguments
 
@@ -50,7 +56,7 @@ def test_key_is_the_same_in_another_process():
     script = textwrap.dedent(
         """
         import metaflow
-        from metaflow_extensions.memoize.plugins.memoize import keys
+        from metaflow_extensions.memoize.plugins.memoize.key import components as keys
         print(keys.key_of(keys.build_components(flow="F", step="s", code={"step": "c"},
               args={}, inputs={"x": "1", "y": "2"}, foreach=[], env={})))
         """
@@ -412,7 +418,7 @@ def test_manifest_loads_checks_the_key():
 
 # -- decorator arguments ------------------------------------------------------
 def parse(tmp_path, **attributes):
-    from metaflow_extensions.memoize.plugins.memoize.decorator import MemoizeDecorator
+    from metaflow_extensions.memoize.plugins.memoize.runtime.decorator import MemoizeDecorator
 
     full = dict(MemoizeDecorator.defaults, **attributes)
     return parse_arguments("train", full, str(tmp_path))

@@ -8,7 +8,7 @@ import sysconfig
 import textwrap
 import threading
 
-from metaflow_extensions.memoize.plugins.memoize import deps, observe
+from metaflow_extensions.memoize.plugins.memoize.key import deps, observe
 
 
 def _helper(x):

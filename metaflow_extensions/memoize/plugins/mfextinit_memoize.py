@@ -1,3 +1,3 @@
 # Registers @memoize and the `memoize` flow command group with Metaflow.
-STEP_DECORATORS_DESC = [("memoize", ".memoize.decorator.MemoizeDecorator")]
-CLIS_DESC = [("memoize", ".memoize.cli.cli")]
+STEP_DECORATORS_DESC = [("memoize", ".memoize.runtime.decorator.MemoizeDecorator")]
+CLIS_DESC = [("memoize", ".memoize.cli.commands.cli")]

@@ -14,7 +14,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-TARGET = "metaflow_extensions.memoize.plugins.memoize.deps"
+TARGET = "metaflow_extensions.memoize.plugins.memoize.key.deps"
 FUNCTION = "observed_dependencies"
 
 

@@ -107,6 +107,6 @@ def clone_hits() -> bool:
 
 def audit_fraction() -> float:
     """METAFLOW_MEMOIZE_AUDIT: the fraction of hits audited (audit.py); 0 when unset."""
-    from .audit import env_fraction
+    from .cache.audit import env_fraction
 
     return env_fraction(_conf("MEMOIZE_AUDIT"))

@@ -358,7 +358,7 @@ class DatastoreBlobs:
         with os.fdopen(fd, "w") as f:
             json.dump(meta, f)
         # temp files are 0600; Metaflow's own blobs follow the umask
-        from .stores.local import file_mode_from_umask
+        from .cache.stores.local import file_mode_from_umask
 
         mode = file_mode_from_umask()
         os.chmod(tmp_meta, mode)

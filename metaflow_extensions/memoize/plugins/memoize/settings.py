@@ -11,7 +11,7 @@ import os
 import types
 from typing import Any
 
-from .audit import parse_fraction
+from .cache.audit import parse_fraction
 from .durations import parse_duration
 from .exceptions import MemoizeArgumentError
 

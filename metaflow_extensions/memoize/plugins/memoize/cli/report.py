@@ -30,8 +30,8 @@ import json
 import time
 from typing import Any
 
-from .durations import format_duration, format_size
-from .maintenance import EntryInfo, Outcome, Plan, StepStats
+from ..cache.maintenance import EntryInfo, Outcome, Plan, StepStats
+from ..durations import format_duration, format_size
 
 SHORT_KEY = 12
 

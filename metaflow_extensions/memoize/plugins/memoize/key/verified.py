@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .cache import Cache
+from ..cache.entries import Cache
+from ..cache.manifest import Manifest
 from .deps import DepContext, variant_key, verify
-from .manifest import Manifest
 
 
 @dataclass

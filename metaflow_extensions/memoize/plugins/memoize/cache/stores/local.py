@@ -11,7 +11,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 
-from ..exceptions import StoreUnavailable
+from ...exceptions import StoreUnavailable
 from .base import ObjectInfo, Store, check_key
 
 
@@ -25,7 +25,7 @@ class LocalStore(Store):
         path = os.path.join(self.root, *key.split("/"))
         # defence in depth: the key check already rules this out
         if os.path.commonpath([self.root, os.path.abspath(path)]) != self.root:
-            from ..exceptions import UnsafePath
+            from ...exceptions import UnsafePath
 
             raise UnsafePath("refusing to access %r outside %s" % (key, self.root))
         return path

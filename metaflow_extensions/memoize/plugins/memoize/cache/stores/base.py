@@ -35,7 +35,7 @@ class UploadInfo(NamedTuple):
 
 def check_key(key: str) -> str:
     """Reject keys that could escape the root (``..``, absolute, odd characters)."""
-    from ..exceptions import UnsafePath
+    from ...exceptions import UnsafePath
 
     if (
         not isinstance(key, str)

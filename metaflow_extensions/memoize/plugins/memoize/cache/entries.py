@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .exceptions import CacheFault, CorruptEntry
+from ..exceptions import CacheFault, CorruptEntry
 from .manifest import Manifest
 from .stores import ObjectInfo, Store, check_key
 
@@ -319,7 +319,7 @@ class Cache:
         if self.store.url in _marked and not recheck:
             return
         if self.store.head(MARKER) is None:
-            from .version import __version__
+            from ..version import __version__
 
             doc = {"memoize": "cache root", "layout": LAYOUT, "version": __version__}
             self.store.put_if_absent(MARKER, json.dumps(doc, sort_keys=True).encode())

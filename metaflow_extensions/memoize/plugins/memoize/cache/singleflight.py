@@ -16,8 +16,8 @@ import time
 import uuid
 from typing import Callable
 
-from .cache import Cache
-from .exceptions import CacheFault
+from ..exceptions import CacheFault
+from .entries import Cache
 
 
 class Lease:

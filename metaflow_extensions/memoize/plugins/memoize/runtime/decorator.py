@@ -9,32 +9,33 @@ from typing import Any
 
 from metaflow.decorators import StepDecorator
 
-from . import audit, config
-from . import metaflow_compat as mf
-from .cache import Cache
-from .code_identity import assigned_attributes
-from .deps import observed_dependencies
-from .durations import format_duration
-from .exceptions import CacheFault, CorruptEntry, MemoizeException, MemoizeStrictError
-from .identity import (
+from .. import config
+from .. import metaflow_compat as mf
+from ..cache import audit
+from ..cache.entries import Cache
+from ..cache.manifest import ArtifactRecord, Manifest
+from ..cache.singleflight import Lease
+from ..cache.stores import open_store
+from ..cache.stores import s3 as s3_store
+from ..cache.stores.faults import share_budget
+from ..cache.transfer import export_blobs, import_blobs
+from ..durations import format_duration
+from ..exceptions import CacheFault, CorruptEntry, MemoizeException, MemoizeStrictError
+from ..key.code import assigned_attributes
+from ..key.components import BOOKKEEPING_ARTIFACTS, diff_components, key_of
+from ..key.deps import observed_dependencies
+from ..key.identity import (
     UnidentifiableInput,
     dependency_context,
     environment_component,
     task_components,
     unstable_inputs,
 )
-from .keys import BOOKKEEPING_ARTIFACTS, diff_components, key_of
-from .manifest import ArtifactRecord, Manifest
-from .observe import Observer
+from ..key.observe import Observer
+from ..key.verified import verified_lookup
+from ..settings import parse_arguments
+from ..version import __version__
 from .orchestrator_hits import OrchestratorHits
-from .settings import parse_arguments
-from .singleflight import Lease
-from .stores import open_store
-from .stores import s3 as s3_store
-from .stores.faults import share_budget
-from .transfer import export_blobs, import_blobs
-from .verified import verified_lookup
-from .version import __version__
 
 # Never restored from an entry: per-task state that Metaflow sets itself.
 _NEVER_RESTORED = BOOKKEEPING_ARTIFACTS | {"name", "input", "index"}
@@ -127,7 +128,7 @@ class MemoizeDecorator(StepDecorator):
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         self._step_name = step_name
         if self._unknown_arguments:
-            from .exceptions import MemoizeArgumentError
+            from ..exceptions import MemoizeArgumentError
 
             raise MemoizeArgumentError(
                 step_name,
@@ -172,7 +173,7 @@ class MemoizeDecorator(StepDecorator):
             known |= assigned
         unknown = [n for n in self.args["inputs"] if n not in known]
         if unknown:
-            from .exceptions import MemoizeArgumentError
+            from ..exceptions import MemoizeArgumentError
 
             raise MemoizeArgumentError(
                 step_name,

@@ -26,7 +26,7 @@ import os
 import tempfile
 import threading
 
-from ..exceptions import CacheFault, StoreUnavailable
+from ...exceptions import CacheFault, StoreUnavailable
 
 #: faults after which a root is disabled (for the process, or the run: see share_budget)
 FAULT_LIMIT = 3

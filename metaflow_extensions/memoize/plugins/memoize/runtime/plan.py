@@ -16,15 +16,15 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import config
-from . import metaflow_compat as mf
-from .cache import Cache
-from .deps import DepContext
-from .exceptions import CacheFault
-from .identity import UnidentifiableInput, components_for, dependency_context, item_digest
-from .keys import diff_components, key_of
-from .stores import open_store
-from .verified import verified_lookup
+from .. import config
+from .. import metaflow_compat as mf
+from ..cache.entries import Cache
+from ..cache.stores import open_store
+from ..exceptions import CacheFault
+from ..key.components import diff_components, key_of
+from ..key.deps import DepContext
+from ..key.identity import UnidentifiableInput, components_for, dependency_context, item_digest
+from ..key.verified import verified_lookup
 
 HIT, RUN, UNKNOWN, NOT_MEMOIZED = "hit", "run", "unknown", "not memoized"
 

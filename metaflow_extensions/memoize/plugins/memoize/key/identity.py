@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import metaflow_compat as mf
-from .code_identity import code_components, dependency_components, reads_attribute
+from .. import metaflow_compat as mf
+from ..settings import package_version
+from .code import code_components, dependency_components, reads_attribute
+from .components import build_components, digest_bytes, join_inputs_component, select_inputs
 from .deps import DepContext
-from .keys import build_components, digest_bytes, join_inputs_component, select_inputs
-from .settings import package_version
 
 # Decorators whose arguments change what a step computes. Everything else
 # (resources, retry, timeout, catch, card, ...) stays out of the key.

@@ -7,8 +7,8 @@ For cron jobs and CI: the same list/show/stats/invalidate/prune as
 import metaflow  # noqa: F401  (loads Metaflow before its extension's modules)
 from metaflow._vendor import click
 
-from . import config
-from .cli import SCOPE, STANDALONE_COMMANDS, RootScope, memoize
+from .. import config
+from .commands import SCOPE, STANDALONE_COMMANDS, RootScope, memoize
 
 
 @click.group(

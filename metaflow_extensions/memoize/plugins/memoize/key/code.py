@@ -18,7 +18,7 @@ import textwrap
 import types
 from typing import Any, NamedTuple
 
-from .keys import canonical_json, digest_bytes
+from .components import canonical_json, digest_bytes
 
 
 def _strip_docstrings(tree: ast.AST) -> None:

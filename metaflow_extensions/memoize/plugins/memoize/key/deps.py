@@ -52,7 +52,7 @@ from typing import Any
 
 import xxhash
 
-from .keys import BOOKKEEPING_ARTIFACTS, canonical_json, digest_json
+from .components import BOOKKEEPING_ARTIFACTS, canonical_json, digest_json
 from .observe import stat_signature
 
 #: bump when a fingerprint's meaning changes

@@ -19,16 +19,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from . import config
-from . import metaflow_compat as mf
-from .cache import Cache
-from .code_identity import code_components
-from .durations import format_duration
-from .exceptions import CacheFault
-from .identity import UnidentifiableInput, dependency_context, task_components
-from .keys import key_of
-from .stores import open_store
-from .verified import verified_lookup
+from .. import config
+from .. import metaflow_compat as mf
+from ..cache.entries import Cache
+from ..cache.stores import open_store
+from ..durations import format_duration
+from ..exceptions import CacheFault
+from ..key.code import code_components
+from ..key.components import key_of
+from ..key.identity import UnidentifiableInput, dependency_context, task_components
+from ..key.verified import verified_lookup
 
 #: Decorators whose task-side work cannot change what a hit produces (the body
 #: they wrap does not run) and that leave the task in the orchestrator's own

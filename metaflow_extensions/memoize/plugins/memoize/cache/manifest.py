@@ -14,8 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .exceptions import CorruptEntry
-from .keys import canonical_json
+from ..exceptions import CorruptEntry
+from ..key.components import canonical_json
 
 MANIFEST_FORMAT = 1
 

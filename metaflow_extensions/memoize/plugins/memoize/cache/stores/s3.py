@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..exceptions import CacheFault, StoreUnavailable
+from ...exceptions import CacheFault, StoreUnavailable
 from .base import ObjectInfo, Store, UploadInfo, check_key
 
 # Short enough that an unreachable store costs a step seconds, not minutes;

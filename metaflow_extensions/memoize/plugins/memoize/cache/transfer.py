@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .cache import Cache
-from .config import link_blobs
-from .exceptions import CorruptEntry
+from ..config import link_blobs
+from ..exceptions import CorruptEntry
+from ..metaflow_compat import DatastoreBlobs
+from .entries import Cache
 from .manifest import ArtifactRecord
-from .metaflow_compat import DatastoreBlobs
 from .stores.local import LocalStore
 
 MAX_PARALLEL = 8

@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .cache import LAYOUT, MARKER, Cache, IndexRecord, blob_ref
-from .durations import format_duration
-from .exceptions import CorruptEntry, MemoizeCliError
+from ..durations import format_duration
+from ..exceptions import CorruptEntry, MemoizeCliError
+from .entries import LAYOUT, MARKER, Cache, IndexRecord, blob_ref
 from .manifest import Manifest
 from .stores import ObjectInfo, UploadInfo, check_key, open_store
 
@@ -139,7 +139,7 @@ def open_target(root: str, flow: str | None = None) -> Target:
         store = open_store(root)
     except ValueError as err:
         raise MemoizeCliError(str(err))
-    from . import config
+    from .. import config
 
     # with a signing key, only signed index objects are believed (see cache.py)
     return Target(Cache(store, signing_key=config.signing_key()), flow)

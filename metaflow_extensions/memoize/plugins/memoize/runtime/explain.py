@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import Cache
-from .deps import diff_observed
-from .exceptions import CacheFault, MemoizeCliError
-from .keys import diff_components
+from ..cache.entries import Cache
+from ..exceptions import CacheFault, MemoizeCliError
+from ..key.components import diff_components
+from ..key.deps import diff_observed
 
 COMPONENTS = ("code", "args", "inputs", "foreach", "env", "observed")
 

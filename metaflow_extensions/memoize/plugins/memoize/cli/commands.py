@@ -11,11 +11,12 @@ import time
 
 from metaflow._vendor import click
 
-from . import config, report
-from . import maintenance as mt
-from . import metaflow_compat as mf
-from .durations import parse_duration, parse_size
-from .exceptions import CacheFault, MemoizeCliError, UnsafePath
+from .. import config
+from .. import metaflow_compat as mf
+from ..cache import maintenance as mt
+from ..durations import parse_duration, parse_size
+from ..exceptions import CacheFault, MemoizeCliError, UnsafePath
+from . import report
 
 SCOPE = "memoize.scope"  # ctx.meta key: the scope the group set up
 STANDALONE_COMMANDS = ("list", "show", "stats", "invalidate", "prune")
@@ -293,10 +294,10 @@ def _memoize_decorators(flow):
 @click.option("--run", "run_id", default=None, help="Run id (default: the latest run).")
 @json_option
 def explain(scope, targets, step, run_id, as_json):
-    from .cache import Cache
-    from .explain import explain_step
+    from ..cache.entries import Cache
+    from ..cache.stores import open_store
+    from ..runtime.explain import explain_step
     from .plan_report import explain_json, explain_text
-    from .stores import open_store
 
     flow = scope.obj.flow
     deco = _memoize_decorators(flow).get(step)
@@ -321,7 +322,7 @@ def _plan_command(fn):
 )
 @json_option
 def plan(scope, targets, as_json, **param_values):
-    from .plan import Planner
+    from ..runtime.plan import Planner
     from .plan_report import plan_json, plan_text
 
     obj = scope.obj

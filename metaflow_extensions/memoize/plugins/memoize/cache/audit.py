@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Mapping
 
-from .exceptions import CacheFault, MemoizeException
+from ..exceptions import CacheFault, MemoizeException
 
 
 class AuditSettingError(MemoizeException):

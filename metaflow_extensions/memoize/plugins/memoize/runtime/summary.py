@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .durations import format_duration
+from ..durations import format_duration
 
 
 def summarize(statuses: list[tuple[str, float]]) -> str:

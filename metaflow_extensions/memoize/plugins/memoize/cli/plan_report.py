@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .durations import format_duration
-from .explain import COMPONENTS, TaskExplanation
-from .plan import HIT, NOT_MEMOIZED, RUN, UNKNOWN, PlanResult, StepPlan
+from ..durations import format_duration
+from ..runtime.explain import COMPONENTS, TaskExplanation
+from ..runtime.plan import HIT, NOT_MEMOIZED, RUN, UNKNOWN, PlanResult, StepPlan
 
 
 def _detail(step: StepPlan) -> str:

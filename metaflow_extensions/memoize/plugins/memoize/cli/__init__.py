@@ -1,0 +1,1 @@
+"""The `memoize` command group and the standalone `metaflow-memoize` command: they parse and print."""
