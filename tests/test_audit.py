@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from metaflow_extensions.memoize.plugins.memoize.cache.entries import audit
+from metaflow_extensions.memoize.plugins.memoize.cache import audit
 
 FLOW = "audit_flow.py"
 

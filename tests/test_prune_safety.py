@@ -23,8 +23,8 @@ import pytest
 from reliability_report import fault_notes
 from test_reliability import NO_DAC, no_dac  # noqa: F401  (fixture)
 
+from metaflow_extensions.memoize.plugins.memoize.cache import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
-from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.manifest import ArtifactRecord, Manifest
 from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
 from metaflow_extensions.memoize.plugins.memoize.exceptions import CacheFault
