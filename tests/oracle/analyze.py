@@ -1,6 +1,6 @@
 """Compares the runs of one oracle case; run in a subprocess with the case's datastore.
 
-    python analyze.py FLOW WARM_RUN OFF_RUN MEMO_RUN NEEDS_JSON
+    python analyze.py FLOW WARM_RUN OFF_RUN MEMO_RUN NEEDS_JSON [INDEX_READERS_JSON]
 
 Prints one JSON document: the artifact differences between the memoized and the
 uncached run of the mutated flow (false hits), and per step how many tasks had
@@ -139,7 +139,7 @@ def _parents(t, tasks, preds):
     return out
 
 
-def signature(t, tasks, preds, constants):
+def signature(t, tasks, preds, constants, index_readers=()):
     # the lists of the foreach loops the task is in: out of a foreach task's key
     # unless it reads them; a join closing a loop gets its list with its inputs
     lists = {var for _, var, _, _ in t.stack}
@@ -152,6 +152,9 @@ def signature(t, tasks, preds, constants):
         rows.append([u.step, -1 if index is None else index, sorted(arts.items())])
     rows.sort(key=lambda r: (r[0], r[1]))
     item = t.stack[-1][3] if t.stack and t.stack[-1][0] == t.step else None
+    if t.step in index_readers and t.stack:
+        # a body that reads self.index computes something else at another position
+        item = [item, t.stack[-1][2]]
     return [item, rows]
 
 
@@ -173,7 +176,7 @@ def _same_rows(a, b, values):
     return True
 
 
-def needed(orig, orig_info, off, off_info, needs):
+def needed(orig, orig_info, off, off_info, needs, index_readers=()):
     preds = {}
     for name, node in off_info["steps"].items():
         for nxt in node["next"]:
@@ -215,8 +218,8 @@ def needed(orig, orig_info, off, off_info, needs):
             t.step in needs
             or other is None
             or not _same_rows(
-                signature(t, off, preds, constants),
-                signature(other, orig, opreds, oconstants),
+                signature(t, off, preds, constants, index_readers),
+                signature(other, orig, opreds, oconstants, index_readers),
                 values,
             )
         )
@@ -240,11 +243,12 @@ def _topological(info):
 
 def main():
     flow, warm, off_run, memo_run, needs = sys.argv[1:6]
+    index_readers = set(json.loads(sys.argv[6])) if len(sys.argv) > 6 else set()
     namespace(None)
     orig, orig_info = load(flow, warm)
     off, off_info = load(flow, off_run)
     memo, _ = load(flow, memo_run)
-    count, tasks = needed(orig, orig_info, off, off_info, set(json.loads(needs)))
+    count, tasks = needed(orig, orig_info, off, off_info, set(json.loads(needs)), index_readers)
     # a step without @memoize runs every time: all its tasks are needed
     for step in {t.step for t in memo}:
         one = next(t for t in memo if t.step == step)

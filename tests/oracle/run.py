@@ -17,6 +17,7 @@ listed case that ran as a single mutation still produces one; 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import random
@@ -129,6 +130,22 @@ def _counts(directory: Path) -> dict:
     return counts
 
 
+def index_readers(flow_file: Path) -> list:
+    """Steps whose body reads ``self.index``: their result depends on the position."""
+    tree = ast.parse(flow_file.read_text())
+    steps = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and any(
+            isinstance(n, ast.Attribute)
+            and n.attr == "index"
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "self"
+            for n in ast.walk(node)
+        ):
+            steps.append(node.name)
+    return sorted(steps)
+
+
 def _write_flow(flow: CorpusFlow, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in flow.files.items():
@@ -197,6 +214,7 @@ def run_case(case: Case, warm: Warm, root: Path, broken: bool) -> Outcome:
                 off_id,
                 memo_id,
                 json.dumps(needs),
+                json.dumps(index_readers(src / "flow.py")),
             ],
             cwd=src,
             env=_env(ds, cache, c_off),
