@@ -435,3 +435,136 @@ def test_a_merged_artifact_comes_from_the_current_inputs(runner):
     outers = runner.artifacts("CaseFlow", result.run_id)["join_outer"][0]["outers"]
     assert outers == repr([["b", "a"], ["b", "a"]]), result
     assert runner.count("join_inner") == 2, "the inner joins' own work is unchanged: hits"
+
+
+JOIN_READS = """
+import os
+from metaflow import FlowSpec, Parameter, step, memoize
+import _counter
+
+
+class CaseFlow(FlowSpec):
+    note = Parameter("note", default="a")
+    scale = Parameter("scale", default=1)
+
+    @step
+    def start(self):
+        self.items = [int(v) for v in os.environ.get("CASE_ITEMS", "1,2,3").split(",")]
+        self.next(self.body, foreach="items")
+
+    @step
+    def body(self):
+        self.value = self.input % 10
+        self.debug = os.environ.get("CASE_DEBUG", "x")
+        self.next(self.join)
+
+    @memoize
+    @step
+    def join(self, inputs):
+        _counter.record("join")
+        self.total = sum(i.value for i in inputs) * self.scale
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CaseFlow()
+"""
+
+
+def test_a_join_is_keyed_by_what_it_reads_from_its_inputs(runner):
+    """A join reads `value` from each input and the `scale` parameter: `--note`
+    and an input artifact it never reads (`debug`) do not re-run it, a read
+    parameter or a read artifact does, and a changed foreach list whose
+    outputs the join reads are unchanged is still a hit (early cut-off)."""
+    runner.add_flow("flow.py", source=JOIN_READS)
+    runs = [
+        ((), {}, 1, 6),
+        (("--note", "b"), {"CASE_DEBUG": "y"}, 1, 6),
+        (("--scale", "2"), {}, 2, 12),
+        (("--scale", "2"), {"CASE_ITEMS": "1,2,13"}, 2, 12),
+        (("--scale", "2"), {"CASE_ITEMS": "1,2,4"}, 3, 14),
+    ]
+    for args, env, joins, total in runs:
+        result = runner.run("flow.py", *args, env=env)
+        assert runner.count("join") == joins, result
+        assert runner.artifacts("CaseFlow", result.run_id)["join"][0]["total"] == repr(total)
+    assert "input 'value' of body[2] changed (read by the step)" in result.output, result
+
+
+JOIN_POSITIONS_AND_MERGE = """
+import os
+from metaflow import FlowSpec, step, memoize
+import _counter
+
+
+class CaseFlow(FlowSpec):
+    @step
+    def start(self):
+        self.items = [int(v) for v in os.environ.get("CASE_ITEMS", "1,2,3").split(",")]
+        self.next(self.body, foreach="items")
+
+    @step
+    def body(self):
+        self.value = self.input % 10
+        self.next(self.join)
+
+    @memoize
+    @step
+    def join(self, inputs):
+        _counter.record("join")
+        self.seen = [i.input for i in inputs]
+        self.next(self.fork)
+
+    @step
+    def fork(self):
+        self.next(self.a, self.b)
+
+    @step
+    def a(self):
+        self.x = 1
+        if os.environ.get("CASE_EXTRA"):
+            self.extra = 5
+        self.next(self.merge)
+
+    @step
+    def b(self):
+        self.y = 2
+        self.next(self.merge)
+
+    @memoize
+    @step
+    def merge(self, inputs):
+        _counter.record("merge")
+        self.merge_artifacts(inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        self.extra_seen = getattr(self, "extra", None)
+
+
+if __name__ == "__main__":
+    CaseFlow()
+"""
+
+
+def test_a_join_reading_items_or_merging_is_keyed_by_whole_inputs(runner):
+    """What Metaflow reads for a join on its own is not recorded: `inp.input`
+    (the item, read through the foreach list) and `merge_artifacts` (which
+    enumerates every artifact) key the join by its whole inputs. A new item
+    value whose outputs are unchanged re-runs `join`; a new artifact upstream
+    of `merge` reaches `end`."""
+    runner.add_flow("flow.py", source=JOIN_POSITIONS_AND_MERGE)
+    runner.run("flow.py")
+    changed = runner.run("flow.py", env={"CASE_ITEMS": "11,2,3"})
+    assert runner.count("join") == 2, changed
+    arts = runner.artifacts("CaseFlow", changed.run_id)
+    assert arts["join"][0]["seen"] == repr([11, 2, 3])
+    merges = runner.count("merge")
+    extra = runner.run("flow.py", env={"CASE_ITEMS": "11,2,3", "CASE_EXTRA": "1"})
+    assert runner.count("merge") == merges + 1, extra
+    assert runner.artifacts("CaseFlow", extra.run_id)["end"][0]["extra_seen"] == "5"

@@ -54,6 +54,9 @@ def artifact_infos(task_datastore) -> dict[str, dict[str, Any]]:
 
 def input_identity(task_datastore):
     """(step name, foreach index of the task or None) of an input datastore."""
+    known = getattr(task_datastore, "_memoize_input_identity", None)
+    if known is not None:
+        return known
     index = None
     try:
         stack = task_datastore["_foreach_stack"]
@@ -61,7 +64,12 @@ def input_identity(task_datastore):
             index = stack[-1].index
     except Exception:
         index = None
-    return task_datastore.step_name, index
+    identity = (task_datastore.step_name, index)
+    try:  # a join's key and its read dependencies both need it: loaded once
+        task_datastore._memoize_input_identity = identity
+    except AttributeError:
+        pass
+    return identity
 
 
 def foreach_frames(flow) -> list[Any]:
@@ -127,10 +135,25 @@ def _recording_class(base: type) -> type:
             note(self, name)
             return base.__contains__(self, name)
 
+        # enumerating the artifacts (merge_artifacts, to_dict) reads them all
+        def items(self):
+            note(self, "*")
+            return base.items(self)
+
+        def iterate(self):
+            note(self, "*")
+            return base.__iter__(self)
+
         _RECORDING_CLASSES[base] = type(
             "Recording" + base.__name__,
             (base,),
-            {"__getitem__": getitem, "__contains__": contains, "__module__": __name__},
+            {
+                "__getitem__": getitem,
+                "__contains__": contains,
+                "items": items,
+                "__iter__": iterate,
+                "__module__": __name__,
+            },
         )
     return _RECORDING_CLASSES[base]
 

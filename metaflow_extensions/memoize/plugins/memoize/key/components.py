@@ -74,6 +74,12 @@ def select_inputs(
     }
 
 
+def input_id(step: str, index: int | None) -> str:
+    """How a join names one of its inputs in dependency ids: parent step and
+    foreach index, never the position it arrived in (which varies)."""
+    return "%s/%s" % (step, "-" if index is None else index)
+
+
 def join_inputs_component(
     inputs: Iterable[tuple[str, int | None, Mapping[str, str]]],
 ) -> list[list[Any]]:

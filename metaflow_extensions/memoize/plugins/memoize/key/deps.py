@@ -16,7 +16,12 @@ Dependency ids:
   command:<digest>         a program the body started (by command line)
   task:index               the foreach position (the body reads ``self.index``)
   task:foreach_stack       every foreach position (``self.foreach_stack()``)
-  artifact:<name>          a foreach list the static key leaves out, read anyway
+  artifact:<name>          an input artifact the body read (linear steps), or a
+                           foreach list the static key leaves out, read anyway
+  artifact:*               every input artifact (the body enumerated them)
+  input:<step>/<i>:<name>  an artifact a join read from its input of that parent
+                           step and foreach index (``-`` outside a foreach)
+  input:<step>/<i>:*       every artifact of that input (``merge_artifacts``)
   source:<path>            a whole user source file (code that ran but cannot be
                            named: conservative)
   incomplete:<why>         the recording was cut short: never verifies (miss)
@@ -410,13 +415,18 @@ class DepContext:
     index: int | None = None
     foreach_indices: list = field(default_factory=list)
     artifact_hash: Callable[[str], str | None] = lambda name: None
+    #: every artifact hash of the first input
+    artifact_hashes: Callable[[], Mapping[str, str]] = lambda: {}
+    #: a join's inputs by input id (components.input_id), and their hashes
+    input_ids: tuple = ()
+    input_hashes: Callable[[str], Mapping[str, str] | None] = lambda input_id: None
     #: foreach lists the static key leaves out (the step's source never names them)
     unkeyed_lists: tuple = ()
     #: where Metaflow and memoize keep their own files (never dependencies)
     private_roots: tuple = ()
-    #: a linear step's input artifacts are keyed by what the body reads (a
-    #: join's by all of its inputs, in the static key); ``ignore=`` names never,
-    #: and with ``inputs=`` the key holds exactly those names
+    #: input artifacts are keyed by what the body reads (a join's per input);
+    #: ``ignore=`` names never, and with ``inputs=`` the static key holds
+    #: exactly those names instead
     reads_keyed: bool = False
     ignored: frozenset = frozenset()
     #: shared by the orchestrator across the tasks of a run: code, module
@@ -529,11 +539,12 @@ def _names_of(code: types.CodeType) -> set[str]:
 
 
 def observed_dependencies(
-    recording, ctx: DepContext, reads: Iterable[str] = ()
+    recording, ctx: DepContext, reads: Iterable[str] | Mapping[str, Iterable[str]] = ()
 ) -> tuple[dict[str, str], set[str]]:
     """({dependency id: fingerprint}, names the executed user code mentions).
 
-    ``reads``: input artifact names the body read (metaflow_compat.ArtifactReads).
+    ``reads``: input artifact names the body read (metaflow_compat.ArtifactReads);
+    for a join, {input id: names read from that input}.
     """
     if not recording.complete:
         return {"incomplete:recorder": "incomplete"}, set()
@@ -581,20 +592,66 @@ def observed_dependencies(
         if var in names:
             deps["artifact:%s" % var] = ""
     if ctx.reads_keyed:
-        # read through the datastore (also by computed names, and absent ones),
-        # or named by code that ran (an artifact loaded before the body started)
-        reads = set(reads)
-        for name in reads | names:
-            if name in ctx.ignored or name in BOOKKEEPING_ARTIFACTS or name in ("input", "index"):
-                continue
-            if name in reads or ctx.artifact_hash(name) is not None:
-                deps["artifact:%s" % name] = ""
+        _read_deps(ctx, reads, names, deps)
     modified_during_run: set[str] = set()
     _file_deps(recording, ctx, deps, modified_during_run)
     values = current_values(deps, ctx)
     for dep in modified_during_run:
         values[dep] = "modified while the step ran %s" % os.urandom(8).hex()
     return values, names
+
+
+def _read_deps(ctx: DepContext, reads, names: set[str], deps: dict[str, str]) -> None:
+    """Input artifacts as dependencies: those read through an input datastore
+    (also by computed names, and absent ones), or named by code that ran (an
+    artifact loaded before the body started). ``*``: the body enumerated an
+    input's artifacts (``merge_artifacts``): all of them."""
+
+    def keyable(name):
+        return not (
+            name in ctx.ignored or name in BOOKKEEPING_ARTIFACTS or name in ("input", "index")
+        )
+
+    if not ctx.input_ids:
+        read = set(reads if not isinstance(reads, Mapping) else ())
+        if "*" in read:
+            deps["artifact:*"] = ""
+        for name in read | names:
+            if name != "*" and keyable(name):
+                if name in read or ctx.artifact_hash(name) is not None:
+                    deps["artifact:%s" % name] = ""
+        return
+    by_input = reads if isinstance(reads, Mapping) else {}
+    # an input's foreach item and position (inp.input, inp.index) are read by
+    # Metaflow's own lookup, which is not recorded: the whole input stands for them
+    positional = bool(names & {"input", "index", "foreach_stack"})
+    for iid in ctx.input_ids:
+        read = set(by_input.get(iid, ()))
+        if "*" in read or positional:
+            deps["input:%s:*" % iid] = ""
+            continue
+        present = ctx.input_hashes(iid) or {}
+        for name in read | names:
+            if keyable(name) and (name in read or name in present):
+                deps["input:%s:%s" % (iid, name)] = ""
+
+
+def read_artifact_names(dep_ids: Iterable[str]) -> set[str]:
+    """The input artifact names among dependency ids (``*`` when all were read)."""
+    out = set()
+    for dep in dep_ids:
+        if dep.startswith("artifact:"):
+            out.add(dep[len("artifact:") :])
+        elif dep.startswith("input:"):
+            out.add(dep.rpartition(":")[2])
+    return out
+
+
+def _all_inputs_digest(hashes: Mapping[str, str], ctx: DepContext) -> str:
+    # as the static key would: no bookkeeping, no ignored names, no foreach list
+    # the step's code never names (a merge passes it through from the current inputs)
+    skip = BOOKKEEPING_ARTIFACTS | ctx.ignored | set(ctx.unkeyed_lists)
+    return digest_json({n: sha for n, sha in hashes.items() if n not in skip})
 
 
 def _is_infra_file(real: str) -> bool:
@@ -762,7 +819,17 @@ def current_value(dep: str, ctx: DepContext) -> str:
                 return repr(ctx.index)
             return repr(list(ctx.foreach_indices))
         if kind == "artifact":
+            if rest == "*":
+                return _all_inputs_digest(ctx.artifact_hashes(), ctx)
             return ctx.artifact_hash(rest) or "absent"
+        if kind == "input":
+            iid, _, name = rest.rpartition(":")
+            hashes = ctx.input_hashes(iid)
+            if hashes is None:
+                return "absent input"
+            if name == "*":
+                return _all_inputs_digest(hashes, ctx)
+            return hashes.get(name) or "absent"
     except Exception as err:  # a dependency we cannot evaluate never matches
         return "unavailable: %s" % type(err).__name__
     return "unknown dependency"
@@ -889,6 +956,20 @@ def describe_change(dep: str, old: str, new: str) -> str:
         return "source file %s changed" % rest
     if kind == "task":
         return "foreach position changed (the step reads self.%s)" % rest
+    if kind == "input":
+        iid, _, name = rest.rpartition(":")
+        source = iid.replace("/-", "").replace("/", "[") + ("]" if not iid.endswith("/-") else "")
+        if name == "*":
+            return "an artifact of input %s changed (merged by the step)" % source
+        if new == "absent input":
+            return "input %s is gone" % source
+        return "input '%s' of %s %s (read by the step)" % (
+            name,
+            source,
+            "removed" if gone else "changed",
+        )
+    if kind == "artifact" and rest == "*":
+        return "an input artifact changed (the step enumerated them)"
     if kind == "artifact":
         if gone:
             return "input '%s' removed (read by the step)" % rest

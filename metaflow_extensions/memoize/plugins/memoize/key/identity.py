@@ -12,7 +12,13 @@ from typing import Any
 from .. import metaflow_compat as mf
 from ..settings import package_version
 from .code import code_components, dependency_components, reads_attribute
-from .components import build_components, digest_bytes, join_inputs_component, select_inputs
+from .components import (
+    build_components,
+    digest_bytes,
+    input_id,
+    join_inputs_component,
+    select_inputs,
+)
 from .deps import DepContext
 
 # Decorators whose arguments change what a step computes. Everything else
@@ -180,10 +186,16 @@ def components_for(
     def selected(artifacts):
         return select_inputs(artifacts, args["inputs"], args["ignore"], drop)
 
+    by_reads = reads_keyed(graph, step_name, args)
     if mf.node_type(graph, step_name) == "join":
-        rows = [(parent, index, selected(arts)) for parent, index, arts in input_maps]
+        # which inputs the join has stays in the static key; what it read from
+        # them is observed (deps.py: input:<step>/<index>:<name>)
+        rows = [
+            (parent, index, {} if by_reads else selected(arts))
+            for parent, index, arts in input_maps
+        ]
         key_inputs: Any = join_inputs_component(rows)
-    elif reads_keyed(graph, step_name, args):
+    elif by_reads:
         # what the body reads is observed (deps.py: artifact:<name>)
         key_inputs = {}
     else:
@@ -207,28 +219,46 @@ def dependency_context(
     private_roots: Sequence[str],
     graph=None,
     args: dict[str, Any] | None = None,
+    join_inputs: Sequence[tuple[str, Any]] = (),
 ) -> DepContext:
     """What the observed dependencies of a task are evaluated against: the
     flow's current code, its directory, the task's foreach position and its
     first input's artifact hashes (the orchestrator passes the parent's;
-    `memoize plan` a {name: hash} map of what the task would see)."""
+    `memoize plan` a {name: hash} map of what the task would see).
+
+    ``join_inputs``: a join's inputs as (input id, datastore or {name: hash})."""
     flow_file = mf.flow_file(flow)
     flow_dir = os.path.dirname(os.path.realpath(flow_file)) if flow_file else os.getcwd()
     step_func = mf.step_function(flow, step_name)
     hashes: dict[str, str] | None = first_input if isinstance(first_input, dict) else None
 
-    def artifact_hash(name):
+    def artifact_hashes():
         nonlocal hashes
         if hashes is None:
             hashes = mf.artifact_hashes(first_input) if first_input is not None else {}
-        return hashes.get(name)
+        return hashes
+
+    sources = dict(join_inputs)
+    loaded: dict[str, Any] = {}
+
+    def input_hashes(iid):
+        if iid not in loaded:
+            source = sources.get(iid)
+            if source is None or isinstance(source, dict):
+                loaded[iid] = source
+            else:
+                loaded[iid] = mf.artifact_hashes(source)
+        return loaded[iid]
 
     return DepContext(
         flow_class=flow.__class__,
         flow_dir=flow_dir,
         index=frames[-1].index if frames else None,
         foreach_indices=[f.index for f in frames],
-        artifact_hash=artifact_hash,
+        artifact_hash=lambda name: artifact_hashes().get(name),
+        artifact_hashes=artifact_hashes,
+        input_ids=tuple(sources),
+        input_hashes=input_hashes,
         unkeyed_lists=tuple(
             f.var for f in frames if f.var and not reads_attribute(step_func, f.var)
         ),
@@ -238,15 +268,21 @@ def dependency_context(
     )
 
 
+def join_input_sources(graph, step_name: str, inputs: Sequence[Any]) -> list[tuple[str, Any]]:
+    """A join's input datastores by input id (for ``dependency_context``); [] if
+    the step is not a join."""
+    if graph is None or mf.node_type(graph, step_name) != "join":
+        return []
+    return [(input_id(*mf.input_identity(ds)), ds) for ds in inputs]
+
+
 def reads_keyed(graph, step_name: str, args: dict[str, Any] | None) -> bool:
     """Whether a step's input artifacts are keyed by what its body reads.
 
-    Linear steps and foreach bodies without ``inputs=``: yes (a parameter or
-    an upstream artifact the step never reads does not invalidate it). Joins:
-    their inputs are keyed whole, as rows (static key)."""
-    if graph is None or args is None or args.get("inputs") is not None:
-        return False
-    return mf.node_type(graph, step_name) != "join"
+    Every step without ``inputs=``: a parameter or an upstream artifact the
+    step never reads does not invalidate it. A join reads per input (the
+    inputs it has are in the static key)."""
+    return graph is not None and args is not None and args.get("inputs") is None
 
 
 _UNSTABLE_TYPES = ("set", "frozenset")

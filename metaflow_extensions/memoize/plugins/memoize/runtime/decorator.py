@@ -23,11 +23,12 @@ from ..durations import format_duration
 from ..exceptions import CacheFault, CorruptEntry, MemoizeException, MemoizeStrictError
 from ..key.code import assigned_attributes
 from ..key.components import BOOKKEEPING_ARTIFACTS, diff_components, key_of
-from ..key.deps import observed_dependencies
+from ..key.deps import observed_dependencies, read_artifact_names
 from ..key.identity import (
     UnidentifiableInput,
     dependency_context,
     environment_component,
+    join_input_sources,
     task_components,
     unstable_inputs,
 )
@@ -284,6 +285,7 @@ class MemoizeDecorator(StepDecorator):
                 [self._datastore_root, self.cache_root()],
                 graph=graph,
                 args=self.args,
+                join_inputs=join_input_sources(graph, step_name, inputs),
             )
             meta["memoize_key"] = key
             refresh_all, refresh_steps = config.refresh_request()
@@ -318,7 +320,8 @@ class MemoizeDecorator(StepDecorator):
             self._observer = Observer()
             self._observer.start()
             if self._dep_ctx.reads_keyed and inputs:
-                self._reads = mf.ArtifactReads(inputs[:1])
+                # a join reads from every input; a linear step's input is its own
+                self._reads = mf.ArtifactReads(inputs if self._dep_ctx.input_ids else inputs[:1])
                 self._reads.start()
 
     def _stop_observing(self):
@@ -326,7 +329,11 @@ class MemoizeDecorator(StepDecorator):
             self._recording = self._observer.stop()
             self._observer = None
         if self._reads is not None:
-            self._read_names = self._reads.stop()[0]
+            per_input = self._reads.stop()
+            if self._dep_ctx.input_ids:
+                self._read_names = dict(zip(self._dep_ctx.input_ids, per_input))
+            else:
+                self._read_names = per_input[0]
             self._reads = None
 
     def _single_flight(self, flow_name, step_name, key, meta) -> str:
@@ -679,7 +686,9 @@ class MemoizeDecorator(StepDecorator):
         else:  # join rows: [step, index, digest, selected names]
             keyed = {name for row in keyed or [] for name in row[3]}
         # read artifacts are verified equal before a hit: keyed as much as the rest
-        keyed |= {dep[len("artifact:") :] for dep in observed if dep.startswith("artifact:")}
+        keyed |= read_artifact_names(observed)
+        if "*" in keyed:  # the body enumerated its input's artifacts
+            keyed |= set(inherited)
         # parameters are read-only: Metaflow passes them down from the current run
         parameters = set(mf.parameter_names(self._task["flow"]))
         assigned = assigned_attributes(mf.step_function(self._task["flow"], step_name))
@@ -714,7 +723,7 @@ class MemoizeDecorator(StepDecorator):
             return
         keyed = self._components.get("inputs")
         names = list(keyed) if isinstance(keyed, dict) else []
-        names += [dep[len("artifact:") :] for dep in observed if dep.startswith("artifact:")]
+        names += sorted(read_artifact_names(observed) - {"*"})
         for name in unstable_inputs(mf.artifact_infos(inputs[0]), sorted(set(names))):
             log(
                 "WARNING: %s: input '%s' is a set: sets of strings pickle differently in every "

@@ -27,7 +27,12 @@ from ..durations import format_duration
 from ..exceptions import CacheFault
 from ..key.code import code_components
 from ..key.components import key_of
-from ..key.identity import UnidentifiableInput, dependency_context, task_components
+from ..key.identity import (
+    UnidentifiableInput,
+    dependency_context,
+    join_input_sources,
+    task_components,
+)
 from ..key.verified import verified_lookup
 
 #: Decorators whose task-side work cannot change what a hit produces (the body
@@ -182,6 +187,7 @@ class OrchestratorHits:
             [deco._datastore_root, root],
             graph=task.graph,
             args=deco.args,
+            join_inputs=join_input_sources(task.graph, task.step, inputs),
         )
         context.memo = self._fingerprints
         try:

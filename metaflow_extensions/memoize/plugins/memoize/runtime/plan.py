@@ -21,7 +21,7 @@ from .. import metaflow_compat as mf
 from ..cache.entries import Cache
 from ..cache.stores import open_store
 from ..exceptions import CacheFault
-from ..key.components import diff_components, key_of
+from ..key.components import diff_components, input_id, key_of
 from ..key.deps import DepContext
 from ..key.identity import UnidentifiableInput, components_for, dependency_context, item_digest
 from ..key.verified import verified_lookup
@@ -242,7 +242,15 @@ class Planner:
     def _dep_context(self, step, inputs: list[Context], frames) -> DepContext:
         """The observed dependencies of a planned task, against the code as it is
         now and the inputs the plan expects."""
-        return dependency_context(self.flow, step, frames, dict(inputs[0].visible or {}), ())
+        joined = []
+        if mf.node_type(self.graph, step) == "join":
+            joined = [
+                (input_id(c.parent, c.frames[-1].index if c.frames else None), c.visible)
+                for c in inputs
+            ]
+        return dependency_context(
+            self.flow, step, frames, dict(inputs[0].visible or {}), (), join_inputs=joined
+        )
 
     def _children(self, step, inputs, frames, manifest):
         produced = {n: a.sha for n, a in manifest.artifacts.items()}
