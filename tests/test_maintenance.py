@@ -11,8 +11,8 @@ import time
 import metaflow  # noqa: F401  (must load before its extension's modules)
 import pytest
 
+from metaflow_extensions.memoize.plugins.memoize.cache import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
-from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.manifest import ArtifactRecord, Manifest
 from metaflow_extensions.memoize.plugins.memoize.cache.stores import ObjectInfo, Store
 from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore

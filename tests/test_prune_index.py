@@ -25,12 +25,12 @@ from test_maintenance import (
     sha_of,
 )
 
+from metaflow_extensions.memoize.plugins.memoize.cache import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.entries import (
     MAX_INDEX_NAME,
     Cache,
     blob_ref,
 )
-from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
 from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import S3Store
 

@@ -14,8 +14,8 @@ import metaflow  # noqa: F401  (must load before its extension's modules)
 import pytest
 from reliability_report import fault_notes
 
+from metaflow_extensions.memoize.plugins.memoize.cache import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
-from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.manifest import Manifest
 from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
 
