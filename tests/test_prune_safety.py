@@ -23,8 +23,8 @@ import pytest
 from reliability_report import fault_notes
 from test_reliability import NO_DAC, no_dac  # noqa: F401  (fixture)
 
+from metaflow_extensions.memoize.plugins.memoize.cache import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
-from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.manifest import ArtifactRecord, Manifest
 from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
 from metaflow_extensions.memoize.plugins.memoize.exceptions import CacheFault
@@ -131,17 +131,50 @@ def test_the_listing_of_an_unreadable_folder_is_a_fault_not_an_empty_folder(tmp_
         os.walk = real_walk
 
 
-class RacingStore(LocalStore):
-    """A store on which a writer publishes an entry just as prune deletes blobs."""
+def racing(store_class):
+    """A store class on which a writer publishes an entry just as prune deletes blobs."""
 
-    writer = None
+    class Racing(store_class):
+        writer = None
 
-    def delete(self, keys):
-        keys = list(keys)
-        if self.writer is not None and any(k.startswith("v1/blobs/") for k in keys):
-            writer, self.writer = self.writer, None
-            writer()
-        return super().delete(keys)
+        def delete(self, keys):
+            keys = list(keys)
+            if self.writer is not None and any(k.startswith("v1/blobs/") for k in keys):
+                writer, self.writer = self.writer, None
+                writer()
+            return super().delete(keys)
+
+    return Racing
+
+
+class LocalDatastore:
+    """What export_blobs asks of a datastore whose blobs are all in the cache already."""
+
+    kind = "local"
+
+    def cas_meta(self, sha):
+        return {"cas_raw": True}
+
+
+def reuse_during_prune(store, make_old) -> tuple[mt.Outcome, bool]:
+    """An old entry's blob becomes garbage in prune's plan; a writer then reuses it
+    (present: not written again, only touched) and publishes after prune's last look
+    at the manifests. (prune's outcome, whether the blob is still there)."""
+    from metaflow_extensions.memoize.plugins.memoize.cache.transfer import export_blobs
+
+    cache = Cache(store)
+    shared = b"shared payload"
+    publish(cache, "F", "s", "old", {"x": shared})
+    make_old()
+    target = mt.Target(cache)
+    # prune the old entry: its blob becomes garbage
+    plan = mt.plan_prune(target, EVERYTHING, time.time() + 10, grace=0)
+    assert [b.key for b in plan.blobs] == [Cache.blob_key(sha_of(shared))]
+    m = manifest("F", "s", "new", {"x": shared})
+    export_blobs(LocalDatastore(), cache, m.artifacts)  # touches the blob
+    store.writer = lambda: cache.publish(m)
+    out = mt.execute(target, plan)
+    return out, store.exists(Cache.blob_key(sha_of(shared)))
 
 
 def test_a_blob_reused_during_a_prune_is_kept(tmp_path, fault):
@@ -152,31 +185,29 @@ def test_a_blob_reused_during_a_prune_is_kept(tmp_path, fault):
         store="local",
         expected="the blob is kept: the new entry is complete",
     )
-    from metaflow_extensions.memoize.plugins.memoize.cache.transfer import export_blobs
-
     root = tmp_path / "cache"
-    store = RacingStore(str(root))
-    cache = Cache(store)
-    shared = b"shared payload"
-    publish(cache, "F", "s", "old", {"x": shared})
-    age(root)
-    target = mt.Target(cache)
-    # prune the old entry: its blob becomes garbage
-    plan = mt.plan_prune(target, EVERYTHING, time.time() + 10, grace=0)
-    assert [b.key for b in plan.blobs] == [Cache.blob_key(sha_of(shared))]
+    out, kept = reuse_during_prune(racing(LocalStore)(str(root)), lambda: age(root))
+    assert kept
+    assert out.blobs == 0 and out.blobs_spared == 1
+    fault(observed="blob kept (%d spared); the new entry is complete" % out.blobs_spared)
 
-    # the writer reuses the blob (present: not written again), then publishes
-    m = manifest("F", "s", "new", {"x": shared})
 
-    class Datastore:
-        kind = "local"
+def test_a_blob_reused_during_a_prune_is_kept_on_s3(s3_env, fault):
+    fault(
+        area=AREA,
+        fault="S3: a writer reuses a blob prune has planned to delete (it was unreferenced), "
+        "and publishes its entry after prune's last look at the manifests",
+        store="S3",
+        expected="reuse refreshes the blob's LastModified (a copy onto itself), so prune's "
+        "re-check keeps it: the new entry is complete",
+    )
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores import faults as store_faults
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import S3Store
 
-        def cas_meta(self, sha):
-            return {"cas_raw": True}
-
-    export_blobs(Datastore(), cache, m.artifacts)  # touches the blob
-    store.writer = lambda: cache.publish(m)
-    out = mt.execute(target, plan)
-    assert store.exists(Cache.blob_key(sha_of(shared)))
+    store_faults.reset_budgets()
+    store = racing(S3Store)(s3_env.url("cache"))
+    # S3 times are whole seconds: the reuse must come in a later second than the write
+    out, kept = reuse_during_prune(store, lambda: time.sleep(1.1))
+    assert kept
     assert out.blobs == 0 and out.blobs_spared == 1
     fault(observed="blob kept (%d spared); the new entry is complete" % out.blobs_spared)
