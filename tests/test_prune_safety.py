@@ -211,3 +211,182 @@ def test_a_blob_reused_during_a_prune_is_kept_on_s3(s3_env, fault):
     assert kept
     assert out.blobs == 0 and out.blobs_spared == 1
     fault(observed="blob kept (%d spared); the new entry is complete" % out.blobs_spared)
+
+
+# -- prune racing real runs ------------------------------------------------------
+RACE_FLOW = """
+from _counter import record
+from metaflow import FlowSpec, Parameter, memoize, step
+
+
+class PruneRaceFlow(FlowSpec):
+    seed = Parameter("seed", default=0, type=int)
+    items = Parameter("items", default=3, type=int)
+
+    @step
+    def start(self):
+        self.xs = list(range(self.items))
+        self.next(self.body, foreach="xs")
+
+    @memoize
+    @step
+    def body(self):
+        record("body")
+        self.common = b"shared by every entry " * 4000  # one blob, reused by all
+        self.own = (b"%d-%d " % (self.seed, self.input)) * 5000
+        self.out = self.seed * 100 + self.input
+        self.next(self.join)
+
+    @memoize
+    @step
+    def join(self, inputs):
+        record("join")
+        self.outs = sorted(i.out for i in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    PruneRaceFlow()
+"""
+# every other prune removes every entry; the ones between keep the entries and
+# collect unreferenced blobs only (the entries published meanwhile are then checked)
+PRUNE_ARGS = (
+    ("prune", "--yes", "--max-size", "0", "--grace", "0s"),
+    ("prune", "--yes", "--older-than", "3650d", "--grace", "0s"),
+)
+
+
+def _entries_and_problems(root: Path) -> dict[str, list[str]]:
+    """{manifest name: why it is not a complete entry ([] if it is)}."""
+    from test_reliability import entry_problems
+
+    out = {}
+    for path in sorted((root / "v1" / "entries").rglob("*.json")):
+        try:
+            out[path.name] = entry_problems(root, path)
+        except FileNotFoundError:
+            pass  # removed by invalidation of a corrupt entry meanwhile
+    return out
+
+
+def check_prune_racing_runs(tmp_path, fault, runs: int, items: int) -> None:
+    import concurrent.futures
+    import threading
+
+    from flowrunner import FlowRunner
+
+    fault(
+        area=AREA,
+        fault="`metaflow-memoize prune` in a loop, alternately `%s` and `%s`, while %d runs "
+        "(separate processes, one cache root) store %d foreach entries each, all sharing one "
+        "blob; then each run again"
+        % (" ".join(PRUNE_ARGS[0][2:]), " ".join(PRUNE_ARGS[1][2:]), runs, items),
+        store="local",
+        expected="every prune succeeds; 0 entries left with a missing blob; the re-runs "
+        "give the same values",
+    )
+    root = tmp_path / "cache"
+    Cache(LocalStore(str(root))).ensure_marker()
+    counters = tmp_path / "counters"
+    counters.mkdir()
+    env = {"METAFLOW_MEMOIZE_ROOT": str(root), "MEMOIZE_TEST_COUNTERS": str(counters)}
+    runners = []
+    for i in range(runs):
+        runner = FlowRunner(tmp_path / ("run%d" % i), extra_env=env)
+        runner.add_flow("race_flow.py", RACE_FLOW)
+        runners.append(runner)
+
+    stop = threading.Event()
+    prunes: list[subprocess.CompletedProcess] = []
+    broken: set[str] = set()  # entries seen with a missing blob, after any prune
+    checked = [0]
+
+    def prune_loop():
+        while not stop.is_set():
+            prunes.append(
+                subprocess.run(
+                    [str(STANDALONE), "--root", str(root), *PRUNE_ARGS[len(prunes) % 2]],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    env=dict(os.environ, USERNAME="tester"),
+                )
+            )
+            # between two prunes nothing deletes: an entry published before now has
+            # all its blobs unless a prune deleted one of them
+            seen = _entries_and_problems(root)
+            checked[0] += len(seen)
+            broken.update(name for name, problems in seen.items() if problems)
+
+    def run_all():
+        with concurrent.futures.ThreadPoolExecutor(runs) as pool:
+            futures = [
+                pool.submit(
+                    r.run, "race_flow.py", "--seed", str(i), "--items", str(items), check=False
+                )
+                for i, r in enumerate(runners)
+            ]
+            return [f.result() for f in futures]
+
+    pruner = threading.Thread(target=prune_loop)
+    pruner.start()
+    try:
+        first = run_all()
+    finally:
+        stop.set()
+        pruner.join()
+    final = _entries_and_problems(root)
+    checked[0] += len(final)
+    broken.update(name for name, problems in final.items() if problems)
+    failed_prunes = [p for p in prunes if p.returncode != 0]
+    removed = sum(
+        int(m.group(1))
+        for p in prunes
+        if (m := __import__("re").search(r"removed (\d+) entr", p.stdout))
+    )
+    again = run_all()
+    expected = [repr(sorted(i * 100 + x for x in range(items))) for i in range(runs)]
+
+    def outs(results):
+        return [
+            r.returncode == 0 and runner.artifacts("PruneRaceFlow", r.run_id)["join"][0]["outs"]
+            for runner, r in zip(runners, results)
+        ]
+
+    first_outs, again_outs = outs(first), outs(again)
+    fault(
+        observed="%d prunes during the runs (%d failed), %d entries removed by them; %d of %d "
+        "runs succeeded; %d entries checked after the prunes and at the end, %d broken; "
+        "re-runs: %d of %d with the same values"
+        % (
+            len(prunes),
+            len(failed_prunes),
+            removed,
+            sum(r.returncode == 0 for r in first),
+            runs,
+            checked[0],
+            len(broken),
+            sum(a == e for a, e in zip(again_outs, expected)),
+            runs,
+        )
+    )
+    assert not failed_prunes, failed_prunes[0].stderr
+    assert all(r.returncode == 0 for r in first), [r for r in first if r.returncode][0]
+    assert len(prunes) >= 2 and removed > 0  # prune did run against the runs
+    assert sorted(broken) == []
+    assert checked[0] > 0
+    assert first_outs == expected
+    assert again_outs == expected
+
+
+def test_prune_racing_two_runs_breaks_no_entry(tmp_path, fault):
+    check_prune_racing_runs(tmp_path, fault, 2, 2)
+
+
+@pytest.mark.slow
+def test_prune_racing_four_runs_breaks_no_entry(tmp_path, fault):
+    check_prune_racing_runs(tmp_path, fault, 4, 6)
