@@ -51,6 +51,8 @@ SUITES = (
     "tests/test_prune_safety.py",
     "tests/test_store_clock.py",
     "tests/test_multipart.py",
+    "tests/test_single_flight.py",
+    "tests/test_disk.py",
 )
 COLUMNS = ("area", "fault", "store", "expected", "observed")
 

@@ -37,6 +37,7 @@ MAX_POOL_CONNECTIONS = 16
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
+COPY_OBJECT_LIMIT = 5 * 1024**3  # larger objects are copied in parts
 MAX_CONCURRENCY = 8
 
 DELETE_BATCH = 1000  # the DeleteObjects limit on AWS
@@ -414,6 +415,36 @@ class S3Store(Store):
                     )
                 )
         return len(fulls)
+
+    def touch(self, key: str) -> bool:
+        """Refresh the object's LastModified by copying it onto itself (S3 copies
+        server side; user metadata and content type are kept): a prune that scanned
+        before sees the object as modified since and keeps it. One HEAD and one
+        CopyObject (a multipart copy above 5 GB). False if the object does not exist."""
+        full = self._full(key)
+        with self._errors("touch", key):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=full)
+            except Exception as err:
+                if _is_not_found(err):
+                    return False
+                raise
+            args = {
+                "MetadataDirective": "REPLACE",
+                "Metadata": head.get("Metadata") or {},
+                "ContentType": head.get("ContentType") or "binary/octet-stream",
+            }
+            source = {"Bucket": self.bucket, "Key": full}
+            try:
+                if int(head["ContentLength"]) <= COPY_OBJECT_LIMIT:
+                    self.client.copy_object(Bucket=self.bucket, Key=full, CopySource=source, **args)
+                else:
+                    self.client.copy(source, self.bucket, full, ExtraArgs=args, Config=_transfer())
+            except Exception as err:
+                if _is_not_found(err):
+                    return False  # deleted between the HEAD and the copy
+                raise
+        return True
 
     def incomplete_uploads(self, prefix: str = "") -> list[UploadInfo]:
         sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
