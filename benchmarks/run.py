@@ -269,7 +269,7 @@ _PROBE = textwrap.dedent(
     from metaflow.task import MetaflowTask
     from metaflow.datastore.task_datastore import TaskDataStore
     from metaflow_extensions.memoize.plugins.memoize.runtime import decorator as D
-    from metaflow_extensions.memoize.plugins.memoize.cache.entries import entries as C
+    from metaflow_extensions.memoize.plugins.memoize.cache import entries as C
     IMPORTED = time.perf_counter() - T0
     phases = {}
 
@@ -530,13 +530,8 @@ def interleaved(reps, variants):
 def product():
     import metaflow  # noqa: F401  (Metaflow first: it loads the extension)
 
-    from metaflow_extensions.memoize.plugins.memoize.cache.entries import (
-        entries as cache,
-    )
-    from metaflow_extensions.memoize.plugins.memoize.cache.entries import (
-        manifest,
-        transfer,
-    )
+    from metaflow_extensions.memoize.plugins.memoize.cache import entries as cache
+    from metaflow_extensions.memoize.plugins.memoize.cache import manifest, transfer
     from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
     from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import S3Store
     from metaflow_extensions.memoize.plugins.memoize.key import components as keys
@@ -1052,7 +1047,7 @@ class Bench:
             synthetic.append({"n": n, "seconds": summary(times)})
         # audit at 0 (the default): what a hit pays for deciding not to audit (audit.py)
         from metaflow_extensions.memoize.plugins.memoize import config
-        from metaflow_extensions.memoize.plugins.memoize.cache.entries import audit
+        from metaflow_extensions.memoize.plugins.memoize.cache import audit
 
         os.environ.pop(config.ENV_AUDIT, None)
         times = []
@@ -1176,7 +1171,7 @@ class Bench:
         client = self.moto.client()
         n = self.plan.prune_entries
         try:
-            from metaflow_extensions.memoize.plugins.memoize.cache.entries import maintenance
+            from metaflow_extensions.memoize.plugins.memoize.cache import maintenance
         except ImportError:
             maintenance = None
         api = maintenance is not None and all(
