@@ -1,0 +1,75 @@
+"""Where the harness finds things, what it runs (sizes and repeat counts), and the one
+error it raises."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+FLOWS = REPO / "benchmarks" / "flows"
+DEFAULT_OUTPUT = REPO / "docs" / "performance.md"
+PY = sys.executable
+MB = 1 << 20
+#: moto keeps every object in memory: no S3 object in these benchmarks is larger
+S3_OBJECT_CAP_MB = 128
+
+
+class Plan:
+    """Sizes and repeat counts. Repeats are per measured variant."""
+
+    def __init__(self, quick: bool):
+        self.quick = quick
+        if quick:
+            self.hit_sizes = [1.0, 10.0]
+            self.hit_reps = {1.0: 2, 10.0: 2}
+            self.miss_mb = 10.0
+            self.miss_reps = 2
+            self.s3_mb = 10.0
+            self.s3_reps = 2
+            self.copy_local_sizes = [10.0]
+            self.copy_reps = {10.0: 2}
+            self.key_synthetic = [1000, 10000]
+            self.key_synthetic_reps = 11
+            self.key_flow = [1000]
+            self.key_flow_reps = 2
+            self.hit_remote = ["S3 cache"]
+            self.remote_reps = 1
+            self.s3_miss_reps = 1
+            self.warm = False
+            self.eight_sleep = 0.1
+            self.eight_reps = 1
+            self.eight_variants = ["memo", "resume"]
+            self.probes = 1
+            self.prune_entries = 200
+            self.prune_reps = 1
+        else:
+            self.hit_sizes = [1.0, 100.0, 1024.0]
+            self.hit_reps = {1.0: 7, 100.0: 7, 1024.0: 7}
+            self.miss_mb = 100.0
+            self.miss_reps = 5
+            self.s3_mb = 100.0
+            self.s3_reps = 5
+            self.copy_local_sizes = [100.0, 1024.0]
+            self.copy_reps = {100.0: 5, 1024.0: 5}
+            self.key_synthetic = [1000, 10000]
+            self.key_synthetic_reps = 21
+            self.key_flow = [1000, 10000]
+            self.key_flow_reps = 5
+            self.hit_remote = ["S3 cache", "S3 datastore + S3 cache"]
+            self.remote_reps = 11
+            self.s3_miss_reps = 5
+            self.warm = True
+            self.eight_sleep = 2.0
+            self.eight_reps = 7
+            self.eight_variants = ["memo", "memo_tasks", "resume", "resume_end", "plain", "empty"]
+            self.probes = 3
+            self.prune_entries = 10000
+            self.prune_reps = 2
+        assert self.miss_mb in self.hit_sizes and self.s3_mb in self.hit_sizes
+        assert all(s in self.hit_sizes for s in self.copy_local_sizes)
+        assert self.s3_mb <= S3_OBJECT_CAP_MB
+
+
+class BenchError(Exception):
+    pass
