@@ -12,7 +12,7 @@ import metaflow  # noqa: F401  (must load before its extension's modules)
 import pytest
 
 from metaflow_extensions.memoize.plugins.memoize.cache import maintenance as mt
-from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import MARKER, Cache
 from metaflow_extensions.memoize.plugins.memoize.cache.manifest import ArtifactRecord, Manifest
 from metaflow_extensions.memoize.plugins.memoize.cache.stores import ObjectInfo, Store
 from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
@@ -458,3 +458,40 @@ def test_prune_removes_abandoned_leases_but_not_live_ones(cache):
     )
     assert mt.execute(target, plan).locks == 2
     assert names(cache.store, "v1/locks") == {Cache.lock_key("F", "s", key_of("live"))}
+
+
+def test_audit_records_and_suspect_markers_are_pruned_once_they_say_nothing(cache):
+    """audit.py leaves records under v1/audits/ and sets entries aside under
+    v1/suspect/. Prune removes a suspect marker once a new entry is stored at
+    its key, and the audit records of keys with neither an entry nor a suspect
+    marker; it keeps what `stats` still counts and what still explains a miss.
+    Invalidate removes those of everything in its scope."""
+    cache.store.put(MARKER, b"{}")
+    replaced = put_entry(cache, "F", "s", "replaced", {"a": b"A"})  # suspect, then re-stored
+    suspect_only = key_of("suspect-only")  # set aside, nothing stored since
+    audited = put_entry(cache, "F", "s", "audited", {"b": b"B"})  # audited, still there
+    gone = key_of("gone")  # audited, then pruned away
+    for key in (replaced.key, suspect_only):
+        cache.store.put(Cache.suspect_key("F", "s", key), b"{}")
+    for key, matched in (
+        (replaced.key, False),
+        (suspect_only, False),
+        (audited.key, True),
+        (gone, True),
+    ):
+        cache.record_audit("F", "s", key, matched, {})
+    target = mt.Target(cache)
+    now = time.time() + 10
+    assert mt.plan_prune(target, KEEP_ALL, now, grace=3600).records == []  # all recent
+    plan = mt.plan_prune(target, KEEP_ALL, now, grace=0)
+    assert sorted(r.key for r in plan.records) == sorted(
+        [Cache.suspect_key("F", "s", replaced.key)]
+        + [k for k in names(cache.store, "v1/audits") if gone in k]
+    )
+    assert mt.execute(target, plan).records == 2
+    kept = names(cache.store, "v1/audits") | names(cache.store, "v1/suspect")
+    assert len(kept) == 4 and not any(gone in k for k in kept)
+    assert cache.audit_counts() == {("F", "s"): (3, 2)}
+    invalidated = mt.plan_invalidate(target)
+    assert mt.execute(target, invalidated).records == 4
+    assert names(cache.store, "v1/audits") | names(cache.store, "v1/suspect") == set()

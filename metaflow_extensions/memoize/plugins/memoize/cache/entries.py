@@ -401,6 +401,17 @@ class Cache:
         return match.groups() if match else None
 
     @staticmethod
+    def suspect_prefix(flow: str | None = None, step: str | None = None) -> str:
+        parts = [LAYOUT, "suspect"] + [p for p in (flow, step) if p]
+        return check_key("/".join(parts)) + "/"
+
+    @staticmethod
+    def parse_record_key(object_key: str) -> tuple[str, str, str] | None:
+        """(flow, step, key) for a suspect marker or an audit record, None otherwise."""
+        match = _SUSPECT_RE.match(object_key) or _AUDIT_RE.match(object_key)
+        return match.groups() if match else None
+
+    @staticmethod
     def is_temporary(object_key: str) -> bool:
         """Whether a name is a partial file a killed memoize writer left."""
         return _TEMP_RE.match(object_key) is not None
@@ -421,8 +432,7 @@ class Cache:
                 )
             )
             or Cache.is_temporary(object_key)
-            or _SUSPECT_RE.match(object_key) is not None
-            or _AUDIT_RE.match(object_key) is not None
+            or Cache.parse_record_key(object_key) is not None
         )
 
     @staticmethod

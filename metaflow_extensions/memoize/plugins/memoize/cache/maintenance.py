@@ -120,6 +120,8 @@ class Inventory:
     outside_refs: frozenset[str] = frozenset()  # blob_refs named by entries out of scope
     manifests_seen: dict[str, ObjectInfo] = field(default_factory=dict)  # every manifest listed
     stale_index: list[ObjectInfo] = field(default_factory=list)  # describe no current manifest
+    # audit records and suspect markers (audit.py) in scope, by the entry they are about
+    records: dict[tuple[str, str, str], list[ObjectInfo]] = field(default_factory=dict)
 
 
 @dataclass
@@ -297,6 +299,36 @@ def index_or_read(
     return known + read_entries(cache, to_read), stale
 
 
+def list_records(
+    cache: Cache, flow: str | None, step: str | None
+) -> dict[tuple[str, str, str], list[ObjectInfo]]:
+    """Suspect markers and audit records, by the entry (flow, step, key) they are about."""
+    out: dict[tuple[str, str, str], list[ObjectInfo]] = {}
+    for prefix in (Cache.suspect_prefix(flow, step), Cache.audit_prefix(flow, step)):
+        for info in cache.store.list(prefix):
+            ident = Cache.parse_record_key(info.key)
+            if ident is not None:
+                out.setdefault(ident, []).append(info)
+    return out
+
+
+def select_stale_records(
+    records: dict[tuple, list[ObjectInfo]], live: set[tuple], now: float, grace: float
+) -> list[ObjectInfo]:
+    """Audit records and suspect markers older than ``grace`` that say nothing
+    any more: a suspect marker once a new entry is stored at its key (it only
+    made lookups miss until then), audit records of a key with neither an
+    entry nor a suspect marker (``stats`` counts the audits of what exists)."""
+    out = []
+    for ident, objects in sorted(records.items()):
+        suspect = [o for o in objects if "/suspect/" in o.key]
+        if ident in live:
+            out += [o for o in suspect if now - o.modified >= grace]
+        elif not suspect:
+            out += [o for o in objects if now - o.modified >= grace]
+    return out
+
+
 def list_blobs(cache: Cache) -> dict[str, ObjectInfo]:
     out = {}
     for info in cache.store.list(Cache.blob_prefix()):
@@ -326,8 +358,10 @@ def scan(target: Target, step: str | None = None, full: bool = False) -> Invento
         listing = pool.submit(lambda: list(cache.store.list(Cache.entry_prefix(*scope))))
         indexing = pool.submit(list_index, cache, *scope)
         marking = pool.submit(list_markers, cache, flow, step if flow else None)
+        recording = pool.submit(list_records, cache, flow, step if flow else None)
         blobbing = pool.submit(list_blobs, cache) if full else None
         listed, index, markers = listing.result(), indexing.result(), marking.result()
+        records = recording.result()
         blobs = blobbing.result() if blobbing else None
     if full and cache.store.lists_md5:
         entries, stale = index_or_read(cache, listed, index)
@@ -340,6 +374,7 @@ def scan(target: Target, step: str | None = None, full: bool = False) -> Invento
         [e for e in entries if in_scope(e.ident)],
         {i: m for i, m in markers.items() if in_scope(i)},
         {i: [o for _, o in objs] for i, objs in index.items() if in_scope(i)},
+        records={i: objs for i, objs in records.items() if in_scope(i)},
     )
     for entry in inventory.entries:
         marker = inventory.markers.get(entry.ident)
@@ -496,6 +531,8 @@ class Plan:
     locks: list[ObjectInfo] = field(default_factory=list)
     # multipart uploads of blobs that killed writers never completed, older than the grace
     uploads: list[UploadInfo] = field(default_factory=list)
+    # audit records and suspect markers (audit.py) of removed entries, and stale ones
+    records: list[ObjectInfo] = field(default_factory=list)
     # every manifest the scan read: one not in here at deletion time is new
     seen: dict[str, ObjectInfo] = field(default_factory=dict)
 
@@ -507,6 +544,7 @@ class Plan:
             + sum(b.size for b in self.blobs)
             + sum(t.size for t in self.temporaries)
             + sum(lock.size for lock in self.locks)
+            + sum(r.size for r in self.records)
         )
 
     @property
@@ -518,6 +556,7 @@ class Plan:
             or self.temporaries
             or self.locks
             or self.uploads
+            or self.records
         )
 
 
@@ -533,6 +572,7 @@ def plan_removal(
     removed = {e.ident for e, _ in chosen}
     plan.markers = [inventory.markers[i] for i in sorted(removed) if i in inventory.markers]
     plan.index = [o for i in sorted(removed) for o in inventory.index.get(i, ())]
+    plan.records = [o for i in sorted(removed) for o in inventory.records.get(i, ())]
     if grace is None or inventory.blobs is None:
         return plan
     planned = {o.key for o in plan.index}
@@ -540,6 +580,9 @@ def plan_removal(
         o for o in inventory.stale_index if o.key not in planned and now - o.modified >= grace
     ]
     live = {e.ident for e in inventory.entries} - removed
+    plan.records += select_stale_records(
+        {i: objs for i, objs in inventory.records.items() if i not in removed}, live, now, grace
+    )
     plan.markers += select_orphan_markers(
         {i: m for i, m in inventory.markers.items() if i not in removed}, live, now, grace
     )
@@ -648,11 +691,19 @@ def plan_invalidate(target: Target, step: str | None = None, key: str | None = N
         return Plan(target.root)
     if key is None:
         inventory = scan(target, step)
-        return plan_removal(inventory, [(e, "invalidated") for e in inventory.entries], 0, None)
+        plan = plan_removal(inventory, [(e, "invalidated") for e in inventory.entries], 0, None)
+        # suspect markers and audits of entries already gone, too: nothing is left in scope
+        plan.records = [o for i in sorted(inventory.records) for o in inventory.records[i]]
+        return plan
     entries = [e for e in find_entries(target, key) if step is None or e.step == step]
     markers = [ObjectInfo(Cache.used_key(*e.ident), 0, 0.0) for e in entries]
     index = [o for e in entries for o in target.cache.store.list(Cache.index_prefix(*e.ident))]
-    return Plan(target.root, [(e, "invalidated") for e in entries], markers, index)
+    plan = Plan(target.root, [(e, "invalidated") for e in entries], markers, index)
+    idents = {e.ident for e in entries}
+    for ident, objects in sorted(list_records(target.cache, target.flow, step).items()):
+        if ident in idents:
+            plan.records += objects
+    return plan
 
 
 def check_one_key(plans: list[Plan], prefix: str, where: str) -> None:
@@ -707,6 +758,7 @@ _OWN_NAMES = {
     "blobs": Cache.parse_blob_key,
     "locks": Cache.parse_lock_key,
     "temporaries": lambda key: key if Cache.is_temporary(key) else None,
+    "records": Cache.parse_record_key,
 }
 
 
@@ -730,6 +782,7 @@ class Outcome:
     blobs_spared: int = 0  # planned, but a manifest published meanwhile references them
     locks: int = 0  # abandoned lock=True leases
     uploads: int = 0  # incomplete multipart uploads aborted
+    records: int = 0  # audit records and suspect markers
     bytes_freed: int = 0
 
 
@@ -749,6 +802,7 @@ def execute(target: Target, plan: Plan) -> Outcome:
     _deletable([b.key for b in plan.blobs], "blobs")
     temporaries = _deletable([t.key for t in plan.temporaries], "temporaries")
     lock_keys = _deletable([lock.key for lock in plan.locks], "locks")
+    record_keys = _deletable([r.key for r in plan.records], "records")
     if not plan.empty:
         # an older root without a marker passed check_root: adopt it
         target.cache.ensure_marker(recheck=True)
@@ -788,6 +842,10 @@ def execute(target: Target, plan: Plan) -> Outcome:
         store.delete(lock_keys)
         out.locks = len(plan.locks)
         out.bytes_freed += sum(lock.size for lock in plan.locks)
+    if record_keys:
+        store.delete(record_keys)
+        out.records = len(record_keys)
+        out.bytes_freed += sum(r.size for r in plan.records)
     if plan.uploads:
         _deletable([u.key for u in plan.uploads], "blobs")
         out.uploads = store.abort_uploads(plan.uploads)

@@ -330,6 +330,7 @@ def removal_json(results: list[tuple[Plan, Outcome | None]], dry_run: bool) -> d
                 "blobs_spared": outcome.blobs_spared if outcome else 0,
                 "locks": outcome.locks if outcome else len(plan.locks),
                 "incomplete_uploads": outcome.uploads if outcome else len(plan.uploads),
+                "audit_records": outcome.records if outcome else len(plan.records),
                 "bytes_freed": outcome.bytes_freed if outcome else plan.bytes_freed,
             }
         )
@@ -412,6 +413,14 @@ def removal_text(
             % (
                 "aborted" if outcome else "would abort",
                 _count(len(plan.uploads), "incomplete multipart upload"),
+            )
+        )
+    if plan.records:
+        lines.append(
+            "  %s %s about entries that were replaced or removed"
+            % (
+                "removed" if outcome else "would remove",
+                _count(len(plan.records), "audit record"),
             )
         )
     if outcome is not None and outcome.blobs_spared:
