@@ -688,6 +688,146 @@ if __name__ == "__main__":
     ),
 }
 
+# -- the same categories reached one level deeper: the step calls a flow method,
+# which calls a helper module, which reaches the changed thing --------------------
+
+
+def through_a_method(helper_module, expr="self._prep(5)"):
+    """(flow.py, its files): start -> self._prep(v) -> deep.run(v) (``helper_module``)."""
+    return {
+        "flow.py": linear(
+            "self.y = %s" % expr,
+            members="""
+            def _prep(self, v):
+                import deep
+
+                return deep.run(v)
+            """,
+        ),
+        "deep.py": helper_module,
+    }
+
+
+DEEPER_CASES = {
+    "deeper: closure factory argument": dict(
+        files=dict(
+            through_a_method(
+                "from factory import make_scaler\n\nscale = make_scaler(3)\n\n\n"
+                "def run(v):\n    return scale(v)\n"
+            ),
+            **{
+                "factory.py": "def make_scaler(k):\n    def scale(x):\n"
+                "        return x * k\n    return scale\n"
+            },
+        ),
+        change=[("deep.py", "make_scaler(3)", "make_scaler(4)")],
+        expect={"y": "20"},
+    ),
+    "deeper: decorator arguments": dict(
+        files=through_a_method(
+            "import functools\n\n\ndef times(n):\n    def deco(fn):\n"
+            "        @functools.wraps(fn)\n        def wrapper(v):\n"
+            "            return fn(v) * n\n        return wrapper\n    return deco\n\n\n"
+            "@times(2)\ndef inner(v):\n    return v + 1\n\n\ndef run(v):\n    return inner(v)\n"
+        ),
+        change=[("deep.py", "@times(2)", "@times(3)")],
+        expect={"y": "18"},
+    ),
+    "deeper: functools.lru_cache helper": dict(
+        files=through_a_method(
+            "import functools\n\n\n@functools.lru_cache(maxsize=None)\ndef inner(v):\n"
+            "    return v + 1\n\n\ndef run(v):\n    return inner(v)\n"
+        ),
+        change=[("deep.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "deeper: functools.partial arguments": dict(
+        files=through_a_method(
+            "import functools\n\n\ndef add(v, k):\n    return v + k\n\n\n"
+            "plus = functools.partial(add, k=1)\n\n\ndef run(v):\n    return plus(v)\n"
+        ),
+        change=[("deep.py", "k=1)", "k=2)")],
+        expect={"y": "7"},
+    ),
+    "deeper: import inside a helper": dict(
+        files=dict(
+            through_a_method("def run(v):\n    import leaf\n\n    return leaf.f(v)\n"),
+            **{"leaf.py": "def f(v):\n    return v + 1\n"},
+        ),
+        change=[("leaf.py", "return v + 1", "return v + 2")],
+        expect={"y": "7"},
+    ),
+    "deeper: Enum member read by a helper": dict(
+        files=dict(
+            through_a_method(
+                "from modes import Mode\n\nDEFAULT = Mode.FAST\n\n\n"
+                "def run(v):\n    return v * DEFAULT.value\n"
+            ),
+            **{"modes.py": "import enum\n\n\nclass Mode(enum.Enum):\n    FAST = 1\n    SLOW = 2\n"},
+        ),
+        change=[("deep.py", "DEFAULT = Mode.FAST", "DEFAULT = Mode.SLOW")],
+        expect={"y": "10"},
+    ),
+    "deeper: nested constant read by a helper": dict(
+        files=through_a_method(
+            "DEEP = {'a': {'b': {'c': {'d': {'e': {'f': {'g': {'h': 1}}}}}}}}\n\n\n"
+            "def run(v):\n    return v + DEEP['a']['b']['c']['d']['e']['f']['g']['h']\n"
+        ),
+        change=[("deep.py", "{'h': 1}", "{'h': 2}")],
+        expect={"y": "7"},
+    ),
+    "deeper: class attribute from an environment variable, read by a helper": dict(
+        files=through_a_method(
+            "import os\n\n\nclass Settings:\n"
+            '    THRESHOLD = int(os.environ.get("CASE_THRESHOLD", "1"))\n\n\n'
+            "def run(v):\n    return v * Settings.THRESHOLD\n"
+        ),
+        env_after={"CASE_THRESHOLD": "2"},
+        change=[],
+        expect={"y": "10"},
+    ),
+    "deeper: a file a helper reads": dict(
+        files=dict(
+            through_a_method(
+                "def run(v):\n    with open('vocab.txt') as f:\n"
+                "        return v + len(f.read().split())\n"
+            ),
+            **{"vocab.txt": "a b\n"},
+        ),
+        change=[("vocab.txt", "a b", "a b c")],
+        expect={"y": "8"},
+    ),
+    "deeper: module-level instance used by a helper": dict(
+        files=dict(
+            through_a_method(
+                "from scaler import Scaler\n\nSCALER = Scaler(3)\n\n\n"
+                "def run(v):\n    return SCALER.apply(v)\n"
+            ),
+            **{
+                "scaler.py": "class Scaler:\n    def __init__(self, k):\n        self.k = k\n\n"
+                "    def apply(self, v):\n        return v * self.k\n"
+            },
+        ),
+        change=[("deep.py", "Scaler(3)", "Scaler(4)")],
+        expect={"y": "20"},
+    ),
+    "deeper: a method of a helper's class calls another method": dict(
+        files=dict(
+            through_a_method(
+                "from model import Model\n\n\ndef run(v):\n    return Model().predict(v)\n"
+            ),
+            **{
+                "model.py": "class Model:\n    def predict(self, v):\n"
+                "        return self._score(v) + 1\n\n"
+                "    def _score(self, v):\n        return v * 2\n"
+            },
+        ),
+        change=[("model.py", "return v * 2", "return v * 3")],
+        expect={"y": "16"},
+    ),
+}
+CASES.update(DEEPER_CASES)
+
 #: changes after which the watched step must still hit (no needless miss)
 HIT_CASES = {
     "comment and formatting in a helper module": dict(
