@@ -149,8 +149,9 @@ def open_target(root: str, flow: str | None = None) -> Target:
 
 def is_cache_root(target: Target) -> bool:
     """Whether a run ever wrote to the root: it has memoize's marker, or (an older
-    root) anything under v1/. Raises StoreUnavailable when the root cannot be
-    read: an unreadable root must not look like an empty one."""
+    root, or one whose only writers were killed before publishing) anything under
+    v1/, partial writes included. Raises StoreUnavailable when the root cannot
+    be read: an unreadable root must not look like an empty one."""
     cache = target.cache
     if cache.has_marker():
         return True
@@ -164,7 +165,12 @@ def is_cache_root(target: Target) -> bool:
                         pass
                 except OSError as err:
                     raise StoreUnavailable("%s cannot be read: %s" % (path, err.strerror))
-    return next(iter(store.list(LAYOUT + "/")), None) is not None
+    if next(iter(store.list(LAYOUT + "/")), None) is not None:
+        return True
+    # listings leave out partial files and uploads of killed writers; prune reclaims them
+    return bool(store.stale_temporaries(float("inf"), LAYOUT + "/")) or bool(
+        store.incomplete_uploads(LAYOUT + "/")
+    )
 
 
 def require_cache_root(target: Target) -> None:
