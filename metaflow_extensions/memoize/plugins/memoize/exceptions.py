@@ -28,6 +28,10 @@ class MemoizeArgumentError(MemoizeException):
         super().__init__(msg)
 
 
+class MemoizeRefreshError(MemoizeException):
+    headline = "Invalid @memoize refresh request"
+
+
 class MemoizeStrictError(MemoizeException):
     headline = "@memoize cache fault (strict mode)"
 

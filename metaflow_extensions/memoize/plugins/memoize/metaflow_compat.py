@@ -520,6 +520,19 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
     utils.LazyPluginCommandCollection._lazy_load = plugin_load
 
 
+def starting_a_run() -> bool:
+    """Whether this process is the orchestrator of `run` or `resume` (not a task,
+    not `create`, not a `memoize` command): decorators are initialized in each."""
+    from metaflow._vendor import click
+
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.command is not None and ctx.command.name in ("run", "resume"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
 def forward_refresh_request(cli_args, value: str) -> None:
     """Put a refresh request on a task's command line (local or remote)."""
     cli_args.top_level_options[TOP_LEVEL_REFRESH_OPTION] = value

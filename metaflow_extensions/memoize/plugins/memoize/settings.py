@@ -12,6 +12,7 @@ import types
 from typing import Any
 
 from .cache.audit import parse_fraction
+from .cache.stores import root_url_problem
 from .durations import parse_duration
 from .exceptions import MemoizeArgumentError
 
@@ -92,12 +93,14 @@ def parse_arguments(step: str, attributes: dict[str, Any], flow_dir: str) -> dic
         raise MemoizeArgumentError(
             step, "store", "is %r" % (store,), "Use a directory path or s3://bucket/prefix."
         )
-    if isinstance(store, str) and "://" in store and not store.startswith(("s3://", "file://")):
+    problem = None if store is None else root_url_problem(store)
+    if problem is not None:
         raise MemoizeArgumentError(
             step,
             "store",
-            "uses an unsupported scheme (%s)" % store,
-            "Use a path or s3://bucket/prefix.",
+            "%r %s" % (store, problem),
+            "Use s3://bucket/prefix for S3 (e.g. store='s3://team-cache/memoize'), "
+            "or a directory path.",
         )
     parsed = {
         "ttl": ttl,

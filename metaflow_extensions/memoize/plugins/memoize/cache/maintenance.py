@@ -21,15 +21,17 @@ and blob sizes come from the blob listing.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..durations import format_duration
-from ..exceptions import CorruptEntry, MemoizeCliError
+from ..exceptions import CorruptEntry, MemoizeCliError, StoreUnavailable
 from .entries import LAYOUT, MARKER, Cache, IndexRecord, blob_ref
 from .manifest import Manifest
 from .stores import ObjectInfo, UploadInfo, check_key, open_store
+from .stores.local import LocalStore
 
 #: a blob younger than this is never collected: a writer may be about to
 #: publish a manifest that references it
@@ -145,6 +147,52 @@ def open_target(root: str, flow: str | None = None) -> Target:
 
     # with a signing key, only signed index objects are believed (see cache.py)
     return Target(Cache(store, signing_key=config.signing_key()), flow)
+
+
+def is_cache_root(target: Target) -> bool:
+    """Whether a run ever wrote to the root: it has memoize's marker, or (an older
+    root, or one whose only writers were killed before publishing) anything under
+    v1/, partial writes included. Raises StoreUnavailable when the root cannot
+    be read: an unreadable root must not look like an empty one."""
+    cache = target.cache
+    if cache.has_marker():
+        return True
+    store = cache.store
+    if isinstance(store, LocalStore):
+        # a listing of a folder that cannot be entered is empty, not an error
+        for path in (store.root, os.path.join(store.root, LAYOUT)):
+            if os.path.isdir(path):
+                try:
+                    with os.scandir(path):
+                        pass
+                except OSError as err:
+                    raise StoreUnavailable("%s cannot be read: %s" % (path, err.strerror))
+    if next(iter(store.list(LAYOUT + "/")), None) is not None:
+        return True
+    # listings leave out partial files and uploads of killed writers; prune reclaims them
+    return bool(store.stale_temporaries(float("inf"), LAYOUT + "/")) or bool(
+        store.incomplete_uploads(LAYOUT + "/")
+    )
+
+
+def require_cache_root(target: Target) -> None:
+    """Cache commands read and delete; only a run creates a root. A root that is
+    not there (a typo, a volume not mounted, a bucket prefix never written) is an
+    error, not an empty cache."""
+    if is_cache_root(target):
+        return
+    store = target.cache.store
+    if isinstance(store, LocalStore) and not os.path.isdir(store.root):
+        what = "%s does not exist" % target.root
+    else:
+        what = "%s holds no memoize cache (no %s, nothing under %s/)" % (
+            target.root,
+            MARKER,
+            LAYOUT,
+        )
+    raise StoreUnavailable(
+        "%s: check the path (a run that stores an entry creates the root)" % what
+    )
 
 
 def check_root(target: Target) -> bool:
@@ -704,6 +752,16 @@ def plan_invalidate(target: Target, step: str | None = None, key: str | None = N
         if ident in idents:
             plan.records += objects
     return plan
+
+
+def steps_with_entries(target: Target) -> set[str]:
+    """Names of the steps that have entries in scope (from the listing; nothing read)."""
+    found = set()
+    for info in target.cache.store.list(Cache.entry_prefix(target.flow)):
+        parsed = Cache.parse_manifest_key(info.key)
+        if parsed is not None and (target.flow is None or parsed[0] == target.flow):
+            found.add(parsed[1])
+    return found
 
 
 def check_one_key(plans: list[Plan], prefix: str, where: str) -> None:

@@ -34,14 +34,37 @@ class FlowScope:
     def targets(self, store=None):
         flow = self.obj.flow
         if store:
-            roots = [store]
-        else:
-            ds = self.obj.flow_datastore
-            default = config.cache_root_setting() or config.default_root(
-                ds.TYPE, mf.datastore_root_for_cli(ds)
+            return [_available(mt.open_target(store, flow.name))]
+        ds = self.obj.flow_datastore
+        default = config.cache_root_setting() or config.default_root(
+            ds.TYPE, mf.datastore_root_for_cli(ds)
+        )
+        targets = _unique(
+            [mt.open_target(root, flow.name) for root in mt.flow_roots(flow, default)]
+        )
+        # the default root is required only when a step uses it; otherwise it is
+        # listed only if an earlier version of the flow left entries there
+        if not _uses_default_root(flow) and not mt.is_cache_root(targets[0]):
+            targets = targets[1:]
+        return [_available(t) for t in targets]
+
+    def check_step(self, step, targets):
+        """A step name must be a @memoize step of the flow: a typo would act on nothing."""
+        steps = {f.__name__: f for f in mf.step_functions(self.obj.flow)}
+        memoized = sorted(
+            n for n, f in steps.items() if any(d.name == "memoize" for d in f.decorators)
+        )
+        listed = ", ".join(memoized) or "none"
+        if step not in steps:
+            raise MemoizeCliError(
+                "%s has no step %r; its @memoize steps are: %s" % (self.flow, step, listed)
             )
-            roots = mt.flow_roots(flow, default)
-        return _unique([mt.open_target(root, flow.name) for root in roots])
+        if step not in memoized:
+            raise MemoizeCliError(
+                "step %r of %s is not memoized; its @memoize steps are: %s (a step memoized "
+                "by `run --with memoize` needs it here too: python flow.py --with memoize "
+                "memoize ...)" % (step, self.flow, listed)
+            )
 
 
 class RootScope:
@@ -56,7 +79,33 @@ class RootScope:
         root = store or self.root
         if not root:
             raise MemoizeCliError("no cache root: pass --root URL or set %s" % config.ENV_ROOT)
-        return [mt.open_target(root, self.flow)]
+        return [_available(mt.open_target(root, self.flow))]
+
+    def check_step(self, step, targets):
+        """Without a flow file the steps are unknown: a step must have entries here."""
+        found = set().union(*(mt.steps_with_entries(t) for t in targets))
+        if step not in found:
+            raise MemoizeCliError(
+                "no entry of a step %r%s in %s; steps with entries: %s"
+                % (
+                    step,
+                    " of %s" % self.flow if self.flow else "",
+                    ", ".join(t.root for t in targets),
+                    ", ".join(sorted(found)) or "none",
+                )
+            )
+
+
+def _available(target):
+    mt.require_cache_root(target)
+    return target
+
+
+def _uses_default_root(flow):
+    """Whether a step of the flow stores in the default root: a @memoize without
+    store=, or no @memoize at all (then steps may get it from `run --with memoize`)."""
+    decorators = [d for step in flow for d in step.decorators if d.name == "memoize"]
+    return not decorators or any(not d.attributes.get("store") for d in decorators)
 
 
 def _unique(targets):
@@ -221,6 +270,8 @@ def invalidate(scope, targets, step, key, everything, yes, as_json):
         raise click.UsageError("say what to invalidate: --step STEP, --key KEY, or --all")
     _require_consent_possible(yes)
     resolved = targets()
+    if step is not None:
+        scope.check_step(step, resolved)
     plans = [mt.plan_invalidate(t, step, key) for t in resolved]
     if key is not None:
         mt.check_one_key(plans, key, ", ".join(t.root for t in resolved))
@@ -260,6 +311,8 @@ def prune(scope, targets, expired, older_than, max_size, step, grace, dry_run, y
         _require_consent_possible(yes)
     now = time.time()
     resolved = targets()
+    if step is not None:
+        scope.check_step(step, resolved)
     plans = [mt.plan_prune(t, criteria, now, grace_s, step) for t in resolved]
     if dry_run:
         _print_removal(scope, [(p, None) for p in plans], True, grace_s, as_json)

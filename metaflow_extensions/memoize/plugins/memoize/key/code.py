@@ -287,6 +287,50 @@ def dependency_components(depends_on, flow_dir: str) -> dict[str, str]:
     return out
 
 
+def step_attribute_usage(step_func, flow_class) -> tuple[set[str], set[str]] | None:
+    """(names assigned, names mentioned) as ``self.NAME`` by a step and by the
+    methods of the user's flow classes it reaches through ``self.NAME``, transitively.
+
+    None when it cannot be known (``self`` is passed somewhere, a source cannot
+    be read): then any name may be set. Metaflow's own methods (``self.next``)
+    set no artifacts of the user's and are not followed.
+    """
+    assigned: set[str] = set()
+    mentioned: set[str] = set()
+    queue, seen = [step_func], set()
+    while queue:
+        fn = queue.pop()
+        fn = getattr(fn, "__func__", fn)
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        usage = _self_usage(fn)
+        if usage is None or usage.bare:
+            return None
+        assigned |= usage.assigned
+        mentioned |= usage.attributes
+        for attr in usage.attributes:
+            queue.extend(_user_methods(flow_class, attr))
+    return assigned, mentioned
+
+
+def _user_methods(flow_class, attr) -> list:
+    """The functions behind ``self.attr`` when it is a method or property that the
+    user's code defines (not a step, not Metaflow's own)."""
+    for owner in getattr(flow_class, "__mro__", ()):
+        if attr not in owner.__dict__:
+            continue
+        if owner.__module__.split(".")[0] == "metaflow":
+            return []
+        member = owner.__dict__[attr]
+        if isinstance(member, property):
+            return [f for f in (member.fget, member.fset, member.fdel) if f is not None]
+        if isinstance(member, types.FunctionType) and not getattr(member, "is_step", False):
+            return [member]
+        return []
+    return []
+
+
 def assigned_attributes(step_func) -> set[str] | None:
     """Names the step assigns as ``self.NAME = ...`` (or augments, deletes).
 

@@ -15,13 +15,19 @@ from ..cache import audit
 from ..cache.entries import Cache
 from ..cache.manifest import ArtifactRecord, Manifest
 from ..cache.singleflight import Lease
-from ..cache.stores import open_store
+from ..cache.stores import ROOT_URL_FORMS, open_store, root_url_problem
 from ..cache.stores import s3 as s3_store
 from ..cache.stores.faults import share_budget
 from ..cache.transfer import export_blobs, import_blobs
 from ..durations import format_duration
-from ..exceptions import CacheFault, CorruptEntry, MemoizeException, MemoizeStrictError
-from ..key.code import assigned_attributes
+from ..exceptions import (
+    CacheFault,
+    CorruptEntry,
+    MemoizeException,
+    MemoizeRefreshError,
+    MemoizeStrictError,
+)
+from ..key.code import assigned_attributes, step_attribute_usage
 from ..key.components import BOOKKEEPING_ARTIFACTS, diff_components, key_of
 from ..key.deps import observed_dependencies, read_artifact_names
 from ..key.identity import (
@@ -46,7 +52,13 @@ def _request_refresh_all():
     os.environ[config.ENV_REFRESH] = "1"
 
 
+#: step names given with --memoize-refresh-step in this process (checked in step_init,
+#: where the flow's steps are known; the option's callback runs before that)
+_REFRESH_STEPS_FROM_CLI: set[str] = set()
+
+
 def _request_refresh_steps(steps):
+    _REFRESH_STEPS_FROM_CLI.update(steps)
     current = os.environ.get(config.ENV_REFRESH, "")
     if current.strip().lower() in ("1", "true", "yes", "on", "all", "*"):
         return
@@ -59,6 +71,49 @@ def _receive_refresh_request(value):
 
 
 mf.install_run_options(_request_refresh_all, _request_refresh_steps, _receive_refresh_request)
+
+
+def _check_root_setting():
+    """METAFLOW_MEMOIZE_ROOT='s3:/bucket' would quietly become a local directory."""
+    root = config.cache_root_setting()
+    problem = root and root_url_problem(root)
+    if problem:
+        raise MemoizeException(
+            "%s=%r %s: use %s, e.g. s3://team-cache/memoize."
+            % (config.ENV_ROOT, root, problem, ROOT_URL_FORMS)
+        )
+
+
+def _check_refresh_request(flow):
+    """A refresh request naming no @memoize step would refresh nothing while the user
+    believes it did: unknown and unmemoized step names stop the run at start."""
+    _, from_env = config.refresh_request()
+    requested = set(from_env) | _REFRESH_STEPS_FROM_CLI
+    if not requested:
+        return
+    steps = {f.__name__: f for f in mf.step_functions(flow)}
+    memoized = sorted(n for n, f in steps.items() if any(d.name == "memoize" for d in f.decorators))
+    problems = []
+    for name in sorted(requested):
+        if name in memoized:
+            continue
+        source = (
+            "--memoize-refresh-step %s" % name
+            if name in _REFRESH_STEPS_FROM_CLI
+            else "%s names '%s'" % (config.ENV_REFRESH, name)
+        )
+        if name in steps:
+            problems.append(
+                "%s: step '%s' of %s is not memoized (no @memoize; add it, or run with "
+                "--with memoize)" % (source, name, flow.name)
+            )
+        else:
+            problems.append("%s: %s has no step '%s'" % (source, flow.name, name))
+    if problems:
+        raise MemoizeRefreshError(
+            "%s. The @memoize steps of %s are: %s."
+            % ("; ".join(problems), flow.name, ", ".join(memoized) or "none")
+        )
 
 
 def log(message: str) -> None:
@@ -147,7 +202,14 @@ class MemoizeDecorator(StepDecorator):
                 "Step *%s*: @memoize cannot be used on a @parallel step (its tasks are not "
                 "independent). Remove @memoize from this step." % step_name
             )
-        self._check_inputs_exist(flow, step_name)
+        self._check_names_exist(flow, step_name, "inputs")
+        self._check_names_exist(flow, step_name, "ignore")
+        self._check_outputs_set(flow, step_name)
+        _check_root_setting()
+        if mf.starting_a_run():
+            # tasks and deployments get the request already checked (or, for
+            # `create`, warn about it themselves)
+            _check_refresh_request(flow)
         self._env_component = environment_component(decorators, self.args["env"])
         self._datastore_type = getattr(flow_datastore, "TYPE", "local")
         self._datastore_root = mf.datastore_root_for_cli(flow_datastore)
@@ -159,12 +221,13 @@ class MemoizeDecorator(StepDecorator):
         own = self.args["audit"]
         return config.audit_fraction() if own is None else own
 
-    def _check_inputs_exist(self, flow, step_name):
-        """`inputs` naming an artifact no step ever sets is a typo: say so at start.
+    def _check_names_exist(self, flow, step_name, argument):
+        """`inputs` or `ignore` naming an artifact no step ever sets is a typo: say so
+        at start.
 
         Only checked when every step's assignments can be read from its source.
         """
-        if not self.args["inputs"]:
+        if not self.args[argument]:
             return
         known = set(mf.parameter_names(flow)) | {"input"}
         for func in mf.step_functions(flow):
@@ -172,16 +235,43 @@ class MemoizeDecorator(StepDecorator):
             if assigned is None:
                 return  # a step passes `self` around: anything may be set
             known |= assigned
-        unknown = [n for n in self.args["inputs"] if n not in known]
+        unknown = [n for n in self.args[argument] if n not in known]
         if unknown:
             from ..exceptions import MemoizeArgumentError
 
             raise MemoizeArgumentError(
                 step_name,
-                "inputs",
+                argument,
                 "names %s, which no step of %s sets and no parameter is called"
                 % (", ".join(repr(u) for u in unknown), flow.name),
                 "Use the names of artifacts (self.NAME = ...) or parameters.",
+            )
+
+    def _check_outputs_set(self, flow, step_name):
+        """`outputs` naming an artifact the step never touches would store an entry
+        without it, and every later hit would lack it: refuse at start.
+
+        A name the step only reads is allowed (it may mutate an inherited artifact,
+        which outputs= must then list); when the step's use of `self` cannot be
+        read (it hands `self` to other code), nothing is refused.
+        """
+        if not self.args["outputs"]:
+            return
+        usage = step_attribute_usage(mf.step_function(flow, step_name), flow.__class__)
+        if usage is None:
+            return
+        assigned, mentioned = usage
+        never = [n for n in self.args["outputs"] if n not in assigned and n not in mentioned]
+        if never:
+            from ..exceptions import MemoizeArgumentError
+
+            raise MemoizeArgumentError(
+                step_name,
+                "outputs",
+                "names %s, which the step never sets (no self.NAME = ... in %s or the "
+                "methods it calls)" % (", ".join(repr(n) for n in never), step_name),
+                "Set it in the step, or remove it from outputs= (list the artifacts the "
+                "step produces).",
             )
 
     def cache_root(self) -> str:
@@ -595,6 +685,24 @@ class MemoizeDecorator(StepDecorator):
                 "profiler or debugger replaced memoize's recorder, or the cache failed "
                 "before the body started)" % step_name
             )
+            return
+        wanted = self.args["outputs"]
+        unset = [n for n in wanted or () if n not in mf.artifact_hashes(output)]
+        if unset:
+            # an entry without them would hit forever and fail downstream
+            log(
+                "WARNING: %s not cached: outputs= lists %s, which the step did not set; an "
+                "entry would restore nothing for %s. Fix: set %s in the step, or remove %s "
+                "from outputs=."
+                % (
+                    step_name,
+                    ", ".join("'%s'" % n for n in unset),
+                    "it" if len(unset) == 1 else "them",
+                    "it" if len(unset) == 1 else "them",
+                    "it" if len(unset) == 1 else "them",
+                )
+            )
+            self._register({"memoize_status": "uncacheable", "memoize_reason": "outputs="})
             return
         produced, passthrough, merged, left_out = self._produced_artifacts(
             output, graph, step_name, used_names, observed
