@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ HERE = Path(__file__).parent
 KNOWN_FILE = HERE / "known_false_hits.txt"
 BROKEN_KEY_DIR = HERE / "broken_key"
 _RUN_ID = re.compile(r"run-id (\S+?)\)?:")
+#: a flow run slower than this is an error of its case (a loaded machine is slow)
+RUN_TIMEOUT = int(os.environ.get("ORACLE_RUN_TIMEOUT", "1800"))
 
 #: the deterministic subset `make test` runs (tests/test_oracle.py): one or two
 #: cases of each family of kinds, over several shapes
@@ -112,7 +115,7 @@ def _run(src: Path, env: dict, args, log: Path) -> tuple[str, str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=RUN_TIMEOUT,
     )
     out = proc.stdout + proc.stderr
     log.write_text(out)
@@ -178,6 +181,28 @@ class Warm:
         )
 
 
+class WarmRuns:
+    """Each flow's warm run, made when its first case needs it (cases start at once,
+    and a run cut short by --minutes warms only the flows it reached)."""
+
+    def __init__(self, root: Path, broken: bool):
+        self.root, self.broken = root, broken
+        self._lock = threading.Lock()
+        self._flows: dict = {}
+
+    def get(self, flow: CorpusFlow):
+        """The flow's Warm, or why it could not run (a string)."""
+        with self._lock:
+            slot = self._flows.setdefault(flow.name, {"lock": threading.Lock()})
+        with slot["lock"]:
+            if "result" not in slot:
+                try:
+                    slot["result"] = Warm(flow, self.root, self.broken)
+                except (RuntimeError, subprocess.TimeoutExpired) as err:
+                    slot["result"] = str(err).splitlines()[0]
+            return slot["result"]
+
+
 def run_case(case: Case, warm: Warm, root: Path, broken: bool) -> Outcome:
     started = time.time()
     out = Outcome(case)
@@ -220,7 +245,7 @@ def run_case(case: Case, warm: Warm, root: Path, broken: bool) -> Outcome:
             env=_env(ds, cache, c_off),
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=RUN_TIMEOUT,
         )
         if proc.returncode != 0:
             raise RuntimeError("analysis failed:\n%s" % proc.stderr[-3000:])
@@ -455,20 +480,18 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     started = time.time()
     print("oracle: %d cases, %d jobs, work in %s" % (len(cases), args.jobs, root), flush=True)
-    needed_flows = {c.flow.name: c.flow for c in cases}
+    warmed = WarmRuns(root, args.broken_key)
     with ThreadPoolExecutor(args.jobs) as pool:
-        warm = dict(
-            zip(
-                needed_flows,
-                pool.map(lambda f: Warm(f, root, args.broken_key), needed_flows.values()),
-            )
-        )
         deadline = started + args.minutes * 60 if args.minutes else None
 
         def one(case):
             if deadline and time.time() > deadline:
                 return None
-            o = run_case(case, warm[case.flow.name], root, args.broken_key)
+            warm = warmed.get(case.flow)
+            if isinstance(warm, Warm):
+                o = run_case(case, warm, root, args.broken_key)
+            else:  # the original flow did not run: every case of it is an error
+                o = Outcome(case, error="warm run failed: %s" % warm)
             if args.save:
                 with open(args.save + ".partial", "a") as f:  # survives an interrupted run
                     f.write(json.dumps(_row(o)) + "\n")
