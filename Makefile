@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Metaflow refuses to run without a user name; CI machines may not set one.
 export USERNAME ?= $(or $(USER),memoize-user)
 
-.PHONY: install demo test test-slow lint format bench bench-quick verify clean
+.PHONY: install demo test test-slow test-stress lint format bench bench-quick verify clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,19 @@ demo: install
 	cd examples/quickstart && ../../$(BIN)/python quickstart_flow.py run
 
 # `make test`: everything but the tests marked slow (the whole false-hit corpus,
-# more fault rates, the oracle's broken-key self-test); `make test-slow` runs
-# those, and CI runs both.
+# the oracle's broken-key self-test, the benchmark harness) or stress; `make
+# test-slow` runs the slow ones, and CI runs both.
 test: install
-	$(BIN)/python -m pytest -n 2 -q -m "not slow" tests
+	$(BIN)/python -m pytest -n 2 -q -m "not slow and not stress" tests
 
 test-slow: install
-	$(BIN)/python -m pytest -n 2 -q -m slow tests
+	$(BIN)/python -m pytest -n 2 -q -m "slow and not stress" tests
+
+# The full-size reliability runs (20 writers killed mid-upload, 8 concurrent runs
+# x 10 keys, prune racing 4 runs, flaky S3 at 5% and 20% on the S3 datastore):
+# about 15 minutes; their small variants run in `make test`.
+test-stress: install
+	$(BIN)/python -m pytest -n 2 -q -m stress tests
 
 lint: install
 	$(BIN)/ruff check .

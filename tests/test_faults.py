@@ -124,8 +124,8 @@ def _warnings_per_task(output: str) -> int:
         ("local", 0.05),
         ("local", 0.2),
         ("local", 1.0),
-        pytest.param("s3", 0.05, marks=pytest.mark.slow),
-        pytest.param("s3", 0.2, marks=pytest.mark.slow),
+        pytest.param("s3", 0.05, marks=pytest.mark.stress),
+        pytest.param("s3", 0.2, marks=pytest.mark.stress),
         ("s3", 1.0),
     ],
 )

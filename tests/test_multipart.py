@@ -4,7 +4,7 @@ reported by `stats` and aborted by `prune` once older than the grace period.
 The first test makes the uploads the way a killed writer leaves them (a multipart
 upload of a blob name started, one part uploaded, never completed nor aborted);
 the others kill real runs' tasks with SIGKILL while they upload (2 in ``make
-test``, 20 in the slow variant).
+test``, 20 in the stress variant, make test-stress).
 """
 
 from __future__ import annotations
@@ -254,6 +254,6 @@ def test_writers_killed_mid_upload_leave_nothing_after_prune(runner, s3_env, fau
     check_killed_uploads(runner, s3_env, fault, 2)
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 def test_twenty_writers_killed_mid_upload_leave_nothing_after_prune(runner, s3_env, fault):
     check_killed_uploads(runner, s3_env, fault, KILLED)

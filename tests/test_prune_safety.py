@@ -387,6 +387,6 @@ def test_prune_racing_two_runs_breaks_no_entry(tmp_path, fault):
     check_prune_racing_runs(tmp_path, fault, 2, 2)
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 def test_prune_racing_four_runs_breaks_no_entry(tmp_path, fault):
     check_prune_racing_runs(tmp_path, fault, 4, 6)

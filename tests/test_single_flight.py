@@ -6,7 +6,7 @@ orchestrator has nothing to clone) and the lease alone decides who computes it:
 each body must run exactly once in total, and every run must end with the same
 values.
 
-``make test`` runs 3 runs x 4 keys on a local cache; the slow variants are the
+``make test`` runs 3 runs x 4 keys on a local cache; the stress variants (make test-stress) are the
 issue's 8 runs x 10 keys, on a local cache and on an S3 cache (moto).
 """
 
@@ -143,12 +143,12 @@ def test_three_runs_over_four_keys_run_each_body_once(tmp_path, fault):
     check_single_flight(tmp_path, fault, 3, 4, {ROOT_ENV: str(tmp_path / "cache")}, "local")
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 def test_eight_runs_over_ten_keys_run_each_body_once(tmp_path, fault):
     check_single_flight(tmp_path, fault, 8, 10, {ROOT_ENV: str(tmp_path / "cache")}, "local")
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 def test_eight_runs_over_ten_keys_run_each_body_once_on_s3(tmp_path, s3_env, fault):
     env = dict(s3_env.env, **{ROOT_ENV: s3_env.url("cache")})
     check_single_flight(tmp_path, fault, 8, 10, env, "S3")
