@@ -472,6 +472,7 @@ def s3_objects(s3_env, prefix):
     return out
 
 
+@pytest.mark.slow
 def test_list_prune_invalidate_on_s3(s3_env, tmp_path):
     root = s3_env.url("memo")
     runner = FlowRunner(tmp_path / "work", extra_env=dict(s3_env.env, METAFLOW_MEMOIZE_ROOT=root))

@@ -68,6 +68,7 @@ def test_a_caught_exception_stores_nothing(runner):
     assert of_step(fixed_tasks, "end")[0]["artifacts"]["final"] == repr((10, 11, 30))
 
 
+@pytest.mark.slow
 def test_retry_stores_one_entry_from_the_successful_attempt(runner):
     runner.add_flow("t2_fail_flow.py")
     first = runner.run("t2_fail_flow.py", env={"T2_FAIL": "flaky"})
@@ -84,6 +85,7 @@ def test_retry_stores_one_entry_from_the_successful_attempt(runner):
     assert len(entry_files(runner, FLOW, "flaky")) == 1
 
 
+@pytest.mark.slow
 def test_resume_after_a_failure(runner):
     runner.add_flow("t2_fail_flow.py")
     failed = runner.run("t2_fail_flow.py", env={"T2_FAIL": "risky"}, check=False)

@@ -121,8 +121,8 @@ def _warnings_per_task(output: str) -> int:
 @pytest.mark.parametrize(
     "datastore,rate",
     [
-        ("local", 0.05),
-        ("local", 0.2),
+        pytest.param("local", 0.05, marks=pytest.mark.slow),
+        pytest.param("local", 0.2, marks=pytest.mark.slow),
         ("local", 1.0),
         pytest.param("s3", 0.05, marks=pytest.mark.stress),
         pytest.param("s3", 0.2, marks=pytest.mark.stress),

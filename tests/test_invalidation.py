@@ -2,6 +2,7 @@
 cosmetic), decorator arguments (version vs ttl), foreach items, and the
 inputs= / ignore= / outputs= arguments."""
 
+import pytest
 from test_shapes import (
     assert_restored_from,
     by_pathspec,
@@ -149,6 +150,7 @@ def test_foreach_items_are_keyed_by_value_not_position(runner):
     assert only(second_tasks, "end")["artifacts"]["total"] == "100"
 
 
+@pytest.mark.slow
 def test_inputs_ignore_and_outputs_arguments(runner):
     runner.add_flow("t2_args_flow.py")
     memoized = ("pick", "skip", "limited")

@@ -148,8 +148,21 @@ CASES = [
 ]
 
 
+#: cases that run more flows or bigger ones: in `make test-slow` (the mechanisms
+#: they share with the rest are covered in `make test` too)
+SLOW_CASES = {
+    "module constant",
+    "depends_on file",
+    "parameter",
+    "upstream output value it does not read",
+    "upstream code, same output (early cut-off)",
+}
+
+
 @pytest.mark.parametrize(
-    "case,filename,old,new,args,expect_hit,reason", CASES, ids=[c[0] for c in CASES]
+    "case,filename,old,new,args,expect_hit,reason",
+    [pytest.param(*c, marks=pytest.mark.slow) if c[0] in SLOW_CASES else c for c in CASES],
+    ids=[c[0] for c in CASES],
 )
 def test_change_hits_or_misses_with_reason(
     tmp_path, baseline_cache, case, filename, old, new, args, expect_hit, reason

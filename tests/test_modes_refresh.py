@@ -218,6 +218,7 @@ def test_expired_entry_misses_with_reason_expired(runner):
     assert "miss middle" in result.output and "(expired)" in result.output
 
 
+@pytest.mark.slow
 def test_expired_entry_is_replaced_by_a_fresh_one(runner):
     ttl_flow(runner)
     run_tasks(runner)

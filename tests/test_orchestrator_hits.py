@@ -165,6 +165,7 @@ def test_a_task_whose_unkeyed_inherited_artifact_changed_is_not_cloned(runner):
     assert tasks["end"][0]["artifacts"]["seen"] == repr((9, "label-two"))
 
 
+@pytest.mark.slow
 def test_origin_run_deleted_falls_back_to_a_hit_inside_the_task(runner):
     runner.add_flow("shapes_flow.py")
     first = runner.run("shapes_flow.py")
@@ -181,6 +182,7 @@ def test_origin_run_deleted_falls_back_to_a_hit_inside_the_task(runner):
     assert tasks["end"][0]["artifacts"]["final"] == repr(("big:182", 43, [10, 18, 154]))
 
 
+@pytest.mark.slow
 def test_clone_hits_can_be_turned_off(runner):
     runner.add_flow("shapes_flow.py")
     first = runner.run("shapes_flow.py")
@@ -269,6 +271,7 @@ def test_clone_mismatch_for_a_join():
     assert "p differs" in clone_mismatch(origin=origin, parent=dict(parent, p="7"), **kwargs)
 
 
+@pytest.mark.slow
 def test_a_clone_carries_this_runs_graph(runner):
     # a comment line shifts every step's line number in the graph Metaflow stores
     # with each task (`_graph_info`), not the keys: hits are still cloned, and
@@ -366,6 +369,7 @@ def test_the_orchestrator_stops_checking_a_step_that_keeps_missing(monkeypatch):
     assert len(hits.launched) == 6
 
 
+@pytest.mark.slow
 def test_a_clone_is_not_made_when_the_origins_blobs_are_gone(runner):
     runner.add_flow("shapes_flow.py")
     first = runner.run("shapes_flow.py")

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from flowrunner import FlowRunner
 
 FLOW = "shapes_flow.py"
@@ -53,6 +54,7 @@ def test_plan_agrees_with_run_through_every_shape(runner):
     assert _assert_agrees(full, _statuses(runner, second.run_id)) == 12
 
 
+@pytest.mark.slow
 def test_plan_after_a_code_change_and_with_parameters(runner):
     runner.add_flow(FLOW)
     runner.run(FLOW)
@@ -94,6 +96,7 @@ def test_explain_names_the_changed_component(runner):
     assert missing.returncode != 0 and "no step" in missing.output
 
 
+@pytest.mark.slow
 def test_end_of_run_summary_line(tmp_path):
     runner = FlowRunner(tmp_path / "w")
     runner.add_flow(FLOW)

@@ -383,6 +383,7 @@ def check_prune_racing_runs(tmp_path, fault, runs: int, items: int) -> None:
     assert again_outs == expected
 
 
+@pytest.mark.slow
 def test_prune_racing_two_runs_breaks_no_entry(tmp_path, fault):
     check_prune_racing_runs(tmp_path, fault, 2, 2)
 

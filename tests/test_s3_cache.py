@@ -2,6 +2,7 @@
 
 import concurrent.futures
 
+import pytest
 from flowrunner import FlowRunner
 
 
@@ -74,6 +75,7 @@ def test_s3_datastore_and_s3_cache_copy_server_side(runner, s3_env):
     )
 
 
+@pytest.mark.slow
 def test_s3_datastore_default_root_is_under_the_sysroot(runner, s3_env):
     runner.add_flow("s3_flow.py")
     env = dict(s3_env.env, METAFLOW_DEFAULT_DATASTORE="s3")
@@ -101,6 +103,7 @@ def test_two_datastore_roots_share_one_s3_cache(tmp_path, s3_env):
     )
 
 
+@pytest.mark.slow
 def test_concurrent_writers_of_one_key_publish_exactly_one_entry(runner, s3_env):
     runner.add_flow("s3_flow.py")
     env = _cache_env(s3_env)

@@ -444,6 +444,7 @@ def _s3_object(s3_env, key: str) -> bytes:
     return s3_env.client.get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
 
 
+@pytest.mark.slow
 def test_s3_to_s3_hit_verifies_the_blob(tmp_path, s3_env, fault):
     fault(
         area=SIGNING,

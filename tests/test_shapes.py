@@ -12,6 +12,8 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 FLOWS = Path(__file__).parent / "flows"
 
 _TASKS_SCRIPT = textwrap.dedent(
@@ -181,6 +183,7 @@ def test_every_shape_is_restored_exactly_on_the_second_run(runner):
         assert len(entry_files(runner, "ShapesFlow", step)) == n, step
 
 
+@pytest.mark.slow
 def test_run_with_memoize_on_an_undecorated_flow_memoizes_every_step(runner):
     runner.add_flow("t2_plain_flow.py")
     steps = {"start": 1, "a": 1, "b": 1, "join_ab": 1, "body": 3, "join_body": 1, "end": 1}

@@ -47,10 +47,8 @@ RUN_TIMEOUT = int(os.environ.get("ORACLE_RUN_TIMEOUT", "1800"))
 QUICK = [
     "kitchen:foreach_reorder",
     "include:step_body:count",
-    "core_small_foreach:foreach_duplicate:start",
     "core_switch_in_foreach:foreach_extend:start",
     "core_branch_in_switch:switch_flip:start",
-    "core_branch:param_value",
 ]
 
 
