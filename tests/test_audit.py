@@ -76,6 +76,7 @@ def test_a_nondeterministic_step_is_flagged_and_its_entry_set_aside(warmed):
     assert {"flow": "AuditFlow", "step": "rnd", "audited": 1, "mismatches": 1} in audits
 
 
+@pytest.mark.slow
 def test_a_forged_entry_is_flagged(warmed, tmp_path):
     runner, _ = warmed
     cache = runner.workdir / ".metaflow" / "memoize-cache" / "v1" / "entries" / "AuditFlow"

@@ -71,6 +71,7 @@ def test_same_filesystem_hit_links_the_verified_blob(stored, tmp_path):
     assert b.artifacts(TINY, result.run_id) == a.artifacts(TINY, first.run_id)
 
 
+@pytest.mark.slow
 def test_a_corrupt_cache_blob_is_a_miss_and_never_linked(stored, tmp_path):
     cache, a, first = stored
     sha, in_cache, _ = _payload_blob(a, cache, first.run_id)

@@ -231,6 +231,7 @@ def test_step_functions_offloaded_commands_carry_the_request(deploy):
         assert _requests(top_level) == ["train"], (step, top_level)
 
 
+@pytest.mark.slow
 def test_deployed_option_makes_a_run_refresh_the_step(deploy, runner):
     """The option exactly as the deployment spells it is accepted by the flow's
     command line and refreshes only the named step."""

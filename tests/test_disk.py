@@ -148,6 +148,7 @@ def _memoize_warnings(result) -> list[str]:
     return [ln for ln in result.output.splitlines() if "[memoize] WARNING" in ln]
 
 
+@pytest.mark.slow
 def test_a_run_that_fits_without_memoize_fits_with_it(runner, small_disk, fault):
     from test_reliability import run_with_prefix
 

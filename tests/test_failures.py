@@ -47,6 +47,7 @@ def test_a_failed_step_stores_nothing_and_the_next_run_runs_it(runner):
     assert len(entry_files(runner, FLOW, "risky")) == 1
 
 
+@pytest.mark.slow
 def test_a_caught_exception_stores_nothing(runner):
     runner.add_flow("t2_fail_flow.py")
     caught = runner.run("t2_fail_flow.py", env={"T2_FAIL": "caught"})

@@ -31,6 +31,7 @@ def only(task_list, step):
     return task
 
 
+@pytest.mark.slow
 def test_parameter_change_misses_at_start_and_old_value_still_hits(runner):
     runner.add_flow("t2_linear_flow.py")
     first = runner.run("t2_linear_flow.py", "--alpha", "1")
@@ -53,6 +54,7 @@ def test_parameter_change_misses_at_start_and_old_value_still_hits(runner):
     assert only(tasks(runner, "T2LinearFlow", again.run_id), "end")["artifacts"]["result"] == "21"
 
 
+@pytest.mark.slow
 def test_code_edits_invalidate_only_what_they_change(runner):
     def run(source):
         runner.add_flow("t2_linear_flow.py", source=source)
@@ -109,6 +111,7 @@ def foreach_source(items):
     return edited("t2_foreach_flow.py", ("ITEMS = [3, 1, 2]", "ITEMS = %r" % (items,)))
 
 
+@pytest.mark.slow
 def test_foreach_items_are_keyed_by_value_not_position(runner):
     runner.add_flow("t2_foreach_flow.py", source=foreach_source([3, 1, 2]))
     first = runner.run("t2_foreach_flow.py")
@@ -190,6 +193,7 @@ def test_inputs_ignore_and_outputs_arguments(runner):
     assert counts(runner, memoized) == {"pick": 2, "skip": 2, "limited": 4}
 
 
+@pytest.mark.slow
 def test_a_changed_pass_through_input_is_recomputed_once_then_hits(runner):
     runner.add_flow("t2_passthrough_flow.py")
     runner.run("t2_passthrough_flow.py", "--noise", "0")

@@ -171,6 +171,7 @@ def blobs(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_ino for p in (root / "v1" / "blobs").rglob("*")}
 
 
+@pytest.mark.slow
 def test_edited_manifests_are_misses_and_keep_their_blobs(golden, tmp_path, fault):
     fault(
         area=AREA,

@@ -202,6 +202,7 @@ def expire(path):
     path.write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 def test_expired_entry_misses_with_reason_expired(runner):
     ttl_flow(runner)
     run_tasks(runner)

@@ -305,6 +305,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_parameter_a_step_does_not_read_does_not_invalidate_it(runner):
     """Inputs are keyed by what the body reads: `--note` (read by no memoized
     step) re-runs nothing, `--epochs` re-runs `train` only, and switching it
@@ -552,6 +553,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_join_reading_items_or_merging_is_keyed_by_whole_inputs(runner):
     """What Metaflow reads for a join on its own is not recorded: `inp.input`
     (the item, read through the foreach list) and `merge_artifacts` (which

@@ -96,6 +96,7 @@ FOREACH_DUPLICATES = """
 """
 
 
+@pytest.mark.slow
 def test_a_foreach_task_is_not_cloned_from_an_origin_at_another_index(runner):
     # items 0 and 1 are equal, so they share one key; the entry's origin has one
     # index only, and a clone would give the other task the wrong position
@@ -195,6 +196,7 @@ def test_clone_hits_can_be_turned_off(runner):
     assert all(m["memoize_status"] == "hit" and "memoize_cloned" not in m for m in metas)
 
 
+@pytest.mark.slow
 def test_refresh_launches_and_recomputes(runner):
     runner.add_flow("shapes_flow.py")
     runner.run("shapes_flow.py")

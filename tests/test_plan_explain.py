@@ -78,6 +78,7 @@ def test_plan_after_a_code_change_and_with_parameters(runner):
     assert "Summary: 1 step(s) will run" in text
 
 
+@pytest.mark.slow
 def test_explain_names_the_changed_component(runner):
     runner.add_flow(FLOW)
     runner.run(FLOW)

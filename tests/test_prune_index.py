@@ -237,6 +237,7 @@ def test_an_interrupted_indexed_prune_leaves_only_valid_entries(s3_env, budget):
 
 
 # -- scale ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_pruning_many_published_entries_on_s3_lists_instead_of_reading(s3_cache):
     """MEMOIZE_PRUNE_N=10000 to measure; the timed figure is benchmarks' target 6."""
     n = int(os.environ.get("MEMOIZE_PRUNE_N", "300"))

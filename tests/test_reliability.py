@@ -731,6 +731,7 @@ def _run_many(runner: FlowRunner, flow_file: str, n: int, env=None) -> list[Flow
         return [f.result() for f in futures]
 
 
+@pytest.mark.slow
 def test_eight_concurrent_runs_without_lock(runner, fault):
     fault(
         area=CONCURRENCY,

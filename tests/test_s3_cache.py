@@ -48,6 +48,7 @@ def test_local_datastore_with_s3_cache(runner, s3_env):
     )
 
 
+@pytest.mark.slow
 def test_s3_datastore_and_s3_cache_copy_server_side(runner, s3_env):
     runner.add_flow("s3_flow.py")
     env = _cache_env(s3_env, METAFLOW_DEFAULT_DATASTORE="s3")
@@ -85,6 +86,7 @@ def test_s3_datastore_default_root_is_under_the_sysroot(runner, s3_env):
     assert len(_manifests(s3_env, "metaflow/memoize-cache/v1/entries/S3CacheFlow/")) == 2
 
 
+@pytest.mark.slow
 def test_two_datastore_roots_share_one_s3_cache(tmp_path, s3_env):
     env = _cache_env(s3_env)
     laptop = FlowRunner(tmp_path / "laptop")
