@@ -687,20 +687,15 @@ class MemoizeDecorator(StepDecorator):
             )
             return
         wanted = self.args["outputs"]
-        unset = [n for n in wanted or () if n not in mf.artifact_hashes(output)]
+        present = mf.artifact_hashes(output)
+        unset = [n for n in wanted or () if n not in present]
         if unset:
             # an entry without them would hit forever and fail downstream
-            log(
-                "WARNING: %s not cached: outputs= lists %s, which the step did not set; an "
-                "entry would restore nothing for %s. Fix: set %s in the step, or remove %s "
-                "from outputs=."
-                % (
-                    step_name,
-                    ", ".join("'%s'" % n for n in unset),
-                    "it" if len(unset) == 1 else "them",
-                    "it" if len(unset) == 1 else "them",
-                    "it" if len(unset) == 1 else "them",
-                )
+            _not_cached(
+                step_name,
+                "outputs= lists %s, which the step did not set; an entry would restore "
+                "nothing for %s" % (_quoted(unset), _them(unset)),
+                "set %s in the step, or remove %s from outputs=" % (_them(unset), _them(unset)),
             )
             self._register({"memoize_status": "uncacheable", "memoize_reason": "outputs="})
             return
@@ -708,16 +703,11 @@ class MemoizeDecorator(StepDecorator):
             output, graph, step_name, used_names, observed
         )
         if left_out:
-            log(
-                "WARNING: %s not cached: outputs= leaves out %s, which this step sets or "
-                "changes; a hit would leave %s different from a run of the step. Fix: add %s "
-                "to outputs=, or remove outputs=."
-                % (
-                    step_name,
-                    ", ".join("'%s'" % n for n in left_out),
-                    "it" if len(left_out) == 1 else "them",
-                    "it" if len(left_out) == 1 else "them",
-                )
+            _not_cached(
+                step_name,
+                "outputs= leaves out %s, which this step sets or changes; a hit would leave "
+                "%s different from a run of the step" % (_quoted(left_out), _them(left_out)),
+                "add %s to outputs=, or remove outputs=" % _them(left_out),
             )
             self._register({"memoize_status": "uncacheable", "memoize_reason": "outputs="})
             return
@@ -838,6 +828,18 @@ class MemoizeDecorator(StepDecorator):
                 "process, so this step may never hit. Fix: @memoize(ignore=['%s']) or store it "
                 "as a sorted list." % (self._step_name, name, name)
             )
+
+
+def _quoted(names) -> str:
+    return ", ".join("'%s'" % n for n in names)
+
+
+def _them(names) -> str:
+    return "it" if len(names) == 1 else "them"
+
+
+def _not_cached(step_name: str, why: str, fix: str) -> None:
+    log("WARNING: %s not cached: %s. Fix: %s." % (step_name, why, fix))
 
 
 class _RunSummary:
