@@ -291,6 +291,29 @@ def parameter_artifact_hashes(flow, graph, param_values, config_options, environ
         shutil.rmtree(root, ignore_errors=True)
 
 
+def last_run_task(flow_datastore, flow_name: str, step_name: str):
+    """(artifact hashes, recorded transition, pathspec) of the one task of a step
+    in the flow's latest successful run, or None (no such run, or the step had
+    several tasks there). Nothing but the small ``_transition`` is loaded."""
+    from metaflow import Flow, namespace
+    from metaflow.exception import MetaflowException
+
+    try:
+        namespace(None)
+        run = Flow(flow_name).latest_successful_run
+        tasks = list(run[step_name]) if run is not None else []
+        if len(tasks) != 1:
+            return None
+        task_id = tasks[0].id
+        ds = flow_datastore.get_task_datastore(run.id, step_name, task_id, mode="r")
+        transition = load_present(ds, ["_transition"]).get("_transition")
+    except (MetaflowException, KeyError, OSError, ValueError):
+        return None
+    recorded = {attr: None for attr in TRANSITION_ATTRIBUTES}
+    recorded["_transition"] = _recordable("_transition", transition)
+    return artifact_hashes(ds), recorded, "%s/%s/%s/%s" % (flow_name, run.id, step_name, task_id)
+
+
 def load_from_datastore(flow_datastore, sha: str):
     """Unpickled value of an artifact blob in the flow's datastore, or raise KeyError."""
     import pickle

@@ -357,7 +357,9 @@ def explain(scope, targets, step, run_id, as_json):
     roots = [t.root for t in targets()]
     root = deco.cache_root() if deco is not None else roots[0]
     cache = Cache(open_store(root), signing_key=config.signing_key())
-    run_pathspec, explanations = explain_step(cache, flow.name, step, run_id)
+    run_pathspec, explanations = explain_step(
+        cache, flow.name, step, run_id, flow_spec=flow, graph=scope.obj.graph
+    )
     _echo((explain_json if as_json else explain_text)(run_pathspec, step, explanations))
 
 

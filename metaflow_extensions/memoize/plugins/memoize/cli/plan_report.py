@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from ..durations import format_duration
+from ..runtime import causes
 from ..runtime.explain import COMPONENTS, TaskExplanation
-from ..runtime.plan import HIT, NOT_MEMOIZED, RUN, UNKNOWN, PlanResult, StepPlan
+from ..runtime.plan import HIT, MAYBE, NOT_MEMOIZED, RUN, UNKNOWN, PlanResult, StepPlan
 
 
 def _detail(step: StepPlan) -> str:
@@ -37,20 +38,28 @@ def plan_text(result: PlanResult) -> str:
     for step, verdict, detail in rows:
         lines.append("%-*s  %-*s  %s" % (width_step, step, width_verdict, verdict, detail))
     lines.append(plan_summary_line(result))
+    for step, tasks, saved in result.at_stake():
+        lines.append(
+            "Note: %s will run above %d cached task(s)%s that hit only if its outputs come "
+            "out unchanged; otherwise they run too"
+            % (step, tasks, " (%s of compute)" % format_duration(saved) if saved else "")
+        )
     return "\n".join(lines)
 
 
 def plan_summary_line(result: PlanResult) -> str:
     runs = sum(1 for s in result.steps if any(t.verdict == RUN for t in s.tasks))
     hits = sum(1 for s in result.steps if s.tasks and all(t.verdict == HIT for t in s.tasks))
+    maybe = sum(
+        1
+        for s in result.steps
+        if any(t.verdict == MAYBE for t in s.tasks) and not any(t.verdict == RUN for t in s.tasks)
+    )
     unknown = sum(1 for s in result.steps if any(t.verdict == UNKNOWN for t in s.tasks))
     plain = sum(1 for s in result.steps if any(t.verdict == NOT_MEMOIZED for t in s.tasks))
-    return "Summary: %d step(s) will run, %d will hit, %d unknown, %d not memoized; saves %s" % (
-        runs,
-        hits,
-        unknown,
-        plain,
-        format_duration(result.saved_seconds),
+    return (
+        "Summary: %d step(s) will run, %d will hit, %d may hit, %d unknown, %d not memoized; "
+        "saves %s" % (runs, hits, maybe, unknown, plain, format_duration(result.saved_seconds))
     )
 
 
@@ -68,7 +77,7 @@ def explain_text(run_pathspec: str, step: str, explanations: list[TaskExplanatio
         if e.origin:
             lines.append("    from %s" % e.origin)
         if e.reason:
-            lines.append("    reason: %s" % e.reason)
+            lines.append("    reason: %s" % causes.with_cause(e.reason, e.cause))
         if e.components:
             if e.compared_with:
                 lines.append("    compared with the entry from %s:" % e.compared_with)

@@ -187,3 +187,12 @@ def diff_components(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
     if not reasons and old != new:
         reasons.append("key components changed")
     return reasons
+
+
+def changed_static_inputs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The input artifacts whose hashes differ between two keys' components
+    (``inputs=`` steps key them statically; others observe what they read)."""
+    old_in, new_in = old.get("inputs"), new.get("inputs")
+    if not (isinstance(old_in, dict) and isinstance(new_in, dict)):
+        return []
+    return sorted(n for n in new_in if n in old_in and old_in[n] != new_in[n])

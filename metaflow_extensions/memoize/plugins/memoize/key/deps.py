@@ -919,12 +919,58 @@ def file_digest(path: str) -> str:
 def verify(recorded: Mapping[str, str], ctx: DepContext) -> tuple[list[str], dict[str, str]]:
     """(reasons the recorded dependencies no longer hold, their current values)."""
     current = current_values(recorded, ctx)
-    reasons = [
-        describe_change(dep, recorded[dep], current[dep])
+    changed = [
+        dep
         for dep in sorted(recorded)
         if dep.startswith("incomplete:") or current[dep] != recorded[dep]
     ]
-    return reasons, current
+    return describe_changes(changed, recorded, current, len(ctx.input_ids)), current
+
+
+def describe_changes(
+    changed: Iterable[str], old: Mapping[str, str], new: Mapping[str, str], join_inputs: int = 0
+) -> list[str]:
+    """One reason per changed dependency, except a join's inputs: one reason per
+    artifact name, with how many of its ``join_inputs`` inputs changed it
+    (``input 'model' changed in 4 of 5 inputs``), not one line per input."""
+    reasons: list[str] = []
+    per_name: dict[str, list[str]] = {}
+    for dep in changed:
+        kind, _, rest = dep.partition(":")
+        if kind == "input" and join_inputs > 1 and new.get(dep) != "absent input":
+            per_name.setdefault(rest.rpartition(":")[2], []).append(dep)
+            continue
+        reasons.append(describe_change(dep, old.get(dep, "absent"), new.get(dep, "absent")))
+    for name, deps in sorted(per_name.items()):
+        if len(deps) == 1:
+            dep = deps[0]
+            reasons.append(describe_change(dep, old.get(dep, "absent"), new.get(dep, "absent")))
+        elif name == "*":
+            reasons.append(
+                "an artifact changed in %d of %d inputs (merged by the step)"
+                % (len(deps), join_inputs)
+            )
+        else:
+            gone = all(new.get(d) in ("absent", "missing") for d in deps)
+            reasons.append(
+                "input '%s' %s in %d of %d inputs (read by the step)"
+                % (name, "removed" if gone else "changed", len(deps), join_inputs)
+            )
+    return reasons
+
+
+def changed_input_names(changed: Iterable[str]) -> list[str]:
+    """The input artifacts among changed dependency ids (for the causes of a miss)."""
+    names = set()
+    for dep in changed:
+        kind, _, rest = dep.partition(":")
+        if kind == "artifact" and rest != "*":
+            names.add(rest)
+        elif kind == "input":
+            name = rest.rpartition(":")[2]
+            if name != "*":
+                names.add(name)
+    return sorted(names)
 
 
 def variant_key(static_key: str, values: Mapping[str, str]) -> str:
@@ -979,11 +1025,7 @@ def describe_change(dep: str, old: str, new: str) -> str:
 
 def diff_observed(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
     """Reasons between two entries' recorded dependencies (for explain)."""
-    reasons = []
-    for dep in sorted(set(old) | set(new)):
-        if dep in old and dep in new and old[dep] == new[dep]:
-            continue
-        if dep not in new:
-            continue  # not used any more: not a reason by itself
-        reasons.append(describe_change(dep, old.get(dep, "absent"), new[dep]))
-    return reasons
+    # a dependency not used any more is not a reason by itself
+    changed = [dep for dep in sorted(new) if old.get(dep) != new[dep]]
+    joins = {dep.partition(":")[2].rpartition(":")[0] for dep in new if dep.startswith("input:")}
+    return describe_changes(changed, old, new, len(joins))

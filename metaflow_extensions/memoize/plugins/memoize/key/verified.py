@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..cache.entries import Cache
 from ..cache.manifest import Manifest
-from .deps import DepContext, variant_key, verify
+from .deps import DepContext, changed_input_names, variant_key, verify
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Decision:
     #: the static key's entry, also when it could not be used (for reasons)
     first: Manifest | None = None
     reasons: list[str] = field(default_factory=list)
+    #: input artifacts whose change made the entry unusable (for the causes)
+    changed_inputs: list[str] = field(default_factory=list)
 
 
 def verified_lookup(cache: Cache, flow: str, step: str, key: str, ctx: DepContext) -> Decision:
@@ -67,4 +69,7 @@ def verified_lookup(cache: Cache, flow: str, step: str, key: str, ctx: DepContex
         replace=second.status != "absent" and second.manifest is not None,
         first=first,
         reasons=reasons,
+        changed_inputs=changed_input_names(
+            d for d, value in first.observed.items() if current.get(d) != value
+        ),
     )

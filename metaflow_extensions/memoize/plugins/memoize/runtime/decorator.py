@@ -28,7 +28,12 @@ from ..exceptions import (
     MemoizeStrictError,
 )
 from ..key.code import assigned_attributes, step_attribute_usage
-from ..key.components import BOOKKEEPING_ARTIFACTS, diff_components, key_of
+from ..key.components import (
+    BOOKKEEPING_ARTIFACTS,
+    changed_static_inputs,
+    diff_components,
+    key_of,
+)
 from ..key.deps import observed_dependencies, read_artifact_names
 from ..key.identity import (
     UnidentifiableInput,
@@ -42,7 +47,8 @@ from ..key.observe import Observer
 from ..key.verified import verified_lookup
 from ..settings import parse_arguments
 from ..version import __version__
-from .orchestrator_hits import OrchestratorHits
+from .explain import NOTHING_COMPARED
+from .orchestrator_hits import HIT_REASON, OrchestratorHits
 
 # Never restored from an entry: per-task state that Metaflow sets itself.
 _NEVER_RESTORED = BOOKKEEPING_ARTIFACTS | {"name", "input", "index"}
@@ -289,7 +295,7 @@ class MemoizeDecorator(StepDecorator):
 
     # -- orchestrator: end-of-run summary ------------------------------------
     def runtime_init(self, flow, graph, package, run_id):
-        _RunSummary.start(flow.name, run_id)
+        _RunSummary.start(flow, graph, run_id)
         # the runtime exists now (importing it with this module would be circular)
         mf.install_launch_hook(_RunSummary.orchestrator)
 
@@ -387,6 +393,8 @@ class MemoizeDecorator(StepDecorator):
             )
             if refresh:
                 self._status = "refresh"
+                meta["memoize_reason"] = "refresh requested"
+                meta["memoize_compared"] = NOTHING_COMPARED
                 log("refresh %s key=%s (recomputing)" % (step_name, key[:12]))
             else:
                 self._status = self._look_up(flow.name, step_name, key, meta)
@@ -462,6 +470,12 @@ class MemoizeDecorator(StepDecorator):
         self._replace_entry = decision.replace
         if decision.store_key != key:
             meta["memoize_entry"] = decision.store_key  # for `memoize explain`
+        # what `memoize explain` shows for this task, recorded now rather than
+        # reconstructed later from entries that may have changed since
+        compared = decision.manifest or decision.first
+        meta["memoize_compared"] = compared.key if compared is not None else NOTHING_COMPARED
+        if decision.changed_inputs:
+            meta["memoize_changed_inputs"] = ",".join(decision.changed_inputs)
         if decision.status == "found":
             manifest = decision.manifest
             misfit = mf.entry_misfit(self._task["graph"], step_name, manifest)
@@ -505,6 +519,7 @@ class MemoizeDecorator(StepDecorator):
             self._manifest = manifest
             self._merged = merged
             meta["memoize_origin"] = manifest.origin
+            meta["memoize_reason"] = HIT_REASON
             meta["memoize_saved_seconds"] = "%.3f" % manifest.body_seconds
             saved = format_duration(manifest.body_seconds)
             log(
@@ -531,9 +546,13 @@ class MemoizeDecorator(StepDecorator):
                 flow_name, step_name, prefer=lambda m: m.components.get("foreach") == same_item
             )
             if previous is not None:
+                meta["memoize_compared"] = previous.key
                 reasons = diff_components(previous.components, self._components)
                 if reasons:
                     reason = "; ".join(reasons)
+                changed = changed_static_inputs(previous.components, self._components)
+                if changed:
+                    meta["memoize_changed_inputs"] = ",".join(changed)
         meta["memoize_reason"] = reason
         log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
         return "miss"
@@ -843,39 +862,51 @@ def _not_cached(step_name: str, why: str, fix: str) -> None:
 
 
 class _RunSummary:
-    """One line after a run: hits, misses, refreshes, compute time saved.
+    """After a run: hits, misses, refreshes, compute time saved, and why each
+    step that ran did (summary.py).
 
     Every @memoize instance gets the runtime hooks; the summary prints once.
     """
 
-    flow_name = None
+    flow = None
+    graph = None
     run_id = None
     printed = False
     orchestrator = None  # the run's OrchestratorHits: what it cloned, what it launched
 
     @classmethod
-    def start(cls, flow_name, run_id):
+    def start(cls, flow, graph, run_id):
         if cls.run_id != run_id or cls.orchestrator is None:
             cls.orchestrator = OrchestratorHits()
-        cls.flow_name, cls.run_id, cls.printed = flow_name, run_id, False
+        cls.flow, cls.graph, cls.run_id, cls.printed = flow, graph, run_id, False
 
     @classmethod
     def finish(cls):
         if cls.printed or cls.run_id is None:
             return
         cls.printed = True
+        lines = []
         try:
-            from .summary import run_summary_line, summary_line_of
+            from .summary import cause_lines, outcomes_of, run_outcomes, summarize
 
             seen = cls.orchestrator
             if seen is not None and (seen.cloned or seen.launched):
-                line = summary_line_of(seen.cloned, seen.launched)
+                outcomes = outcomes_of(seen.cloned, seen.launched)
             else:
-                line = run_summary_line(cls.flow_name, cls.run_id)
+                outcomes = run_outcomes(cls.flow.name, cls.run_id)
+            lines.append(summarize(outcomes))
+            if lines[0]:
+                memoized = {
+                    f.__name__
+                    for f in mf.step_functions(cls.flow)
+                    if any(d.name == "memoize" for d in f.decorators)
+                }
+                lines += cause_lines(outcomes, cls.flow, cls.graph, memoized)
         except Exception as err:  # informative only: never fail a finished run
-            line = "summary unavailable (%s)" % err
-        if line:
-            log(line)
+            lines.append("summary unavailable (%s)" % err)
+        for line in lines:
+            if line:
+                log(line)
 
 
 def _metaflow_version() -> str:

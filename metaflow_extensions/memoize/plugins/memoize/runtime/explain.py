@@ -9,6 +9,7 @@ from ..cache.entries import Cache
 from ..exceptions import CacheFault, MemoizeCliError
 from ..key.components import diff_components
 from ..key.deps import diff_observed
+from . import causes
 
 COMPONENTS = ("code", "args", "inputs", "foreach", "env", "observed")
 
@@ -23,6 +24,7 @@ class TaskExplanation:
     compared_with: str | None = None  # origin of the entry this miss is compared with
     components: dict[str, str] = field(default_factory=dict)  # component -> same/changed/...
     changes: list[str] = field(default_factory=list)
+    cause: str = ""  # "because featurize re-ran": the root cause upstream
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -39,22 +41,67 @@ def _component_verdicts(old, new) -> dict[str, str]:
     return verdicts
 
 
+def _entry(cache: Cache, flow: str, step: str, key: str | None):
+    """An entry's manifest by key, expired or unsigned included; None when gone."""
+    return cache.lookup(flow, step, key).manifest if key else None
+
+
 def explain_task(
     cache: Cache, flow: str, step: str, pathspec: str, metadata: dict
 ) -> TaskExplanation:
+    """The decision a task recorded when it made it (``memoize_compared``: the
+    entry it compared with), diffed component by component when both entries
+    still exist. Tasks of versions that did not record it are explained by
+    reconstruction (``_reconstructed``)."""
     status = metadata.get("memoize_status") or "not memoized"
     key = metadata.get("memoize_key")
+    recorded = metadata.get("memoize_compared")
+    reason = metadata.get("memoize_reason") or metadata.get("memoize_error")
+    if status == "hit" and recorded is None:
+        # an older clone: what it shows as its reason is its origin's
+        reason = None
     out = TaskExplanation(
         pathspec=pathspec,
         status=status,
         key=key,
         origin=metadata.get("memoize_origin"),
-        reason=metadata.get("memoize_reason") or metadata.get("memoize_error"),
+        reason=reason,
     )
     if status == "hit" or not key:
         if status == "hit":
+            out.compared_with = out.origin
             out.components = {part: "same" for part in COMPONENTS}
         return out
+    if recorded is None:
+        return _reconstructed(cache, flow, step, metadata, out)
+    if recorded == NOTHING_COMPARED:
+        return out
+    try:
+        own = _entry(cache, flow, step, metadata.get("memoize_entry") or key)
+        previous = _entry(cache, flow, step, recorded)
+    except CacheFault as err:
+        out.reason = "%s (cache unreadable: %s)" % (out.reason or "", err)
+        return out
+    if previous is None:
+        out.compared_with = "entry %s, removed since" % recorded[:12]
+        return out
+    out.compared_with = previous.origin
+    if own is not None and own.key != previous.key:
+        out.components = _component_verdicts(previous, own)
+        out.changes = diff_components(previous.components, own.components)
+        if previous.components == own.components or not out.changes:
+            out.changes += diff_observed(previous.observed, own.observed)
+    return out
+
+
+#: ``memoize_compared`` of a miss that had no earlier entry to compare with
+NOTHING_COMPARED = "none"
+
+
+def _reconstructed(cache, flow, step, metadata, out: TaskExplanation) -> TaskExplanation:
+    """For tasks that did not record what they compared with: the newest entry
+    of the same foreach item created before the task's own."""
+    key = out.key
     # a miss whose key had an entry that no longer verified stored its own at
     # a variant key (verified.py); the task recorded where
     entry_key = metadata.get("memoize_entry") or key
@@ -84,9 +131,12 @@ def explain_task(
 
 
 def explain_step(
-    cache: Cache, flow_name: str, step: str, run_id: str | None
+    cache: Cache, flow_name: str, step: str, run_id: str | None, flow_spec=None, graph=None
 ) -> tuple[str, list[TaskExplanation]]:
-    """(run pathspec, one explanation per task of ``step`` in the run; default: latest run)."""
+    """(run pathspec, one explanation per task of ``step`` in the run; default: latest run).
+
+    With the flow and its graph, a miss also names its root cause upstream
+    (causes.py), from what the steps above did in the same run."""
     from metaflow import Flow, namespace
     from metaflow.exception import MetaflowNotFound
 
@@ -106,4 +156,31 @@ def explain_step(
         explain_task(cache, flow_name, step, task.pathspec, task.metadata_dict) for task in tasks
     ]
     explanations.sort(key=lambda e: e.pathspec)
+    if flow_spec is not None and graph is not None:
+        _add_causes(run, flow_spec, graph, step, tasks, explanations)
     return run.pathspec, explanations
+
+
+def _add_causes(run, flow, graph, step, tasks, explanations) -> None:
+    from .summary import NOT_MEMOIZED, outcome_of
+
+    outcomes = {t.pathspec: outcome_of(t) for t in tasks}
+    assigns = causes.static_assignments(flow.__class__)
+    statuses: dict[str, list[str]] = {}
+
+    def statuses_of(producer):
+        if producer not in statuses:
+            found = [outcome_of(t) for t in run[producer]]
+            statuses[producer] = [o.status if o else NOT_MEMOIZED for o in found]
+        return statuses[producer]
+
+    for e in explanations:
+        outcome = outcomes.get(e.pathspec)
+        if outcome is None or not outcome.changed_inputs or e.status == "hit":
+            continue
+        producers = {
+            causes.producer_of(graph, assigns, step, name) for name in outcome.changed_inputs
+        } - {None}
+        e.cause = causes.cause(
+            graph, assigns, step, outcome.changed_inputs, {p: statuses_of(p) for p in producers}
+        )

@@ -34,6 +34,7 @@ from ..key.identity import (
     task_components,
 )
 from ..key.verified import verified_lookup
+from .summary import TaskOutcome
 
 #: Decorators whose task-side work cannot change what a hit produces (the body
 #: they wrap does not run) and that leave the task in the orchestrator's own
@@ -44,6 +45,9 @@ from ..key.verified import verified_lookup
 CLONE_SAFE_DECORATORS = frozenset(
     ["memoize", "resources", "retry", "timeout", "environment", "secrets"]
 )
+
+#: What a hit records as its reason (a clone must overwrite its origin's).
+HIT_REASON = "same key, and everything the entry recorded using is unchanged"
 
 #: Joins wider than this are left to the task: the orchestrator reads its
 #: inputs one by one while every other task waits.
@@ -140,7 +144,7 @@ class OrchestratorHits:
         self._fingerprints: dict[str, str] = {}  # observed code and values, once per run
         # for the end-of-run summary: what the cloned tasks were, which memoized
         # tasks were launched instead (their own metadata says what they did)
-        self.cloned: list[tuple[str, float]] = []
+        self.cloned: list[TaskOutcome] = []
         self.launched: list[str] = []
 
     def __call__(self, task: mf.LaunchingTask) -> bool:
@@ -234,12 +238,19 @@ class OrchestratorHits:
         if mf.DatastoreBlobs(origin_ds).existing(wanted) != wanted:
             return False
         task.clone_from(origin_run, origin_ds, passed_down=inputs[0])
+        # The client API shows a clone the metadata of its origin for every field
+        # the clone lacks: the origin's own miss reason would read as this task's.
+        # So every field `memoize explain` reads is written here.
         fields = {
             "memoize_status": "hit",
             "memoize_key": key,
             "memoize_origin": manifest.origin,
             "memoize_saved_seconds": "%.3f" % manifest.body_seconds,
             "memoize_cloned": "true",
+            "memoize_entry": manifest.key,
+            "memoize_compared": manifest.key,
+            "memoize_reason": HIT_REASON,
+            "memoize_changed_inputs": "",
         }
         try:
             task.register(fields)
@@ -253,7 +264,7 @@ class OrchestratorHits:
             "hit %s key=%s from %s (saved %s; cloned in the orchestrator, no task launched)"
             % (task.step, key[:12], manifest.origin, format_duration(manifest.body_seconds))
         )
-        self.cloned.append(("hit", manifest.body_seconds))
+        self.cloned.append(TaskOutcome(task.step, "hit", manifest.body_seconds))
         return True
 
     def _code_of(self, task) -> dict[str, str]:

@@ -4,8 +4,11 @@ Keys are computed the way a task computes them (identity.components_for):
 `start` from the parameter values, each later step from the recorded outputs of
 the entries its parents would hit. A chain of hits is followed through the graph,
 foreach splits included (the foreach list is read from the cache to know each
-item). Anything downstream of a step that will run is `unknown`: its inputs do
-not exist yet.
+item). Below a step that will run, the plan goes on with the outputs of that
+step's last entry, as if they came out unchanged: a step that would hit then is
+`maybe` ("hits if featurize's outputs come out unchanged"). Below a step with
+no entry at all (or without @memoize) it is `unknown`: its inputs do not exist
+yet.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from ..key.identity import UnidentifiableInput, components_for, dependency_conte
 from ..key.verified import verified_lookup
 
 HIT, RUN, UNKNOWN, NOT_MEMOIZED = "hit", "run", "unknown", "not memoized"
+#: would hit if the steps above it that will run produce what they did last time
+MAYBE = "maybe"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class Context:
     parent: str
     visible: dict[str, str] | None
     frames: tuple[Frame, ...] = ()
+    #: steps that will run whose outputs ``visible`` assumes unchanged
+    assumes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -54,6 +61,8 @@ class TaskVerdict:
     origin: str | None = None
     saved_seconds: float = 0.0
     foreach_index: list[int] = field(default_factory=list)
+    #: for `maybe`: the steps that will run whose outputs must come out unchanged
+    assumes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,11 +87,12 @@ class StepPlan:
         hits = sum(t.verdict == HIT for t in self.tasks)
         if hits == len(self.tasks):
             return "%d/%d hit" % (hits, len(self.tasks))
-        return "%d/%d hit, %d run" % (
-            hits,
-            len(self.tasks),
-            sum(t.verdict == RUN for t in self.tasks),
-        )
+        parts = ["%d/%d hit" % (hits, len(self.tasks))]
+        for verdict in (MAYBE, RUN, UNKNOWN):
+            count = sum(t.verdict == verdict for t in self.tasks)
+            if count:
+                parts.append("%d %s" % (count, verdict))
+        return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,7 +109,7 @@ class PlanResult:
     steps: list[StepPlan]
 
     def counts(self) -> dict[str, int]:
-        out = {HIT: 0, RUN: 0, UNKNOWN: 0, NOT_MEMOIZED: 0}
+        out = {HIT: 0, MAYBE: 0, RUN: 0, UNKNOWN: 0, NOT_MEMOIZED: 0}
         for s in self.steps:
             for t in s.tasks:
                 out[t.verdict] = out.get(t.verdict, 0) + 1
@@ -109,12 +119,32 @@ class PlanResult:
     def saved_seconds(self) -> float:
         return sum(t.saved_seconds for s in self.steps for t in s.tasks if t.verdict == HIT)
 
+    def at_stake(self) -> list[tuple[str, int, float]]:
+        """(memoized step that will run, tasks below it that hit only if its
+        outputs come out unchanged, the time those would save), for each such
+        step. Steps without @memoize always run: not flagged."""
+        running = {s.step for s in self.steps if any(t.verdict == RUN for t in s.tasks)}
+        below: dict[str, list[TaskVerdict]] = {}
+        for s in self.steps:
+            for t in s.tasks:
+                if t.verdict == MAYBE:
+                    for step in t.assumes:
+                        if step in running:
+                            below.setdefault(step, []).append(t)
+        return [
+            (step, len(tasks), sum(t.saved_seconds for t in tasks)) for step, tasks in below.items()
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "flow": self.flow,
             "steps": [s.to_dict() for s in self.steps],
             "counts": self.counts(),
             "saved_seconds": round(self.saved_seconds, 3),
+            "at_stake": [
+                {"step": step, "tasks": n, "saved_seconds": round(saved, 3)}
+                for step, n, saved in self.at_stake()
+            ],
         }
 
 
@@ -172,8 +202,10 @@ class Planner:
     def _evaluate(self, step, inputs: list[Context], frames):
         deco = self.decorators.get(step)
         index = [f.index for f in frames]
+        assumes = tuple(dict.fromkeys(s for c in inputs for s in c.assumes))
         if deco is None:
-            return TaskVerdict(NOT_MEMOIZED, foreach_index=index), self._unknown_children(step)
+            verdict = TaskVerdict(NOT_MEMOIZED, foreach_index=index)
+            return verdict, self._after_unmemoized(step, inputs, frames, assumes)
         if any(c.visible is None for c in inputs):
             verdict = TaskVerdict(
                 UNKNOWN, "inputs come from a step that will run", foreach_index=index
@@ -215,6 +247,7 @@ class Planner:
             return verdict, self._unknown_children(step)
         if found.status != "found":
             reason = found.detail or found.status
+            last = found.first  # what the step produced last time, if it had an entry
             if found.status == "absent":
                 try:
                     previous = cache.latest_entry(
@@ -226,18 +259,40 @@ class Planner:
                     previous = None
                 if previous is not None:
                     reason = "; ".join(diff_components(previous.components, components)) or reason
-            return TaskVerdict(RUN, reason, key, foreach_index=index), self._unknown_children(step)
+                    last = previous
+            verdict = TaskVerdict(RUN, reason, key, foreach_index=index)
+            return verdict, self._children_assuming(step, inputs, frames, last, assumes, cache)
         manifest = found.manifest
         current = inputs[0].visible
         if any(current.get(n) != sha for n, sha in manifest.passthrough.items()):
             verdict = TaskVerdict(RUN, "an input outside the key changed", key, foreach_index=index)
-            return verdict, self._unknown_children(step)
+            return verdict, self._children_assuming(step, inputs, frames, manifest, assumes, cache)
         for record in manifest.artifacts.values():
             self._records[record.sha] = (record, cache)
-        verdict = TaskVerdict(
-            HIT, "", key, manifest.origin, manifest.body_seconds, foreach_index=index
-        )
-        return verdict, self._children(step, inputs, frames, manifest)
+        if assumes:
+            verdict = TaskVerdict(
+                MAYBE,
+                "hits if %s come out unchanged" % _outputs_of(assumes),
+                key,
+                manifest.origin,
+                manifest.body_seconds,
+                foreach_index=index,
+                assumes=list(assumes),
+            )
+        else:
+            verdict = TaskVerdict(
+                HIT, "", key, manifest.origin, manifest.body_seconds, foreach_index=index
+            )
+        return verdict, self._children(step, inputs, frames, manifest, assumes)
+
+    def _children_assuming(self, step, inputs, frames, last, assumes, cache):
+        """Below a step that will run: the contexts its children would see if it
+        produced what its last entry did (unknown without one)."""
+        if last is None:
+            return self._unknown_children(step)
+        for record in last.artifacts.values():
+            self._records.setdefault(record.sha, (record, cache))
+        return self._children(step, inputs, frames, last, assumes + (step,))
 
     def _dep_context(self, step, inputs: list[Context], frames) -> DepContext:
         """The observed dependencies of a planned task, against the code as it is
@@ -252,7 +307,24 @@ class Planner:
             self.flow, step, frames, dict(inputs[0].visible or {}), (), join_inputs=joined
         )
 
-    def _children(self, step, inputs, frames, manifest):
+    def _after_unmemoized(self, step, inputs, frames, assumes):
+        """Below a step without @memoize, which always runs: what its children
+        would see if it produced what its task of the latest successful run did
+        (outside a foreach only; unknown otherwise)."""
+        if frames or any(c.visible is None for c in inputs):
+            return self._unknown_children(step)
+        last = mf.last_run_task(self.flow_datastore, self.flow.name, step)
+        if last is None:
+            return self._unknown_children(step)
+        hashes, transition, _pathspec = last
+        # parameters are this run's, whatever the last run had
+        params = set(mf.parameter_names(self.flow))
+        outputs = _LastOutputs(
+            {n: _Sha(sha) for n, sha in hashes.items() if n not in params}, transition
+        )
+        return self._children(step, inputs, frames, outputs, assumes + (step,))
+
+    def _children(self, step, inputs, frames, manifest, assumes=()):
         produced = {n: a.sha for n, a in manifest.artifacts.items()}
         for name in manifest.merged:  # a join's merge, as the expected inputs give it
             shas = {c.visible.get(name) for c in inputs if c.visible and name in c.visible}
@@ -271,13 +343,15 @@ class Planner:
         funcs = transition.get("funcs") or []
         var = transition.get("foreach")
         if not var:
-            return [(child, Context(step, visible, frames)) for child in funcs]
+            return [(child, Context(step, visible, frames, assumes)) for child in funcs]
         try:
             values = self._load(visible[var])
             children = []
             for i, item in enumerate(values):
                 frame = Frame(funcs[0], var, i, item_digest(item))
-                children.append((funcs[0], Context(step, visible, tuple(frames) + (frame,))))
+                children.append(
+                    (funcs[0], Context(step, visible, tuple(frames) + (frame,), assumes))
+                )
             return children
         except (
             KeyError,
@@ -299,3 +373,26 @@ class Planner:
                 if hashlib.sha1(raw).hexdigest() == sha:
                     return pickle.loads(raw)
         return mf.load_from_datastore(self.flow_datastore, sha)
+
+
+@dataclass(frozen=True)
+class _Sha:
+    sha: str
+
+
+@dataclass(frozen=True)
+class _LastOutputs:
+    """A step's outputs in its latest run, shaped like the manifest fields the
+    walk reads."""
+
+    artifacts: dict
+    transition: dict
+    merged: tuple = ()
+    unrestored: dict = field(default_factory=dict)
+
+
+def _outputs_of(steps) -> str:
+    """``featurize's outputs`` / ``the outputs of a and b``."""
+    if len(steps) == 1:
+        return "%s's outputs" % steps[0]
+    return "the outputs of %s and %s" % (", ".join(steps[:-1]), steps[-1])

@@ -1,18 +1,41 @@
-"""The end-of-run line: `[memoize] 7 hits, 2 misses, saved 41m12s`."""
+"""After a run: `[memoize] 7 hits, 2 misses, saved 41m12s`, then one line per
+step that ran, with its root cause (causes.py)::
+
+    [memoize]   featurize: miss: code changed (helper features)
+    [memoize]   train: miss: input 'features' changed (read by the step), because featurize re-ran
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
+from .. import metaflow_compat as mf
 from ..durations import format_duration
+from . import causes
+
+NOT_MEMOIZED = "not memoized"
+#: at most this many per-step cause lines after a run
+MAX_CAUSE_LINES = 20
 
 
-def summarize(statuses: list[tuple[str, float]]) -> str:
-    """One line from (memoize_status, saved seconds) per memoized task."""
-    if not statuses:
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What one memoized task of a run decided, as its metadata records it."""
+
+    step: str
+    status: str
+    saved_seconds: float = 0.0
+    reason: str = ""
+    changed_inputs: tuple[str, ...] = ()
+
+
+def summarize(outcomes: list[TaskOutcome]) -> str:
+    """One line from the memoized tasks' outcomes."""
+    if not outcomes:
         return ""
-    counts = Counter(status for status, _ in statuses)
-    saved = sum(seconds for status, seconds in statuses if status == "hit")
+    counts = Counter(o.status for o in outcomes)
+    saved = sum(o.saved_seconds for o in outcomes if o.status == "hit")
 
     plurals = {"hit": "hits", "miss": "misses", "refresh": "refreshes"}
 
@@ -27,29 +50,71 @@ def summarize(statuses: list[tuple[str, float]]) -> str:
     return "%s, saved %s" % (", ".join(parts), format_duration(saved) if saved else "0s")
 
 
-def _status(task) -> tuple[str, float] | None:
+def cause_lines(outcomes: list[TaskOutcome], flow, graph, memoized: set[str]) -> list[str]:
+    """`step: miss: reason, because parent re-ran`, for each step whose tasks missed."""
+    statuses: dict[str, list[str]] = {
+        step: ([] if step in memoized else [NOT_MEMOIZED]) for step in mf.sorted_steps(graph)
+    }
+    per_step: dict[str, list[TaskOutcome]] = {}
+    for o in outcomes:
+        statuses.setdefault(o.step, []).append(o.status)
+        per_step.setdefault(o.step, []).append(o)
+    assigns = causes.static_assignments(flow.__class__)
+    lines = []
+    for step in mf.sorted_steps(graph):
+        missed = [o for o in per_step.get(step, ()) if o.status in ("miss", "refresh")]
+        if not missed:
+            continue
+        tasks = len(per_step[step])
+        head = missed[0].status if tasks == 1 else "%d of %d tasks ran" % (len(missed), tasks)
+        reasons = Counter(
+            causes.with_cause(
+                o.reason or o.status,
+                causes.cause(graph, assigns, step, o.changed_inputs, statuses),
+            )
+            for o in missed
+        )
+        (reason, _), *others = reasons.most_common()
+        more = " (and %d other reasons)" % len(others) if others else ""
+        lines.append("  %s: %s: %s%s" % (step, head, reason, more))
+    if len(lines) > MAX_CAUSE_LINES:
+        hidden = len(lines) - MAX_CAUSE_LINES
+        lines = lines[:MAX_CAUSE_LINES] + ["  ... %d more step(s): memoize explain STEP" % hidden]
+    return lines
+
+
+def outcome_of(task) -> TaskOutcome | None:
+    """From a Client API task's metadata; None for a task without @memoize."""
     meta = task.metadata_dict
     status = meta.get("memoize_status")
     if not status:
         return None
     if meta.get("memoize_audit") == "mismatch":
         status = "AUDIT MISMATCH"  # audit.py: the entry did not reproduce
-    return status, float(meta.get("memoize_saved_seconds") or 0.0)
+    hit = status == "hit"  # a clone shows its origin's fields it does not write
+    changed = meta.get("memoize_changed_inputs") or ""
+    return TaskOutcome(
+        step=task.path_components[2],
+        status=status,
+        saved_seconds=float(meta.get("memoize_saved_seconds") or 0.0),
+        reason="" if hit else meta.get("memoize_reason") or meta.get("memoize_error") or "",
+        changed_inputs=() if hit else tuple(n for n in changed.split(",") if n),
+    )
 
 
-def run_summary_line(flow_name: str, run_id: str) -> str:
-    """From every task of the run, through the Client API."""
+def run_outcomes(flow_name: str, run_id: str) -> list[TaskOutcome]:
+    """Every memoized task of the run, through the Client API."""
     from metaflow import Run, namespace
 
     namespace(None)
-    statuses = [_status(task) for step in Run("%s/%s" % (flow_name, run_id)) for task in step]
-    return summarize([s for s in statuses if s])
+    found = [outcome_of(task) for step in Run("%s/%s" % (flow_name, run_id)) for task in step]
+    return [o for o in found if o]
 
 
-def summary_line_of(known: list[tuple[str, float]], pathspecs: list[str]) -> str:
-    """From what the orchestrator already knows, plus the metadata of the given tasks."""
+def outcomes_of(known: list[TaskOutcome], pathspecs: list[str]) -> list[TaskOutcome]:
+    """What the orchestrator already knows, plus the metadata of the given tasks."""
     from metaflow import Task, namespace
 
     namespace(None)
-    statuses = [_status(Task(p)) for p in pathspecs]
-    return summarize(list(known) + [s for s in statuses if s])
+    found = [outcome_of(Task(p)) for p in pathspecs]
+    return list(known) + [o for o in found if o]
