@@ -42,7 +42,7 @@ def plan_text(result: PlanResult) -> str:
         lines.append(
             "Note: %s will run above %d cached task(s)%s that hit only if its outputs come "
             "out unchanged; otherwise they run too"
-            % (step, tasks, " (%s of compute)" % format_duration(saved) if saved else "")
+            % (step, tasks, " (%s of compute)" % format_duration(saved) if saved >= 1 else "")
         )
     return "\n".join(lines)
 

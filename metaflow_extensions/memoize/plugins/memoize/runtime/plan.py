@@ -127,10 +127,10 @@ class PlanResult:
         below: dict[str, list[TaskVerdict]] = {}
         for s in self.steps:
             for t in s.tasks:
-                if t.verdict == MAYBE:
-                    for step in t.assumes:
-                        if step in running:
-                            below.setdefault(step, []).append(t)
+                # flagged once, under the topmost memoized step that will run
+                top = next((step for step in t.assumes if step in running), None)
+                if t.verdict == MAYBE and top is not None:
+                    below.setdefault(top, []).append(t)
         return [
             (step, len(tasks), sum(t.saved_seconds for t in tasks)) for step, tasks in below.items()
         ]
