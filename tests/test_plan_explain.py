@@ -75,7 +75,7 @@ def test_plan_after_a_code_change_and_with_parameters(runner):
     assert by_step["start"]["verdict"] == "run"
     assert "input 'scale' changed" in by_step["start"]["tasks"][0]["reason"]
     text = runner.cli(FLOW, "memoize", "plan", "--scale", "3").stdout
-    assert "Summary: 1 step(s) will run" in text
+    assert "Summary: 1 step will run" in text
 
 
 @pytest.mark.slow

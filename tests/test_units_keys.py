@@ -198,17 +198,42 @@ def test_parse_size_rejects(value):
     "seconds,text",
     [
         (None, "-"),
+        (0, "0s"),
+        (0.02, "0s"),  # a zero reads "0s" everywhere, never "0.0s"
         (0.5, "0.5s"),
+        (0.97, "1s"),
         (45, "45s"),
+        (59.7, "1m00s"),
         (252, "4m12s"),
         (3 * 3600 + 5 * 60, "3h05m"),
         (3 * 86400, "3d"),
-        (15 * 86400, "2w"),
+        # in the unit a ttl is written in: 30d stays 30d, weeks only when whole
+        (15 * 86400, "15d"),
+        (30 * 86400, "30d"),
+        (30 * 86400 - 5, "30d"),  # a 30-day ttl 5 seconds after it was set
+        (14 * 86400, "2w"),
+        (28 * 86400, "4w"),
         (-45, "-45s"),
     ],
 )
 def test_format_duration(seconds, text):
     assert durations.format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    "count,word,text",
+    [
+        (1, "artifact", "1 artifact"),
+        (2, "artifact", "2 artifacts"),
+        (0, "entry", "0 entries"),
+        (1, "entry", "1 entry"),
+        (3, "key", "3 keys"),
+        (2, "miss", "2 misses"),
+        (2, "unreferenced blob", "2 unreferenced blobs"),
+    ],
+)
+def test_format_count(count, word, text):
+    assert durations.format_count(count, word) == text
 
 
 def test_format_size():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..durations import format_duration
+from ..durations import format_count, format_duration
 from ..runtime.explain import COMPONENTS, TaskExplanation
 from ..runtime.plan import HIT, NOT_MEMOIZED, RUN, UNKNOWN, PlanResult, StepPlan
 
@@ -45,8 +45,8 @@ def plan_summary_line(result: PlanResult) -> str:
     hits = sum(1 for s in result.steps if s.tasks and all(t.verdict == HIT for t in s.tasks))
     unknown = sum(1 for s in result.steps if any(t.verdict == UNKNOWN for t in s.tasks))
     plain = sum(1 for s in result.steps if any(t.verdict == NOT_MEMOIZED for t in s.tasks))
-    return "Summary: %d step(s) will run, %d will hit, %d unknown, %d not memoized; saves %s" % (
-        runs,
+    return "Summary: %s will run, %d will hit, %d unknown, %d not memoized; saves %s" % (
+        format_count(runs, "step"),
         hits,
         unknown,
         plain,
@@ -59,7 +59,7 @@ def plan_json(result: PlanResult) -> str:
 
 
 def explain_text(run_pathspec: str, step: str, explanations: list[TaskExplanation]) -> str:
-    lines = ["%s, step %s: %d task(s)" % (run_pathspec, step, len(explanations))]
+    lines = ["%s, step %s: %s" % (run_pathspec, step, format_count(len(explanations), "task"))]
     for e in explanations:
         head = "%s  %s" % (e.pathspec, e.status)
         if e.key:

@@ -19,7 +19,7 @@ from ..cache.stores import ROOT_URL_FORMS, open_store, root_url_problem
 from ..cache.stores import s3 as s3_store
 from ..cache.stores.faults import share_budget
 from ..cache.transfer import export_blobs, import_blobs
-from ..durations import format_duration
+from ..durations import format_count, format_duration
 from ..exceptions import (
     CacheFault,
     CorruptEntry,
@@ -744,8 +744,13 @@ class MemoizeDecorator(StepDecorator):
         )
         if published:
             log(
-                "stored %s key=%s (%d artifacts; %s)"
-                % (step_name, self._key[:12], len(produced), moved.describe())
+                "stored %s key=%s (%s; %s)"
+                % (
+                    step_name,
+                    self._key[:12],
+                    format_count(len(produced), "artifact"),
+                    moved.describe(),
+                )
             )
         else:
             log(

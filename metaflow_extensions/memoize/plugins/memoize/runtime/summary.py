@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..durations import format_duration
+from ..durations import format_count, format_duration
 
 
 def summarize(statuses: list[tuple[str, float]]) -> str:
@@ -14,17 +14,12 @@ def summarize(statuses: list[tuple[str, float]]) -> str:
     counts = Counter(status for status, _ in statuses)
     saved = sum(seconds for status, seconds in statuses if status == "hit")
 
-    plurals = {"hit": "hits", "miss": "misses", "refresh": "refreshes"}
-
-    def n(count, word):
-        return "%d %s" % (count, word if count == 1 else plurals[word])
-
-    parts = [n(counts.pop("hit", 0), "hit"), n(counts.pop("miss", 0), "miss")]
+    parts = [format_count(counts.pop("hit", 0), "hit"), format_count(counts.pop("miss", 0), "miss")]
     if counts.get("refresh"):
-        parts.append(n(counts.pop("refresh"), "refresh"))
+        parts.append(format_count(counts.pop("refresh"), "refresh"))
     for status, count in sorted(counts.items()):
         parts.append("%d %s" % (count, status))
-    return "%s, saved %s" % (", ".join(parts), format_duration(saved) if saved else "0s")
+    return "%s, saved %s" % (", ".join(parts), format_duration(saved))
 
 
 def _status(task) -> tuple[str, float] | None:
