@@ -35,6 +35,7 @@ from ..key.identity import (
     dependency_context,
     environment_component,
     join_input_sources,
+    shown_parameters,
     task_components,
     unstable_inputs,
 )
@@ -324,6 +325,7 @@ class MemoizeDecorator(StepDecorator):
         self._status = None
         self._manifest = None
         self._components = None
+        self._shown_foreach = []  # the foreach items as people see them (identity.py)
         self._body_ok = False
         self._body_seconds = 0.0
         self._transition = None
@@ -357,7 +359,13 @@ class MemoizeDecorator(StepDecorator):
             self._cache = Cache(store, signing_key=config.signing_key())
             try:
                 self._components = task_components(
-                    flow, graph, step_name, inputs, self.args, self._env_component
+                    flow,
+                    graph,
+                    step_name,
+                    inputs,
+                    self.args,
+                    self._env_component,
+                    shown=self._shown_foreach,
                 )
             except UnidentifiableInput as err:
                 self._status = "uncacheable"
@@ -735,6 +743,10 @@ class MemoizeDecorator(StepDecorator):
             observed=observed,
             static_key=self._key,
             merged=merged,
+            context={
+                "foreach": self._shown_foreach,
+                "parameters": shown_parameters(flow, output),
+            },
         )
         moved = export_blobs(mf.DatastoreBlobs(output), self._cache, produced)
         # An absent key is published first-writer-wins; an entry we could not
