@@ -583,6 +583,7 @@ def test_unreachable_store_is_one_line(cached, dead_s3_env):
 
 
 # -- what an entry belongs to ----------------------------------------------------
+@pytest.mark.slow
 def test_list_and_show_name_the_foreach_item_and_parameters(runner):
     runner.add_flow("values_flow.py")
     run = runner.run("values_flow.py", "--alpha", "0.25")
