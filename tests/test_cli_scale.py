@@ -193,6 +193,16 @@ def test_a_short_removal_still_lists_each_entry():
     )
 
 
+def test_expiry_reads_in_the_unit_the_ttl_was_written_in():
+    """Issue 15, point 10: a 30-day ttl showed as 'in 4w'."""
+    now = time.time()
+    m = manifest(FLOW, "a", key_of("ttl"), {"x": b"x"}, now - 5, now - 5 + 30 * 86400)
+    entry = mt.EntryInfo(FLOW, "a", m.key, ObjectInfo("k", 100, now - 5), m)
+    assert report.expiry(entry, now) == "in 30d"
+    assert "(in 30d)" in report.entry_text(entry, "ROOT", now)
+    assert report.age(now - 14 * 86400, now) == "2w ago"
+
+
 # -- progress --------------------------------------------------------------------
 # click draws a progress bar only for what lasts more than half a second; a
 # local read takes well under a millisecond, so the store is slowed down (in the
