@@ -65,7 +65,7 @@ def test_why_a_step_ran_is_named_from_its_root_cause(runner):
     )
     assert plan["fit"]["summary"] == "0/3 hit, 3 maybe"
     text = runner.cli(FLOW, "memoize", "plan").stdout
-    assert "Note: featurize will run above 5 cached task(s)" in text
+    assert "Note: featurize will run above 5 cached tasks" in text
     offset = runner.run(FLOW)
     assert runner.executions() == {"featurize": 2, "train": 2, "fit": 9, "pick": 3}
     assert "OFFSET" in _cause_line(offset, "featurize")

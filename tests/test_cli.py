@@ -20,8 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+import metaflow  # noqa: F401  (must load before its extension's modules)
 import pytest
 from flowrunner import FlowRunner
+
+from metaflow_extensions.memoize.plugins.memoize.cli.report import VALUES_WIDTH
 
 FLOW = "t4_cache_flow.py"
 SIDE_ENV = {"T4_SIDE_STORE": "side-cache"}
@@ -166,6 +169,8 @@ def test_list_show_stats_match_what_was_stored(cached):
             "versions",
             "signed",
             "error",
+            "foreach",
+            "parameters",
         ]
     )
 
@@ -176,7 +181,21 @@ def test_list_show_stats_match_what_was_stored(cached):
     for e in listed:
         assert e["key"][:12] in text
     header = next(line for line in text.splitlines() if line.startswith("STEP"))
-    assert header.split() == ["STEP", "KEY", "CREATED", "EXPIRES", "LAST", "USED", "SIZE", "ORIGIN"]
+    assert header.split() == [
+        "STEP",
+        "KEY",
+        "CREATED",
+        "EXPIRES",
+        "LAST",
+        "USED",
+        "SIZE",
+        "ORIGIN",
+        "VALUES",
+    ]
+    # the VALUES column: the run's parameter (no foreach here)
+    for e in listed:
+        row = next(line for line in text.splitlines() if e["key"][:12] in line)
+        assert row.endswith("n=%s" % e["parameters"]["n"]["value"])
     assert "expired" in text and "never" in text
 
     only_side = memoize_json(cached, "list", "--step", "side")
@@ -215,6 +234,44 @@ def test_list_show_stats_match_what_was_stored(cached):
         start["key"],
     ):
         assert field in text
+
+
+def test_list_limit_sort_and_step_on_real_entries(cached):
+    workdir = cached.workdir
+    listed = memoize_json(cached, "list")
+    assert [e["created"] for e in listed] == sorted((e["created"] for e in listed), reverse=True)
+    # the two newest are run 3's start (default root) and side (side root)
+    text = memoize(cached, "list", "--limit", "2").stdout
+    assert "Cache %s: 3 entries, 1 shown" % default_root(workdir) in text
+    assert "Cache %s: 3 entries, 1 shown" % (workdir / "side-cache") in text
+    assert text.splitlines()[-1].startswith("4 more entries not shown (sorted newest first)")
+    for e in listed[:2]:
+        assert e["key"][:12] in text
+    for e in listed[2:]:
+        assert e["key"][:12] not in text
+    # run 4 hit run 2's entries: they are the most recently used
+    by_use = memoize_json(cached, "list", "--sort", "last-used")
+    assert [e["last_used"] for e in by_use] == sorted(
+        (e["last_used"] for e in by_use), reverse=True
+    )
+    run2 = sorted(listed, key=lambda e: e["created"])[2:4]  # run 2's start and side
+    assert {e["key"] for e in by_use[:2]} == {e["key"] for e in run2}
+    assert len(memoize_json(cached, "list", "--since", "1h")) == 6
+    # --step: a typo, or a step without @memoize, is an error (it would list nothing)
+    typo = memoize(cached, "list", "--step", "sidee", check=False)
+    assert error_lines(typo) == [
+        "Error: T4CacheFlow has no step 'sidee'; its @memoize steps are: side, start"
+    ]
+    plain = memoize(cached, "list", "--step", "end", check=False)
+    assert error_lines(plain)[0].startswith("Error: step 'end' of T4CacheFlow is not memoized")
+
+
+def test_explain_a_run_that_does_not_exist(cached):
+    result = memoize(cached, "explain", "start", "--run", "123", check=False)
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert line.startswith("Error: T4CacheFlow has no run 123 (its latest run is ")
+    assert "KeyError" not in result.stderr and "'123'" not in line
 
 
 def test_show_needs_a_key_that_exists(cached):
@@ -365,7 +422,9 @@ def answer_prompt(runner, args, answer):
 def test_on_a_terminal_destructive_commands_ask_first(cached):
     side = cached.workdir / "side-cache"
     code, out = answer_prompt(cached, ["memoize", "invalidate", "--step", "side"], "n")
-    assert code != 0 and "Remove 3 entries" in out and "Error: nothing removed" in out
+    # declining is an answer, not an error: said plainly, and status 1 for scripts
+    assert code == 1 and "Remove 3 entries" in out and "Nothing removed." in out
+    assert "Error" not in out
     assert len(manifests(side)) == 3
     code, out = answer_prompt(cached, ["memoize", "invalidate", "--step", "side"], "y")
     assert code == 0 and "removed 3 entries" in out
@@ -521,3 +580,81 @@ def test_unreachable_store_is_one_line(cached, dead_s3_env):
     lines = error_lines(result)
     assert len(lines) == 1 and lines[0].startswith("Error: cache unavailable: S3 cache")
     assert "Traceback" not in result.stderr
+
+
+# -- what an entry belongs to ----------------------------------------------------
+@pytest.mark.slow
+def test_list_and_show_name_the_foreach_item_and_parameters(runner):
+    runner.add_flow("values_flow.py")
+    run = runner.run("values_flow.py", "--alpha", "0.25")
+    listed = json.loads(runner.cli("values_flow.py", "memoize", "list", "--json").stdout)
+    assert len(listed) == 3
+    by_item = {}
+    for e in listed:
+        (item,) = e["foreach"]
+        assert (item["step"], item["var"]) == ("train", "configs")
+        by_item[item["value"]] = e
+    assert set(by_item) == {"3", "'small'", None}
+    # the list's pickle is too big for a repr: shown by the key's own digest of it
+    big = by_item[None]
+    assert big["foreach"][0]["digest"] == big["components"]["foreach"][0]["item"]
+    assert by_item["3"]["foreach"][0]["digest"] is None
+    blob_sha = runner.client_json(
+        "import json, sys\n"
+        "from metaflow import Run, namespace\n"
+        "namespace(None)\n"
+        "print(json.dumps(Run('ValuesFlow/' + sys.argv[1])['start'].task['blob'].sha))",
+        run.run_id,
+    )
+    for e in listed:
+        params = e["parameters"]
+        assert params["alpha"] == {"value": "0.25", "digest": None}  # the run's, not the default
+        assert params["note"]["value"] == "'" + "n" * 36 + "..." and params["note"]["digest"]
+        assert params["blob"] == {"value": None, "digest": blob_sha}  # Metaflow's content hash
+
+    # the VALUES column: foreach item | parameters, cut at its width
+    rows = {
+        e["key"][:12]: line
+        for line in runner.cli("values_flow.py", "memoize", "list").stdout.splitlines()
+        for e in listed
+        if e["key"][:12] in line
+    }
+    note = listed[0]["parameters"]["note"]["value"]
+    for item, e in by_item.items():
+        cell = "configs=%s | alpha=0.25, blob=#%s, note=%s" % (
+            item or "#" + e["foreach"][0]["digest"][:12],
+            blob_sha[:12],
+            note,
+        )
+        assert rows[e["key"][:12]].endswith(cell[: VALUES_WIDTH - 3] + "...")
+    small = by_item["'small'"]
+    shown = runner.cli("values_flow.py", "memoize", "show", small["key"][:12]).stdout
+    assert "foreach     configs='small'\n" in shown
+    assert (
+        "parameters  alpha=0.25, blob=#%s, note='%s... (#%s)"
+        % (blob_sha[:12], "n" * 36, small["parameters"]["note"]["digest"][:12])
+        in shown
+    )
+
+    # an entry written before the field existed: the item by its digest, no parameters
+    path = default_root(runner.workdir) / small["object"]
+    doc = json.loads(path.read_text())
+    del doc["context"]
+    path.write_text(json.dumps(doc))
+    old = json.loads(
+        runner.cli("values_flow.py", "memoize", "show", small["key"][:12], "--json").stdout
+    )
+    assert old["error"] is None and old["parameters"] is None
+    assert old["foreach"] == [
+        {
+            "step": "train",
+            "var": "configs",
+            "value": None,
+            "digest": small["components"]["foreach"][0]["item"],
+        }
+    ]
+    shown = runner.cli("values_flow.py", "memoize", "show", small["key"][:12]).stdout
+    assert "parameters  not recorded (stored by an older version)" in shown
+    text = runner.cli("values_flow.py", "memoize", "list").stdout
+    row = next(line for line in text.splitlines() if small["key"][:12] in line)
+    assert row.endswith("configs=#%s" % old["foreach"][0]["digest"][:12])

@@ -156,6 +156,82 @@ def test_corrupt_entries_are_never_pruned():
     assert got == []
 
 
+def test_list_selection_sorts_filters_and_cuts():
+    now = T0 + 10_000
+    # name: created, last used, blob size, expires, step
+    a = info_entry("a", {"sa": 300}, created=T0 + 100, expires=T0 + 20_000, step="x")
+    b = info_entry("b", {"sb": 100}, created=T0 + 300, last_used=T0 + 9000, step="y")
+    c = info_entry("c", {"sc": 200}, created=T0 + 200, expires=T0 + 15_000, step="x")
+    old = info_entry("old", {"so": 50}, created=T0 - 50_000, expires=T0 - 1, step="y")
+    bad = info_entry("bad", {}, created=T0 + 400, step="x")
+    bad.manifest, bad.error = None, "manifest does not parse"
+    rows = [(root, e) for root, e in zip("12345", [a, b, c, old, bad])]
+
+    def order(sort, **kw):
+        shown, matched = mt.select_listing(rows, now, sort, **kw)
+        return [e for _, e in shown], [e for _, e in matched]
+
+    assert order("created")[0] == [bad, b, c, a, old]  # newest first
+    assert order("last-used")[0] == [b, bad, c, a, old]  # last use, else creation
+    assert order("size")[0] == [a, c, b, old, bad]  # largest first; corrupt: 0
+    assert order("step")[0] == [bad, c, a, b, old]  # by step, newest first in each
+    # soonest first; never expires, then corrupt (no ttl known), last
+    assert order("expires")[0] == [old, c, a, b, bad]
+    shown, matched = order("created", limit=2)
+    assert shown == [bad, b] and matched == [bad, b, c, a, old]
+    assert order("created", limit=0)[0] == order("created", limit=None)[0] == matched
+    # --since: created within the duration (old was created long before)
+    shown, matched = order("created", since=now - T0)
+    assert matched == [bad, b, c, a] and shown == matched
+    assert [r for r, e in mt.select_listing(rows, now, "size", limit=1)[0]] == ["1"]
+    with pytest.raises(MemoizeCliError):
+        mt.select_listing(rows, now, "colour")
+
+
+class RecordingProgress:
+    """A ``progress`` for maintenance: records each phase's label, total and updates."""
+
+    def __init__(self):
+        self.phases = []
+
+    def __call__(self, label, total):
+        import contextlib
+
+        phase = {"label": label, "total": total, "done": 0}
+        self.phases.append(phase)
+
+        class Bar:
+            def update(self, n):
+                phase["done"] += n
+
+        return contextlib.nullcontext(Bar())
+
+
+def test_scans_and_deletions_report_progress(tmp_path, monkeypatch):
+    real = LocalStore(str(tmp_path / "cache"))
+    for i in range(25):
+        put_entry(Cache(real), "F", "s", "e%d" % i, {"x": b"%d" % i})
+    target = mt.Target(Cache(real), "F")
+    progress = RecordingProgress()
+    assert len(mt.scan(target, progress=progress).entries) == 25
+    assert progress.phases == [{"label": "Reading manifests", "total": 25, "done": 25}]
+
+    monkeypatch.setattr(mt, "DELETE_CHUNK", 10)  # chunks, and an update after each
+    calls = []
+    real_delete = real.delete
+    monkeypatch.setattr(real, "delete", lambda keys: calls.append(len(keys)) or real_delete(keys))
+    progress = RecordingProgress()
+    plan = mt.plan_prune(target, EVERYTHING, time.time() + 10, grace=0, progress=progress)
+    mt.execute(target, plan, progress)
+    assert progress.phases == [
+        {"label": "Reading manifests", "total": 25, "done": 25},
+        # 25 manifests, 25 markers, 25 blobs
+        {"label": "Deleting", "total": 75, "done": 75},
+    ]
+    assert calls == [10, 10, 5] * 3
+    assert names(real, "v1/entries/") == set() and names(real, "v1/blobs/") == set()
+
+
 def test_garbage_blobs_respect_references_and_grace():
     now = T0 + 10_000
     blobs = {

@@ -81,9 +81,9 @@ def test_plan_after_a_code_change_and_with_parameters(runner):
     text = runner.cli(FLOW, "memoize", "plan", "--scale", "3").stdout
     # below start, steps that read scale run anyway; the others hit if start's
     # outputs come out as before, and start is flagged once for them
-    assert "Summary: 5 step(s) will run, 0 will hit, 7 may hit, 0 unknown" in text
+    assert "Summary: 5 steps will run, 0 will hit, 7 may hit, 0 unknown" in text
     notes = [line for line in text.splitlines() if line.startswith("Note: ")]
-    assert len(notes) == 1 and notes[0].startswith("Note: start will run above 9 cached task(s)")
+    assert len(notes) == 1 and notes[0].startswith("Note: start will run above 9 cached tasks")
 
 
 @pytest.mark.slow

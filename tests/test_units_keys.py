@@ -13,8 +13,12 @@ import pytest
 
 from metaflow_extensions.memoize.plugins.memoize import durations
 from metaflow_extensions.memoize.plugins.memoize.cache.manifest import (
+    REPR_MAX_PICKLED,
+    SHORT_REPR,
     ArtifactRecord,
     Manifest,
+    context_of,
+    shown_value,
 )
 from metaflow_extensions.memoize.plugins.memoize.exceptions import (
     CorruptEntry,
@@ -198,17 +202,42 @@ def test_parse_size_rejects(value):
     "seconds,text",
     [
         (None, "-"),
+        (0, "0s"),
+        (0.02, "0s"),  # a zero reads "0s" everywhere, never "0.0s"
         (0.5, "0.5s"),
+        (0.97, "1s"),
         (45, "45s"),
+        (59.7, "1m00s"),
         (252, "4m12s"),
         (3 * 3600 + 5 * 60, "3h05m"),
         (3 * 86400, "3d"),
-        (15 * 86400, "2w"),
+        # in the unit a ttl is written in: 30d stays 30d, weeks only when whole
+        (15 * 86400, "15d"),
+        (30 * 86400, "30d"),
+        (30 * 86400 - 5, "30d"),  # a 30-day ttl 5 seconds after it was set
+        (14 * 86400, "2w"),
+        (28 * 86400, "4w"),
         (-45, "-45s"),
     ],
 )
 def test_format_duration(seconds, text):
     assert durations.format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    "count,word,text",
+    [
+        (1, "artifact", "1 artifact"),
+        (2, "artifact", "2 artifacts"),
+        (0, "entry", "0 entries"),
+        (1, "entry", "1 entry"),
+        (3, "key", "3 keys"),
+        (2, "miss", "2 misses"),
+        (2, "unreferenced blob", "2 unreferenced blobs"),
+    ],
+)
+def test_format_count(count, word, text):
+    assert durations.format_count(count, word) == text
 
 
 def test_format_size():
@@ -407,6 +436,84 @@ def test_manifest_signature():
 def test_manifest_loads_rejects_garbage(data):
     with pytest.raises(CorruptEntry):
         Manifest.loads(data)
+
+
+def test_manifest_context_round_trips_and_is_signed():
+    context = {
+        "foreach": [{"step": "start", "var": "items", "value": "'b'"}],
+        "parameters": {"alpha": {"value": "0.5"}, "table": {"digest": "d" * 40}},
+    }
+    m = make_manifest(context=context).sign("secret")
+    loaded = Manifest.loads(m.dumps())
+    assert loaded.context == context and loaded.signature_valid("secret")
+    d = json.loads(m.dumps())
+    d["context"]["parameters"]["alpha"]["value"] = "0.9"
+    assert not Manifest.loads(json.dumps(d).encode()).signature_valid("secret")
+    items, params = context_of(loaded)
+    assert [(v.step, v.name, v.text) for v in items] == [("start", "items", "'b'")]
+    assert [(v.name, v.text) for v in params] == [("alpha", "0.5"), ("table", "#" + "d" * 12)]
+
+
+def test_a_manifest_without_context_loads_and_keeps_its_signature():
+    """Entries written before the field existed: same document, same signature."""
+    old = make_manifest().sign("secret")
+    document = json.loads(old.dumps())
+    assert "context" not in document  # None is left out, not written as null
+    loaded = Manifest.loads(json.dumps(document).encode())
+    assert loaded.context is None and loaded.signature_valid("secret")
+    assert loaded.dumps() == old.dumps()
+    items, params = context_of(loaded)
+    # the foreach item falls back to its digest from the key; parameters unknown
+    assert [(v.name, v.value, v.digest, v.text) for v in items] == [("items", None, "d1", "#d1")]
+    assert params is None
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"foreach": "nonsense", "parameters": ["a"]},
+        {"foreach": [{"value": 3}], "parameters": {"p": "raw"}},
+        {"future": {"shape": 1}},
+    ],
+)
+def test_a_context_of_another_shape_still_displays(context):
+    """Display only: a context this version does not understand falls back to the key."""
+    items, params = context_of(make_manifest(context=context))
+    assert [(v.name, v.text) for v in items] == [("items", "#d1")]
+    assert params is None or [(v.name, v.text) for v in params] == [("p", "?")]
+
+
+def test_a_context_that_is_not_an_object_is_corrupt():
+    d = json.loads(make_manifest().dumps())
+    d["context"] = ["not", "an", "object"]
+    with pytest.raises(CorruptEntry):
+        Manifest.loads(json.dumps(d).encode())
+
+
+@pytest.mark.parametrize(
+    "value,size,expected",
+    [
+        (3, 10, {"value": "3"}),
+        ("small", 10, {"value": "'small'"}),
+        ({"lr": 0.1}, 30, {"value": "{'lr': 0.1}"}),
+        # small, but a long repr: its first characters and the digest
+        ("x" * 100, 120, {"value": "'" + "x" * (SHORT_REPR - 4) + "...", "digest": "D"}),
+        # a large pickle: the digest alone (its repr is never computed)
+        (list(range(5000)), REPR_MAX_PICKLED + 1, {"digest": "D"}),
+        ("no size known", None, {"digest": "D"}),
+        ("two\nlines  here", 20, {"value": "'two\\nlines here'"}),
+    ],
+)
+def test_shown_value(value, size, expected):
+    assert shown_value(value, size, "D") == expected
+
+
+def test_shown_value_survives_a_failing_repr():
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    assert shown_value(Broken(), 10, "D") == {"digest": "D"}
 
 
 def test_manifest_loads_checks_the_key():

@@ -1,4 +1,4 @@
-"""Parsing and formatting of durations (TTLs, ages) and byte sizes. Pure."""
+"""Parsing and formatting of durations (TTLs, ages), byte sizes and counts. Pure."""
 
 from __future__ import annotations
 
@@ -67,22 +67,47 @@ def parse_size(value: int | str) -> int:
 
 
 def format_duration(seconds: float | None) -> str:
-    """Short human form: 45s, 4m12s, 3h05m, 3d, 2w."""
+    """Short human form, in the unit a person would have written: 0.5s, 45s,
+    4m12s, 3h05m, 3d, 30d, 2w.
+
+    Under a second: one decimal, and ``0s`` when that rounds to nothing (so a
+    zero reads the same everywhere). From a day on: whole days, rounded, so a
+    30-day ttl reads ``30d`` (not ``4w``) even a second after it was set;
+    weeks only for whole weeks from 14 days on (``2w``, ``4w``).
+    """
     if seconds is None:
         return "-"
     seconds = float(seconds)
     sign = "-" if seconds < 0 else ""
     seconds = abs(seconds)
-    if seconds < 60:
-        return "%s%ds" % (sign, round(seconds)) if seconds >= 1 else "%s%.1fs" % (sign, seconds)
-    if seconds < 3600:
-        return "%s%dm%02ds" % (sign, seconds // 60, seconds % 60)
-    if seconds < 86400:
-        return "%s%dh%02dm" % (sign, seconds // 3600, (seconds % 3600) // 60)
-    days = seconds / 86400
-    if days < 14:
-        return "%s%dd" % (sign, days)
-    return "%s%dw" % (sign, days // 7)
+    tenths = round(seconds, 1)
+    if tenths < 1:
+        return "%s%.1fs" % (sign, tenths) if tenths else "0s"
+    whole = int(seconds + 0.5)
+    if whole < 60:
+        return "%s%ds" % (sign, whole)
+    if whole < 3600:
+        return "%s%dm%02ds" % (sign, whole // 60, whole % 60)
+    if whole < 86400:
+        return "%s%dh%02dm" % (sign, whole // 3600, (whole % 3600) // 60)
+    days = int(seconds / 86400 + 0.5)
+    if days >= 14 and days % 7 == 0:
+        return "%s%dw" % (sign, days // 7)
+    return "%s%dd" % (sign, days)
+
+
+def format_count(count: int, singular: str, plural: str | None = None) -> str:
+    """'1 entry', '2 entries', '0 blobs', '1 artifact': a count with its noun agreeing."""
+    if count == 1:
+        return "1 %s" % singular
+    if plural is None:
+        if singular.endswith("y") and singular[-2:-1] not in "aeiou":
+            plural = singular[:-1] + "ies"
+        elif singular.endswith(("s", "sh", "ch", "x")):
+            plural = singular + "es"
+        else:
+            plural = singular + "s"
+    return "%d %s" % (count, plural)
 
 
 def format_size(size: int | None) -> str:

@@ -16,15 +16,21 @@ it exists, so every entry left behind is complete. Only objects under
 On S3 a full scan reads no manifest that has a verified index object (see
 cache.py): what pruning needs (times, blob references) is in the index names,
 and blob sizes come from the blob listing.
+
+The long phases (reading manifests, deleting) report how far they got to a
+``progress`` callable, ``progress(label, total)``: a context manager whose value
+has ``update(n)``. The CLI passes click's progress bar; the default says nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, ContextManager, TypeVar
 
 from ..durations import format_duration
 from ..exceptions import CorruptEntry, MemoizeCliError, StoreUnavailable
@@ -38,6 +44,20 @@ from .stores.local import LocalStore
 DEFAULT_GRACE = 3600.0
 #: parallel manifest reads (S3 GETs); matches the S3 store's connection pool
 READ_PARALLELISM = 16
+#: objects per delete call while a deletion reports progress (S3 deletes 1,000 per request)
+DELETE_CHUNK = 1000
+
+Progress = Callable[[str, int], ContextManager[Any]]
+
+
+class _Silent:
+    def update(self, n: int) -> None:
+        pass
+
+
+def no_progress(label: str, total: int) -> ContextManager[Any]:
+    """The default ``progress``: reports nothing."""
+    return contextlib.nullcontext(_Silent())
 
 
 # -- inventory -----------------------------------------------------------------
@@ -282,14 +302,24 @@ def _read_entry(cache: Cache, info: ObjectInfo) -> EntryInfo | None:
     return entry
 
 
-def read_entries(cache: Cache, infos: Iterable[ObjectInfo]) -> list[EntryInfo]:
+def read_entries(
+    cache: Cache,
+    infos: Iterable[ObjectInfo],
+    progress: Progress = no_progress,
+    label: str = "Reading manifests",
+) -> list[EntryInfo]:
     """Read manifests in parallel (one GET each); vanished ones are skipped."""
     infos = [i for i in infos if Cache.parse_manifest_key(i.key) is not None]
-    if len(infos) <= 1:
-        found = [_read_entry(cache, i) for i in infos]
-    else:
-        with ThreadPoolExecutor(max_workers=min(READ_PARALLELISM, len(infos))) as pool:
-            found = list(pool.map(lambda i: _read_entry(cache, i), infos))
+    found: list[EntryInfo | None] = []
+    with progress(label, len(infos)) as bar:
+        if len(infos) <= 1:
+            found = [_read_entry(cache, i) for i in infos]
+            bar.update(len(infos))
+        else:
+            with ThreadPoolExecutor(max_workers=min(READ_PARALLELISM, len(infos))) as pool:
+                for entry in pool.map(lambda i: _read_entry(cache, i), infos):
+                    found.append(entry)
+                    bar.update(1)
     return [e for e in found if e is not None]
 
 
@@ -317,6 +347,7 @@ def index_or_read(
     cache: Cache,
     listed: list[ObjectInfo],
     index: dict[tuple[str, str, str], list[tuple[IndexRecord, ObjectInfo]]],
+    progress: Progress = no_progress,
 ) -> tuple[list[EntryInfo], list[ObjectInfo]]:
     """(entries, stale index objects): each listed manifest is known from the
     index object that names its listed MD5, else read (one GET).
@@ -344,7 +375,7 @@ def index_or_read(
         used.add(obj.key)
         known.append(EntryInfo(*parsed, info, refs=record.refs, index=record))
     stale = [o for objs in index.values() for _, o in objs if o.key not in used]
-    return known + read_entries(cache, to_read), stale
+    return known + read_entries(cache, to_read, progress), stale
 
 
 def list_records(
@@ -386,7 +417,12 @@ def list_blobs(cache: Cache) -> dict[str, ObjectInfo]:
     return out
 
 
-def scan(target: Target, step: str | None = None, full: bool = False) -> Inventory:
+def scan(
+    target: Target,
+    step: str | None = None,
+    full: bool = False,
+    progress: Progress = no_progress,
+) -> Inventory:
     """Read the entries (and markers) in scope: the target's flow (or all), one step (or all).
 
     ``full``: also list every blob and read every manifest under the root,
@@ -412,9 +448,9 @@ def scan(target: Target, step: str | None = None, full: bool = False) -> Invento
         records = recording.result()
         blobs = blobbing.result() if blobbing else None
     if full and cache.store.lists_md5:
-        entries, stale = index_or_read(cache, listed, index)
+        entries, stale = index_or_read(cache, listed, index, progress)
     else:
-        entries, stale = read_entries(cache, listed), []
+        entries, stale = read_entries(cache, listed, progress), []
     inventory = Inventory(
         target.root,
         flow,
@@ -536,6 +572,59 @@ def select_for_prune(
     return chosen
 
 
+#: the orders `memoize list --sort` offers, and how each reads
+LIST_ORDERS = {
+    "created": "newest first",
+    "last-used": "most recently used first",
+    "size": "largest first",
+    "step": "by flow and step, newest first",
+    "expires": "soonest to expire first",
+}
+
+Row = TypeVar("Row")
+
+
+def _listing_key(order: str) -> Callable[[EntryInfo], tuple]:
+    def ident(e: EntryInfo) -> tuple:
+        return (e.flow, e.step, e.key)
+
+    return {
+        "created": lambda e: (-e.created, ident(e)),
+        "last-used": lambda e: (-e.recency, ident(e)),
+        "size": lambda e: (-e.size, ident(e)),
+        "step": lambda e: (e.flow, e.step, -e.created, e.key),
+        # entries that never expire, then corrupt ones (no ttl known), come last
+        "expires": lambda e: (
+            not e.readable,
+            e.expires is None,
+            e.expires or 0.0,
+            ident(e),
+        ),
+    }[order]
+
+
+def select_listing(
+    rows: Sequence[tuple[Row, EntryInfo]],
+    now: float,
+    order: str = "created",
+    since: float | None = None,
+    limit: int | None = None,
+) -> tuple[list[tuple[Row, EntryInfo]], list[tuple[Row, EntryInfo]]]:
+    """(rows to show, every row that matched, in order) for `memoize list`.
+
+    ``rows`` pair each entry with whatever the caller keeps beside it (its root).
+    Those whose entry was created at most ``since`` seconds before ``now``
+    match; they are put in ``order`` (a key of LIST_ORDERS) and the first
+    ``limit`` are shown (None or 0: all of them).
+    """
+    if order not in LIST_ORDERS:
+        raise MemoizeCliError("cannot sort by %r: use one of %s" % (order, ", ".join(LIST_ORDERS)))
+    matched = [r for r in rows if since is None or now - r[1].created <= since]
+    sort_key = _listing_key(order)
+    matched.sort(key=lambda r: sort_key(r[1]))
+    return (matched[:limit] if limit else matched), matched
+
+
 def select_garbage_blobs(
     blobs: dict[str, ObjectInfo], referenced: set[str] | frozenset[str], now: float, grace: float
 ) -> tuple[list[ObjectInfo], list[ObjectInfo]]:
@@ -643,13 +732,20 @@ def plan_removal(
 
 
 def plan_prune(
-    target: Target, criteria: PruneCriteria, now: float, grace: float, step: str | None = None
+    target: Target,
+    criteria: PruneCriteria,
+    now: float,
+    grace: float,
+    step: str | None = None,
+    progress: Progress = no_progress,
 ) -> Plan:
     """Entries the criteria select in scope, then every blob left unreferenced under the root."""
     if not check_root(target):
         return Plan(target.root)
-    inventory = scan(target, step, full=True)
-    chosen = confirm(target.cache, select_for_prune(inventory.entries, now, criteria), now)
+    inventory = scan(target, step, full=True, progress=progress)
+    chosen = confirm(
+        target.cache, select_for_prune(inventory.entries, now, criteria), now, progress
+    )
     plan = plan_removal(inventory, chosen, now, grace)
     if grace is not None:
         plan.temporaries = [
@@ -663,7 +759,10 @@ def plan_prune(
 
 
 def confirm(
-    cache: Cache, chosen: list[tuple[EntryInfo, str]], now: float
+    cache: Cache,
+    chosen: list[tuple[EntryInfo, str]],
+    now: float,
+    progress: Progress = no_progress,
 ) -> list[tuple[EntryInfo, str]]:
     """Without a signing key, entries selected from their index object alone are read
     before they go: an entry whose manifest disagrees with its index object (not
@@ -675,7 +774,10 @@ def confirm(
     from_index = [e.object for e, _ in chosen if e.manifest is None]
     if not from_index:
         return chosen
-    read = {e.object.key: e for e in read_entries(cache, from_index)}
+    read = {
+        e.object.key: e
+        for e in read_entries(cache, from_index, progress, "Confirming entries to remove")
+    }
     kept = []
     for entry, reason in chosen:
         if entry.manifest is None:
@@ -730,7 +832,12 @@ def stale_locks(cache: Cache, now: float, grace: float) -> list[ObjectInfo]:
     return [i for i in old if lease_expired(cache.store.get(i.key), now)]
 
 
-def plan_invalidate(target: Target, step: str | None = None, key: str | None = None) -> Plan:
+def plan_invalidate(
+    target: Target,
+    step: str | None = None,
+    key: str | None = None,
+    progress: Progress = no_progress,
+) -> Plan:
     """Every entry in scope (corrupt ones too), or those whose key starts with ``key``.
 
     Blobs stay: ``prune`` collects them once unreferenced (a full-root scan).
@@ -738,7 +845,7 @@ def plan_invalidate(target: Target, step: str | None = None, key: str | None = N
     if not check_root(target):
         return Plan(target.root)
     if key is None:
-        inventory = scan(target, step)
+        inventory = scan(target, step, progress=progress)
         plan = plan_removal(inventory, [(e, "invalidated") for e in inventory.entries], 0, None)
         # suspect markers and audits of entries already gone, too: nothing is left in scope
         plan.records = [o for i in sorted(inventory.records) for o in inventory.records[i]]
@@ -844,8 +951,8 @@ class Outcome:
     bytes_freed: int = 0
 
 
-def execute(target: Target, plan: Plan) -> Outcome:
-    """Apply a plan: manifests, then markers, then blobs; each kind in one batched delete.
+def execute(target: Target, plan: Plan, progress: Progress = no_progress) -> Outcome:
+    """Apply a plan: manifests, then markers, then blobs; each kind in batched deletes.
 
     Before blobs go, the manifest listing is checked again: a manifest that the
     scan did not read (``plan.seen``: published, or refreshed, since) protects
@@ -864,46 +971,58 @@ def execute(target: Target, plan: Plan) -> Outcome:
     if not plan.empty:
         # an older root without a marker passed check_root: adopt it
         target.cache.ensure_marker(recheck=True)
-    if manifest_keys:
-        store.delete(manifest_keys)
-        out.entries = len(manifest_keys)
-        out.bytes_freed += sum(e.object.size for e, _ in plan.entries)
-    if marker_keys:
-        store.delete(marker_keys)
-        out.markers = len(marker_keys)
-        out.bytes_freed += sum(m.size for m in plan.markers)
-    if index_keys:
-        store.delete(index_keys)
-    blobs = plan.blobs
-    if blobs:
-        protected = _new_references(target.cache, plan.seen)
-        # a blob written or reused (touched) since the scan may belong to an entry
-        # being published right now: keep it
-        current = list_blobs(target.cache)
-        touched = {
-            b.key
-            for b in blobs
-            if (sha := Cache.parse_blob_key(b.key)) in current
-            and current[sha].modified != b.modified
-        }
-        spared = [b for b in blobs if _ref_of(b) in protected or b.key in touched]
-        out.blobs_spared = len(spared)
-        blobs = [b for b in blobs if b not in spared]
-    if blobs:
-        store.delete([b.key for b in blobs])
-        out.blobs = len(blobs)
-        out.bytes_freed += sum(b.size for b in blobs)
-    if plan.temporaries:
-        store.delete(temporaries)
-        out.bytes_freed += sum(t.size for t in plan.temporaries)
-    if plan.locks:
-        store.delete(lock_keys)
-        out.locks = len(plan.locks)
-        out.bytes_freed += sum(lock.size for lock in plan.locks)
-    if record_keys:
-        store.delete(record_keys)
-        out.records = len(record_keys)
-        out.bytes_freed += sum(r.size for r in plan.records)
+    total = sum(
+        map(len, (manifest_keys, marker_keys, index_keys, plan.blobs, temporaries, lock_keys))
+    ) + len(record_keys)
+    with progress("Deleting", total) as bar:
+
+        def delete(keys: list[str]) -> None:
+            for start in range(0, len(keys), DELETE_CHUNK):
+                chunk = keys[start : start + DELETE_CHUNK]
+                store.delete(chunk)
+                bar.update(len(chunk))
+
+        if manifest_keys:
+            delete(manifest_keys)
+            out.entries = len(manifest_keys)
+            out.bytes_freed += sum(e.object.size for e, _ in plan.entries)
+        if marker_keys:
+            delete(marker_keys)
+            out.markers = len(marker_keys)
+            out.bytes_freed += sum(m.size for m in plan.markers)
+        if index_keys:
+            delete(index_keys)
+        blobs = plan.blobs
+        if blobs:
+            protected = _new_references(target.cache, plan.seen)
+            # a blob written or reused (touched) since the scan may belong to an entry
+            # being published right now: keep it
+            current = list_blobs(target.cache)
+            touched = {
+                b.key
+                for b in blobs
+                if (sha := Cache.parse_blob_key(b.key)) in current
+                and current[sha].modified != b.modified
+            }
+            spared = {b.key for b in blobs if _ref_of(b) in protected or b.key in touched}
+            out.blobs_spared = len(spared)
+            blobs = [b for b in blobs if b.key not in spared]
+            bar.update(len(spared))
+        if blobs:
+            delete([b.key for b in blobs])
+            out.blobs = len(blobs)
+            out.bytes_freed += sum(b.size for b in blobs)
+        if plan.temporaries:
+            delete(temporaries)
+            out.bytes_freed += sum(t.size for t in plan.temporaries)
+        if plan.locks:
+            delete(lock_keys)
+            out.locks = len(plan.locks)
+            out.bytes_freed += sum(lock.size for lock in plan.locks)
+        if record_keys:
+            delete(record_keys)
+            out.records = len(record_keys)
+            out.bytes_freed += sum(r.size for r in plan.records)
     if plan.uploads:
         _deletable([u.key for u in plan.uploads], "blobs")
         out.uploads = store.abort_uploads(plan.uploads)

@@ -69,6 +69,11 @@ class Manifest:
     # join artifacts merged through unchanged from every input: a hit takes
     # them from the current inputs, never from the entry
     merged: list[str] = field(default_factory=list)
+    # for people, never part of the key: the foreach items and parameter values
+    # of the task that stored the entry (``context_of`` below). None in entries
+    # written before it existed, and then left out of the document, so that
+    # their signatures still verify.
+    context: dict[str, Any] | None = None
     format: int = MANIFEST_FORMAT
     signature: str | None = None
 
@@ -95,6 +100,8 @@ class Manifest:
 
     def to_dict(self, include_signature=True) -> dict[str, Any]:
         d = asdict(self)
+        if d["context"] is None:
+            del d["context"]
         if not include_signature:
             d.pop("signature", None)
         return d
@@ -137,6 +144,7 @@ class Manifest:
                 observed=_string_map(d.get("observed")),
                 static_key=d.get("static_key"),
                 merged=_string_list(d.get("merged")),
+                context=d.get("context"),
                 format=d["format"],
                 signature=d.get("signature"),
             )
@@ -150,6 +158,91 @@ class Manifest:
                 "manifest is for key %s, not %s" % (m.key, expected_key), key=expected_key
             )
         return m
+
+
+# -- what an entry belongs to (for people) ---------------------------------------
+#: a value is shown by its whole repr when that has at most this many characters
+SHORT_REPR = 40
+#: a value whose pickle is larger than this is shown by its digest alone: its
+#: repr could be slow to compute, and would be cut short anyway
+REPR_MAX_PICKLED = 4096
+
+
+def shown_value(value: Any, pickled_size: int | None, digest: str) -> dict[str, str]:
+    """How an entry's context records one value: ``{"value": repr}`` when the repr
+    is short; ``{"value": its first characters + "...", "digest": ...}`` when the
+    value is small but its repr is not; else ``{"digest": ...}``."""
+    if pickled_size is None or pickled_size > REPR_MAX_PICKLED:
+        return {"digest": digest}
+    try:
+        text = " ".join(repr(value).split())  # one line: a DataFrame's repr has several
+    except Exception:  # a user's __repr__ may fail: the digest still identifies it
+        return {"digest": digest}
+    if len(text) <= SHORT_REPR:
+        return {"value": text}
+    return {"value": text[: SHORT_REPR - 3] + "...", "digest": digest}
+
+
+@dataclass(frozen=True)
+class ShownValue:
+    """A foreach item or parameter value as list/show display it."""
+
+    name: str  # the foreach variable or the parameter
+    value: str | None  # a short repr
+    digest: str | None  # when the repr is too long (or not recorded)
+    # a foreach item: the first step inside its foreach, as Metaflow's foreach
+    # stack names the frame (None for a parameter)
+    step: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The short repr, else ``#`` and the digest's first 12 characters."""
+        if self.value is not None:
+            return self.value
+        return "#%s" % self.digest[:12] if self.digest else "?"
+
+    @property
+    def detail(self) -> str:
+        """The short repr and, when it was cut short, the digest too."""
+        if self.value is not None and self.digest:
+            return "%s (#%s)" % (self.value, self.digest[:12])
+        return self.text
+
+
+def context_of(m: Manifest) -> tuple[list[ShownValue], list[ShownValue] | None]:
+    """(foreach items, parameter values) of an entry, outermost frame first.
+
+    Read from ``context`` when the entry has one; what it lacks (an older entry,
+    or a future shape this version does not know) falls back to the key
+    components: each foreach item by its digest, parameters unknown (None).
+    """
+    context = m.context if isinstance(m.context, dict) else {}
+    frames = m.components.get("foreach") if isinstance(m.components, dict) else None
+    frames = [f for f in frames if isinstance(f, dict)] if isinstance(frames, list) else []
+    recorded = context.get("foreach")
+    recorded = recorded if isinstance(recorded, list) and len(recorded) == len(frames) else None
+    items = []
+    for i, frame in enumerate(frames):
+        own = recorded[i] if recorded and isinstance(recorded[i], dict) else {}
+        value = own.get("value") if isinstance(own.get("value"), str) else None
+        digest = own.get("digest") if isinstance(own.get("digest"), str) else None
+        if value is None and digest is None:
+            # the key's own identity of the item: its digest, else (an outer foreach
+            # behind an inner join) the value Metaflow recorded, else its position
+            digest = frame.get("item") if isinstance(frame.get("item"), str) else None
+            if digest is None and isinstance(frame.get("value"), str):
+                value = frame["value"]
+        items.append(ShownValue(str(frame.get("var")), value, digest, str(frame.get("step"))))
+    params = context.get("parameters")
+    if not isinstance(params, dict):
+        return items, None
+    shown = []
+    for name, doc in sorted(params.items()):
+        doc = doc if isinstance(doc, dict) else {}
+        value = doc.get("value") if isinstance(doc.get("value"), str) else None
+        digest = doc.get("digest") if isinstance(doc.get("digest"), str) else None
+        shown.append(ShownValue(str(name), value, digest))
+    return items, shown
 
 
 def _string_map(value) -> dict[str, str]:
@@ -267,6 +360,8 @@ def _problem(d) -> str | None:
         return "passthrough is not a map of content hashes"
     if d.get("static_key") is not None and not isinstance(d["static_key"], str):
         return "static_key is not a string"
+    if d.get("context") is not None and not isinstance(d["context"], dict):
+        return "context is not an object"
     if d.get("signature") is not None and not isinstance(d["signature"], str):
         return "signature is not a string"
     return None

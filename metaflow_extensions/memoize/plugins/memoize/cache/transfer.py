@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import xxhash
 
 from ..config import link_blobs
+from ..durations import format_count
 from ..exceptions import CorruptEntry
 from ..metaflow_compat import DatastoreBlobs
 from .entries import Cache
@@ -45,9 +46,9 @@ class TransferStats:
     def describe(self) -> str:
         parts = []
         if self.copied:
-            parts.append("%d blob(s) copied" % self.copied)
+            parts.append("%s copied" % format_count(self.copied, "blob"))
         if self.linked:
-            parts.append("%d blob(s) linked" % self.linked)
+            parts.append("%s linked" % format_count(self.linked, "blob"))
         if self.server_side:
             parts.append("%d copied server-side" % self.server_side)
         if self.present:

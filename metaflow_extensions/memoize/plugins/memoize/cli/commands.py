@@ -14,7 +14,7 @@ from metaflow._vendor import click
 from .. import config
 from .. import metaflow_compat as mf
 from ..cache import maintenance as mt
-from ..durations import parse_duration, parse_size
+from ..durations import format_count, parse_duration, parse_size
 from ..exceptions import CacheFault, MemoizeCliError, UnsafePath
 from . import report
 
@@ -182,7 +182,29 @@ def _confirm(yes, plans):
         return
     what = "; ".join(report.plan_summary(p) for p in plans if not p.empty)
     if not click.confirm("Remove %s?" % what, default=False, err=True):
-        raise MemoizeCliError("nothing removed")
+        # an answer, not an error; still status 1, so that a script can tell
+        click.echo("Nothing removed.", err=True)
+        raise click.exceptions.Exit(1)
+
+
+def _check_listed_step(scope, step, targets):
+    """A typo in --step would show nothing: the step must be one the scope knows
+    (check_step), or have entries (a step that lost its @memoize still has some)."""
+    try:
+        scope.check_step(step, targets)
+    except MemoizeCliError:
+        if not any(step in mt.steps_with_entries(t) for t in targets):
+            raise
+
+
+def _progress(label, total):
+    """How far a long scan or deletion got: click's progress bar on stderr, only
+    when stderr is a terminal (a pipe or a log file gets nothing). click draws
+    nothing either for what takes under half a second."""
+    stderr = click.get_text_stream("stderr")
+    if not stderr.isatty():
+        return mt.no_progress(label, total)
+    return click.progressbar(length=total, label=label, file=stderr, show_pos=True)
 
 
 def _echo(text):
@@ -192,26 +214,64 @@ def _echo(text):
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 step_option = click.option("--step", metavar="STEP", default=None, help="Only this step.")
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+verbose_option = click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="List every entry removed, also past %d (then one row per step)." % report.TABLE_ROWS,
+)
 
 
 # -- commands ----------------------------------------------------------------
-@command("list", help="One line per cache entry.")
+@command(
+    "list",
+    help="One line per cache entry, newest first; the first %d unless --limit "
+    "(--json: all unless --limit)." % report.TABLE_ROWS,
+)
 @step_option
+@click.option(
+    "--sort",
+    "order",
+    type=click.Choice(list(mt.LIST_ORDERS)),
+    default="created",
+    show_default=True,
+    help="Order: "
+    + "; ".join("%s: %s" % (name, how) for name, how in mt.LIST_ORDERS.items())
+    + ".",
+)
+@click.option(
+    "--since", metavar="DUR", default=None, help="Only entries created within DUR (2h, 7d)."
+)
+@click.option(
+    "--limit",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Show at most N entries (default %d; 0: all). --json lists all unless --limit is given."
+    % report.TABLE_ROWS,
+)
 @json_option
-def list_entries(scope, targets, step, as_json):
+def list_entries(scope, targets, step, order, since, limit, as_json):
+    since_s = _parsed(parse_duration, since, "--since")
+    resolved = targets()
+    if step is not None:
+        _check_listed_step(scope, step, resolved)
+    rows = [(t.root, e) for t in resolved for e in mt.scan(t, step, progress=_progress).entries]
     now = time.time()
-    found = [(t, mt.scan(t, step)) for t in targets()]
+    if limit is None and not as_json:
+        limit = report.TABLE_ROWS
+    shown, matched = mt.select_listing(rows, now, order, since_s, limit)
     if as_json:
-        _echo(
-            report.to_json(
-                [report.entry_dict(e, t.root, now) for t, inv in found for e in inv.entries]
-            )
-        )
+        _echo(report.to_json([report.entry_dict(e, root, now) for root, e in shown]))
         return
-    for t, inv in found:
-        _echo(report.root_heading(t.root, len(inv.entries)))
-        if inv.entries:
-            _echo(report.entries_table(inv.entries, now, scope.show_flow))
+    for t in resolved:
+        in_root = sum(1 for root, _ in matched if root == t.root)
+        here = [e for root, e in shown if root == t.root]
+        _echo(report.root_heading(t.root, in_root, len(here)))
+        if here:
+            _echo(report.entries_table(here, now, scope.show_flow))
+    if len(shown) < len(matched):
+        _echo(report.listing_cut(len(matched) - len(shown), order))
 
 
 @command("show", help="The manifest of one entry; KEY may be a unique prefix.")
@@ -233,9 +293,12 @@ def show(scope, targets, key, as_json):
 @step_option
 @json_option
 def stats(scope, targets, step, as_json):
-    now = time.time()
     resolved = targets()
-    per_root = [(t.root, *mt.summarize(mt.scan(t, step), now)) for t in resolved]
+    if step is not None:
+        _check_listed_step(scope, step, resolved)
+    inventories = [mt.scan(t, step, progress=_progress) for t in resolved]
+    now = time.time()
+    per_root = [(t.root, *mt.summarize(inv, now)) for t, inv in zip(resolved, inventories)]
     uploads = [mt.incomplete_uploads(t) for t in resolved]
     audits = [report.audit_rows(t.cache.audit_counts(t.flow), step) for t in resolved]
     if as_json:
@@ -250,8 +313,8 @@ def stats(scope, targets, step, as_json):
         _echo(report.stats_text(root, total, per_step, scope.show_flow))
         if count:
             _echo(
-                "  %d incomplete multipart upload(s) of killed writers (`prune` aborts those "
-                "older than --grace)" % count
+                "  %s of killed writers (`prune` aborts those older than --grace)"
+                % format_count(count, "incomplete multipart upload")
             )
         if rows:
             _echo(report.audits_text(rows))
@@ -264,21 +327,21 @@ def stats(scope, targets, step, as_json):
 )
 @click.option("--all", "everything", is_flag=True, help="Every entry in scope.")
 @yes_option
+@verbose_option
 @json_option
-def invalidate(scope, targets, step, key, everything, yes, as_json):
+def invalidate(scope, targets, step, key, everything, yes, verbose, as_json):
     if everything == bool(step or key):
         raise click.UsageError("say what to invalidate: --step STEP, --key KEY, or --all")
     _require_consent_possible(yes)
     resolved = targets()
     if step is not None:
         scope.check_step(step, resolved)
-    plans = [mt.plan_invalidate(t, step, key) for t in resolved]
+    plans = [mt.plan_invalidate(t, step, key, progress=_progress) for t in resolved]
     if key is not None:
         mt.check_one_key(plans, key, ", ".join(t.root for t in resolved))
     _confirm(yes, plans)
-    _print_removal(
-        scope, [(p, mt.execute(t, p)) for t, p in zip(resolved, plans)], False, None, as_json
-    )
+    results = [(p, mt.execute(t, p, _progress)) for t, p in zip(resolved, plans)]
+    _print_removal(scope, results, False, None, as_json, verbose)
 
 
 @command(
@@ -301,8 +364,11 @@ def invalidate(scope, targets, step, key, everything, yes, as_json):
 )
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
 @yes_option
+@verbose_option
 @json_option
-def prune(scope, targets, expired, older_than, max_size, step, grace, dry_run, yes, as_json):
+def prune(
+    scope, targets, expired, older_than, max_size, step, grace, dry_run, yes, verbose, as_json
+):
     older = _parsed(parse_duration, older_than, "--older-than")
     size = _parsed(parse_size, max_size, "--max-size")
     grace_s = _parsed(parse_duration, grace, "--grace")
@@ -313,22 +379,23 @@ def prune(scope, targets, expired, older_than, max_size, step, grace, dry_run, y
     resolved = targets()
     if step is not None:
         scope.check_step(step, resolved)
-    plans = [mt.plan_prune(t, criteria, now, grace_s, step) for t in resolved]
+    plans = [mt.plan_prune(t, criteria, now, grace_s, step, progress=_progress) for t in resolved]
     if dry_run:
-        _print_removal(scope, [(p, None) for p in plans], True, grace_s, as_json)
+        _print_removal(scope, [(p, None) for p in plans], True, grace_s, as_json, verbose)
         return
     _confirm(yes, plans)
-    results = [(p, mt.execute(t, p)) for t, p in zip(resolved, plans)]
-    _print_removal(scope, results, False, grace_s, as_json)
+    results = [(p, mt.execute(t, p, _progress)) for t, p in zip(resolved, plans)]
+    _print_removal(scope, results, False, grace_s, as_json, verbose)
 
 
-def _print_removal(scope, results, dry_run, grace, as_json):
+def _print_removal(scope, results, dry_run, grace, as_json, verbose):
+    """JSON lists every entry; text sums up a long removal per step unless ``verbose``."""
     if as_json:
         _echo(report.to_json(report.removal_json(results, dry_run)))
         return
     now = time.time()
     for plan, outcome in results:
-        _echo(report.removal_text(plan, outcome, now, scope.show_flow, grace))
+        _echo(report.removal_text(plan, outcome, now, scope.show_flow, grace, verbose))
 
 
 # -- why did it miss, what would run ------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..durations import format_duration
+from ..durations import format_count, format_duration
 from ..runtime import causes
 from ..runtime.explain import COMPONENTS, TaskExplanation
 from ..runtime.plan import HIT, MAYBE, NOT_MEMOIZED, RUN, UNKNOWN, PlanResult, StepPlan
@@ -40,9 +40,13 @@ def plan_text(result: PlanResult) -> str:
     lines.append(plan_summary_line(result))
     for step, tasks, saved in result.at_stake():
         lines.append(
-            "Note: %s will run above %d cached task(s)%s that hit only if its outputs come "
+            "Note: %s will run above %s%s that hit only if its outputs come "
             "out unchanged; otherwise they run too"
-            % (step, tasks, " (%s of compute)" % format_duration(saved) if saved >= 1 else "")
+            % (
+                step,
+                format_count(tasks, "cached task"),
+                " (%s of compute)" % format_duration(saved) if saved >= 1 else "",
+            )
         )
     return "\n".join(lines)
 
@@ -58,8 +62,15 @@ def plan_summary_line(result: PlanResult) -> str:
     unknown = sum(1 for s in result.steps if any(t.verdict == UNKNOWN for t in s.tasks))
     plain = sum(1 for s in result.steps if any(t.verdict == NOT_MEMOIZED for t in s.tasks))
     return (
-        "Summary: %d step(s) will run, %d will hit, %d may hit, %d unknown, %d not memoized; "
-        "saves %s" % (runs, hits, maybe, unknown, plain, format_duration(result.saved_seconds))
+        "Summary: %s will run, %d will hit, %d may hit, %d unknown, %d not memoized; saves %s"
+        % (
+            format_count(runs, "step"),
+            hits,
+            maybe,
+            unknown,
+            plain,
+            format_duration(result.saved_seconds),
+        )
     )
 
 
@@ -68,7 +79,7 @@ def plan_json(result: PlanResult) -> str:
 
 
 def explain_text(run_pathspec: str, step: str, explanations: list[TaskExplanation]) -> str:
-    lines = ["%s, step %s: %d task(s)" % (run_pathspec, step, len(explanations))]
+    lines = ["%s, step %s: %s" % (run_pathspec, step, format_count(len(explanations), "task"))]
     for e in explanations:
         head = "%s  %s" % (e.pathspec, e.status)
         if e.key:

@@ -8,7 +8,8 @@ stable; new fields may be added, none removed or renamed):
 
     root, flow, step, key, object, created, expires, expired, last_used,
     size, manifest_bytes, artifacts{name: {sha, size, type}}, origin, body_seconds,
-    components, versions, signed, error
+    components, versions, signed, error,
+    foreach[{step, var, value, digest}], parameters{name: {value, digest}}
 
 * stats (``stats --json``): the totals, ``steps`` (one per flow/step) and
   ``roots`` (one per cache root), each with::
@@ -30,10 +31,16 @@ import json
 import time
 from typing import Any
 
-from ..cache.maintenance import EntryInfo, Outcome, Plan, StepStats
-from ..durations import format_duration, format_size
+from ..cache.maintenance import LIST_ORDERS, EntryInfo, Outcome, Plan, StepStats
+from ..cache.manifest import ShownValue, context_of
+from ..durations import format_count, format_duration, format_size
 
 SHORT_KEY = 12
+#: tables longer than this are cut (`list`) or summed up per step (`prune`,
+#: `invalidate`) unless asked for in full
+TABLE_ROWS = 50
+#: widest VALUES cell in `list` (the foreach items and parameter values)
+VALUES_WIDTH = 48
 
 
 def to_json(value: Any) -> str:
@@ -112,7 +119,37 @@ def entry_dict(entry: EntryInfo, root: str, now: float) -> dict[str, Any]:
         "versions": m.versions if m else None,
         "signed": bool(m and m.signature),
         "error": entry.error,
+        **_values_dict(m),
     }
+
+
+def _values_dict(m) -> dict[str, Any]:
+    """``foreach`` and ``parameters`` of an entry dict: null when not known."""
+    if m is None:
+        return {"foreach": None, "parameters": None}
+    items, params = context_of(m)
+
+    def one(v: ShownValue) -> dict[str, Any]:
+        return {"value": v.value, "digest": v.digest}
+
+    return {
+        "foreach": [dict(step=v.step, var=v.name, **one(v)) for v in items],
+        "parameters": None if params is None else {v.name: one(v) for v in params},
+    }
+
+
+def values_text(entry: EntryInfo) -> str:
+    """The VALUES cell of `list`: foreach items, then parameters (``-``: none known)."""
+    if entry.manifest is None:
+        return "-"
+    items, params = context_of(entry.manifest)
+    parts = ", ".join("%s=%s" % (v.name, v.text) for v in items)
+    if params:
+        shown = ", ".join("%s=%s" % (v.name, v.text) for v in params)
+        parts = "%s | %s" % (parts, shown) if parts else shown
+    if len(parts) > VALUES_WIDTH:
+        parts = parts[: VALUES_WIDTH - 3] + "..."
+    return parts or "-"
 
 
 def entries_table(entries: list[EntryInfo], now: float, show_flow: bool) -> str:
@@ -124,6 +161,7 @@ def entries_table(entries: list[EntryInfo], now: float, show_flow: bool) -> str:
         "LAST USED",
         "SIZE",
         "ORIGIN",
+        "VALUES",
     ]
     rows = []
     for e in entries:
@@ -138,20 +176,24 @@ def entries_table(entries: list[EntryInfo], now: float, show_flow: bool) -> str:
                 age(e.last_used, now),
                 format_size(e.size) if e.readable else "-",
                 origin,
+                values_text(e),
             ]
         )
     return table(headers, rows)
 
 
-def _count(n: int, what: str) -> str:
-    """'1 entry', '2 entries', '1 blob', '0 blobs'."""
-    if n == 1:
-        return "1 %s" % what
-    return "%d %s" % (n, what[:-1] + "ies" if what.endswith("y") else what + "s")
+def root_heading(root: str, count: int, shown: int | None = None) -> str:
+    """'Cache ROOT: 3 entries', or with ``shown`` (fewer listed) '..., 2 shown'."""
+    head = "Cache %s: %s" % (root, format_count(count, "entry"))
+    return head if shown is None or shown == count else "%s, %d shown" % (head, shown)
 
 
-def root_heading(root: str, count: int) -> str:
-    return "Cache %s: %s" % (root, _count(count, "entry"))
+def listing_cut(hidden: int, order: str) -> str:
+    """The line that ends a `list` whose rows were cut."""
+    return "%s not shown (sorted %s): --limit 0 shows all; --step, --since and --sort choose" % (
+        format_count(hidden, "more entry", "more entries"),
+        LIST_ORDERS[order],
+    )
 
 
 def entry_text(entry: EntryInfo, root: str, now: float) -> str:
@@ -181,6 +223,15 @@ def entry_text(entry: EntryInfo, root: str, now: float) -> str:
         ("signed", "yes" if m.signature else "no"),
         ("versions", ", ".join("%s %s" % kv for kv in sorted(m.versions.items())) or "-"),
     ]
+    items, params = context_of(m)
+    if items:
+        lines.append(("foreach", "; ".join("%s=%s" % (v.name, v.detail) for v in items)))
+    if params is None:
+        lines.append(("parameters", "not recorded (stored by an older version)"))
+    else:
+        lines.append(
+            ("parameters", ", ".join("%s=%s" % (v.name, v.detail) for v in params) or "none")
+        )
     out = [_fields(lines), "", "key components:"]
     width = max([len(k) for k in m.components] + [0])
     for name in sorted(m.components):
@@ -276,8 +327,8 @@ def stats_text(root: str, total: StepStats, per_step: list[StepStats], show_flow
     )
     head = "Cache %s: %s, %s, %s (shared blobs counted once)%s" % (
         root,
-        _count(total.entries, "entry"),
-        _count(total.blobs, "blob"),
+        format_count(total.entries, "entry"),
+        format_count(total.blobs, "blob"),
         format_size(total.bytes),
         ", %d expired" % total.expired if total.expired else "",
     )
@@ -346,32 +397,45 @@ def removal_json(results: list[tuple[Plan, Outcome | None]], dry_run: bool) -> d
 
 def plan_summary(plan: Plan) -> str:
     """One line: what a plan would remove (for the confirmation question)."""
-    what = _count(len(plan.entries), "entry")
+    what = format_count(len(plan.entries), "entry")
     if plan.blobs:
-        what += " and " + _count(len(plan.blobs), "blob")
+        what += " and " + format_count(len(plan.blobs), "blob")
     return "%s (%s) from %s" % (what, format_size(plan.bytes_freed), plan.root)
 
 
 def removal_text(
-    plan: Plan, outcome: Outcome | None, now: float, show_flow: bool, grace: float | None
+    plan: Plan,
+    outcome: Outcome | None,
+    now: float,
+    show_flow: bool,
+    grace: float | None,
+    verbose: bool = False,
 ) -> str:
-    """What was removed (``outcome``) or would be (dry run: ``outcome`` is None)."""
+    """What was removed (``outcome``) or would be (dry run: ``outcome`` is None).
+
+    One row per entry, or, past TABLE_ROWS entries and unless ``verbose``, one
+    row per step and reason."""
     entries = outcome.entries if outcome else len(plan.entries)
     blobs = outcome.blobs if outcome else len(plan.blobs)
     freed = format_size(outcome.bytes_freed if outcome else plan.bytes_freed)
-    removed = "%s %s" % ("would remove" if outcome is None else "removed", _count(entries, "entry"))
+    removed = "%s %s" % (
+        "would remove" if outcome is None else "removed",
+        format_count(entries, "entry"),
+    )
     if grace is None:  # invalidate: entries only
         head = "%s: %s freed (unreferenced blobs are deleted by `prune`)" % (removed, freed)
     else:
-        head = "%s and %d unreferenced %s: %s %s" % (
+        head = "%s and %s: %s %s" % (
             removed,
-            blobs,
-            "blob" if blobs == 1 else "blobs",
+            format_count(blobs, "unreferenced blob"),
             freed,
             "would be freed" if outcome is None else "freed",
         )
     lines = ["Cache %s: %s" % (plan.root, head)]
-    if plan.entries:
+    if len(plan.entries) > TABLE_ROWS and not verbose:
+        lines += ["  " + line for line in removal_groups(plan, show_flow).splitlines()]
+        lines.append("  (one row per step and reason; --verbose lists every entry)")
+    elif plan.entries:
         headers = (["FLOW"] if show_flow else []) + [
             "STEP",
             "KEY",
@@ -395,24 +459,23 @@ def removal_text(
         lines += ["  " + line for line in table(headers, rows).splitlines()]
     if plan.young_blobs and grace is not None:
         lines.append(
-            "  kept %d unreferenced %s younger than %s (--grace): a run may be storing an entry that uses them"
-            % (
-                len(plan.young_blobs),
-                "blob" if len(plan.young_blobs) == 1 else "blobs",
-                format_duration(grace),
-            )
+            "  kept %s younger than %s (--grace): a run may be storing an entry that uses them"
+            % (format_count(len(plan.young_blobs), "unreferenced blob"), format_duration(grace))
         )
     if plan.locks and grace is not None:
         lines.append(
             "  %s %s left by tasks that died holding them (lock=True)"
-            % ("removed" if outcome else "would remove", _count(len(plan.locks), "abandoned lock"))
+            % (
+                "removed" if outcome else "would remove",
+                format_count(len(plan.locks), "abandoned lock"),
+            )
         )
     if plan.uploads and grace is not None:
         lines.append(
             "  %s %s that killed writers left"
             % (
                 "aborted" if outcome else "would abort",
-                _count(len(plan.uploads), "incomplete multipart upload"),
+                format_count(len(plan.uploads), "incomplete multipart upload"),
             )
         )
     if plan.records:
@@ -420,12 +483,31 @@ def removal_text(
             "  %s %s about entries that were replaced or removed"
             % (
                 "removed" if outcome else "would remove",
-                _count(len(plan.records), "audit record"),
+                format_count(len(plan.records), "audit record"),
             )
         )
     if outcome is not None and outcome.blobs_spared:
         lines.append(
-            "  kept %d blobs that an entry stored during the prune references"
-            % outcome.blobs_spared
+            "  kept %s that an entry stored during the prune references"
+            % format_count(outcome.blobs_spared, "blob")
         )
     return "\n".join(lines)
+
+
+def removal_groups(plan: Plan, show_flow: bool) -> str:
+    """The removed entries summed up per flow, step and reason: how many, and the
+    size of their blobs (each distinct blob once, as in `stats`)."""
+    groups: dict[tuple[str, str, str], list[EntryInfo]] = {}
+    for entry, reason in plan.entries:
+        groups.setdefault((entry.flow, entry.step, reason), []).append(entry)
+    rows = []
+    for (flow, step, reason), entries in sorted(groups.items()):
+        sizes: dict[str, int] = {}
+        for entry in entries:
+            sizes.update(entry.blob_sizes())
+        rows.append(
+            ([flow] if show_flow else [])
+            + [step, reason, str(len(entries)), format_size(sum(sizes.values()))]
+        )
+    headers = (["FLOW"] if show_flow else []) + ["STEP", "REASON", "ENTRIES", "SIZE"]
+    return table(headers, rows, right=("ENTRIES", "SIZE"))

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import metaflow_compat as mf
+from ..cache.manifest import REPR_MAX_PICKLED, shown_value
 from ..settings import package_version
 from .code import code_components, dependency_components, reads_attribute
 from .components import (
@@ -75,19 +76,30 @@ def args_component(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def item_digest(item: Any) -> str:
+    return _pickled_digest(item)[0]
+
+
+def _pickled_digest(item: Any) -> tuple[str, int]:
+    """(digest of the item's pickle, the pickle's size)."""
     try:
-        return digest_bytes(pickle.dumps(item, protocol=4))
+        data = pickle.dumps(item, protocol=4)
     except Exception as err:
         raise UnidentifiableInput("foreach item cannot be pickled: %s" % err)
+    return digest_bytes(data), len(data)
 
 
-def foreach_component(flow, source_datastore, frames) -> tuple[list[dict[str, Any]], list[str]]:
+def foreach_component(
+    flow, source_datastore, frames, shown: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """One entry per enclosing foreach frame, and the frames' list artifact names.
 
     The item is identified by the digest of its value, read from the list
     artifact visible in ``source_datastore``. When the list cannot be found or
     does not match what Metaflow recorded for the frame, the task's identity is
     unknown: raise rather than guess.
+
+    ``shown``: when given, one dict per frame is appended to it, the item as
+    people see it in `memoize list`/`show` (manifest.shown_value); not keyed.
     """
     out, list_names = [], []
     for frame in frames:
@@ -109,6 +121,8 @@ def foreach_component(flow, source_datastore, frames) -> tuple[list[dict[str, An
                     "value": None if frame.value is None else str(frame.value),
                 }
             )
+            if shown is not None:  # shown from the key component (manifest.context_of)
+                shown.append({"step": frame.step, "var": frame.var})
             continue
         try:
             item = values[frame.index]
@@ -126,8 +140,38 @@ def foreach_component(flow, source_datastore, frames) -> tuple[list[dict[str, An
                 pass
         if frame.value is not None and mf.foreach_item_repr(flow, item) != frame.value:
             raise UnidentifiableInput("foreach list '%s' was replaced after the split" % frame.var)
-        out.append({"step": frame.step, "var": frame.var, "item": item_digest(item)})
+        digest, size = _pickled_digest(item)
+        out.append({"step": frame.step, "var": frame.var, "item": digest})
+        if shown is not None:
+            shown.append({"step": frame.step, "var": frame.var, **shown_value(item, size, digest)})
     return out, list_names
+
+
+def shown_parameters(flow, task_datastore) -> dict[str, dict[str, str]]:
+    """{parameter: manifest.shown_value} of the flow's parameters in a task's datastore.
+
+    Not keyed (a parameter the step never reads is not in its key): for people,
+    in `memoize list`/`show`. Only parameters whose pickle is small are loaded;
+    the others are recorded by Metaflow's content hash, which costs nothing.
+    """
+    hashes = mf.artifact_hashes(task_datastore)
+    infos = mf.artifact_infos(task_datastore)
+    out = {}
+    for name in mf.parameter_names(flow):
+        sha = hashes.get(name)
+        if sha is None:
+            continue
+        size = (infos.get(name) or {}).get("size")
+        if not isinstance(size, int) or size > REPR_MAX_PICKLED:
+            out[name] = {"digest": sha}
+            continue
+        try:
+            value = getattr(flow, name)
+        except Exception:  # a parameter that fails to load is still identified
+            out[name] = {"digest": sha}
+            continue
+        out[name] = shown_value(value, size, sha)
+    return out
 
 
 def task_components(
@@ -139,18 +183,20 @@ def task_components(
     env: dict[str, Any],
     frames: Sequence[Any] | None = None,
     code: dict[str, str] | None = None,
+    shown: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The key components of a task, from its input datastores.
 
     ``frames``: the task's foreach stack; by default the running task's own
     (the orchestrator passes the stack the task would have). ``code``: the
-    step's ``code_components``, when the caller already has them.
+    step's ``code_components``, when the caller already has them. ``shown``:
+    receives the foreach items as people see them (``foreach_component``).
     """
     if frames is None:
         frames = mf.foreach_frames(flow)
     source = inputs[0] if inputs else None
     foreach, list_names = (
-        foreach_component(flow, source, frames) if source is not None else ([], [])
+        foreach_component(flow, source, frames, shown) if source is not None else ([], [])
     )
     input_maps = [mf.input_identity(ds) + (mf.artifact_hashes(ds),) for ds in inputs]
     return components_for(

@@ -19,7 +19,7 @@ from ..cache.stores import ROOT_URL_FORMS, open_store, root_url_problem
 from ..cache.stores import s3 as s3_store
 from ..cache.stores.faults import share_budget
 from ..cache.transfer import export_blobs, import_blobs
-from ..durations import format_duration
+from ..durations import format_count, format_duration
 from ..exceptions import (
     CacheFault,
     CorruptEntry,
@@ -40,6 +40,7 @@ from ..key.identity import (
     dependency_context,
     environment_component,
     join_input_sources,
+    shown_parameters,
     task_components,
     unstable_inputs,
 )
@@ -330,6 +331,7 @@ class MemoizeDecorator(StepDecorator):
         self._status = None
         self._manifest = None
         self._components = None
+        self._shown_foreach = []  # the foreach items as people see them (identity.py)
         self._body_ok = False
         self._body_seconds = 0.0
         self._transition = None
@@ -363,7 +365,13 @@ class MemoizeDecorator(StepDecorator):
             self._cache = Cache(store, signing_key=config.signing_key())
             try:
                 self._components = task_components(
-                    flow, graph, step_name, inputs, self.args, self._env_component
+                    flow,
+                    graph,
+                    step_name,
+                    inputs,
+                    self.args,
+                    self._env_component,
+                    shown=self._shown_foreach,
                 )
             except UnidentifiableInput as err:
                 self._status = "uncacheable"
@@ -754,6 +762,10 @@ class MemoizeDecorator(StepDecorator):
             observed=observed,
             static_key=self._key,
             merged=merged,
+            context={
+                "foreach": self._shown_foreach,
+                "parameters": shown_parameters(flow, output),
+            },
         )
         moved = export_blobs(mf.DatastoreBlobs(output), self._cache, produced)
         # An absent key is published first-writer-wins; an entry we could not
@@ -763,8 +775,13 @@ class MemoizeDecorator(StepDecorator):
         )
         if published:
             log(
-                "stored %s key=%s (%d artifacts; %s)"
-                % (step_name, self._key[:12], len(produced), moved.describe())
+                "stored %s key=%s (%s; %s)"
+                % (
+                    step_name,
+                    self._key[:12],
+                    format_count(len(produced), "artifact"),
+                    moved.describe(),
+                )
             )
         else:
             log(

@@ -143,9 +143,13 @@ def explain_step(
     namespace(None)
     try:
         flow = Flow(flow_name)
+    except MetaflowNotFound:
+        raise MemoizeCliError("%s has no runs yet" % flow_name)
+    try:
         run = flow[run_id] if run_id else flow.latest_run
-    except (MetaflowNotFound, KeyError) as err:
-        raise MemoizeCliError("no run %s of %s: %s" % (run_id or "(latest)", flow_name, err))
+    except (MetaflowNotFound, KeyError):
+        # the Client API says KeyError('123'): say which flow, and what exists
+        raise MemoizeCliError("%s has no run %s%s" % (flow_name, run_id, _latest_hint(flow)))
     if run is None:
         raise MemoizeCliError("%s has no runs yet" % flow_name)
     try:
@@ -184,3 +188,12 @@ def _add_causes(run, flow, graph, step, tasks, explanations) -> None:
         e.cause = causes.cause(
             graph, assigns, step, outcome.changed_inputs, {p: statuses_of(p) for p in producers}
         )
+
+
+def _latest_hint(flow) -> str:
+    """' (its latest run is 1795...)', or nothing when that cannot be told."""
+    try:
+        latest = flow.latest_run
+    except Exception:  # only a hint: the error stands without it
+        return ""
+    return " (its latest run is %s)" % latest.id if latest is not None else ""

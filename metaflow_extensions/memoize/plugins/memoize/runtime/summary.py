@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .. import metaflow_compat as mf
-from ..durations import format_duration
+from ..durations import format_count, format_duration
 from . import causes
 
 NOT_MEMOIZED = "not memoized"
@@ -37,17 +37,12 @@ def summarize(outcomes: list[TaskOutcome]) -> str:
     counts = Counter(o.status for o in outcomes)
     saved = sum(o.saved_seconds for o in outcomes if o.status == "hit")
 
-    plurals = {"hit": "hits", "miss": "misses", "refresh": "refreshes"}
-
-    def n(count, word):
-        return "%d %s" % (count, word if count == 1 else plurals[word])
-
-    parts = [n(counts.pop("hit", 0), "hit"), n(counts.pop("miss", 0), "miss")]
+    parts = [format_count(counts.pop("hit", 0), "hit"), format_count(counts.pop("miss", 0), "miss")]
     if counts.get("refresh"):
-        parts.append(n(counts.pop("refresh"), "refresh"))
+        parts.append(format_count(counts.pop("refresh"), "refresh"))
     for status, count in sorted(counts.items()):
         parts.append("%d %s" % (count, status))
-    return "%s, saved %s" % (", ".join(parts), format_duration(saved) if saved else "0s")
+    return "%s, saved %s" % (", ".join(parts), format_duration(saved))
 
 
 def cause_lines(outcomes: list[TaskOutcome], flow, graph, memoized: set[str]) -> list[str]:
@@ -75,11 +70,13 @@ def cause_lines(outcomes: list[TaskOutcome], flow, graph, memoized: set[str]) ->
             for o in missed
         )
         (reason, _), *others = reasons.most_common()
-        more = " (and %d other reasons)" % len(others) if others else ""
+        more = " (and %s)" % format_count(len(others), "other reason") if others else ""
         lines.append("  %s: %s: %s%s" % (step, head, reason, more))
     if len(lines) > MAX_CAUSE_LINES:
         hidden = len(lines) - MAX_CAUSE_LINES
-        lines = lines[:MAX_CAUSE_LINES] + ["  ... %d more step(s): memoize explain STEP" % hidden]
+        lines = lines[:MAX_CAUSE_LINES] + [
+            "  ... and %s: memoize explain STEP" % format_count(hidden, "more step")
+        ]
     return lines
 
 

@@ -1,0 +1,306 @@
+"""The cache commands on many entries (issue 15, point 9): `list` cuts, sorts and
+filters; `prune` and `invalidate` sum a long removal up per step; progress goes
+to stderr when it is a terminal, and nowhere otherwise.
+
+Thousands of entries are written through the cache API (as test_maintenance.py
+does) rather than by running thousands of tasks; the commands run as
+`metaflow-memoize` in a subprocess. Entries made by real runs are in test_cli.py.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import metaflow  # noqa: F401  (must load before its extension's modules)
+import pytest
+from test_cli import standalone
+from test_maintenance import key_of, manifest, sha_of
+
+from metaflow_extensions.memoize.plugins.memoize.cache import maintenance as mt
+from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+from metaflow_extensions.memoize.plugins.memoize.cache.stores import ObjectInfo
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
+from metaflow_extensions.memoize.plugins.memoize.cli import report
+
+FLOW = "BigFlow"
+STEPS = ("a", "b", "c")
+SPACING = 600.0  # seconds between the creation times of consecutive entries
+
+
+def populate(root, n, expired_every=None):
+    """``n`` entries of FLOW, entry i created i * SPACING (+ 300) seconds ago, in
+    step STEPS[i % 3], with one blob of its own and parameter i; every
+    ``expired_every``-th one has a ttl of 0 (expired as soon as it is written)."""
+    cache = Cache(LocalStore(str(root)))
+    cache.ensure_marker()
+    now = time.time()
+
+    def one(i):
+        created = now - SPACING * i - 300
+        expired = expired_every and i % expired_every == 0
+        data = b"blob %d" % i
+        m = manifest(FLOW, STEPS[i % 3], key_of("e%d" % i), {"x": data}, created)
+        m.expires = created if expired else None
+        m.context = {"foreach": [], "parameters": {"i": {"value": str(i)}}}
+        cache.store.put(Cache.blob_key(sha_of(data)), data)
+        cache.store.put(Cache.manifest_key(FLOW, m.step, m.key), m.dumps())
+        cache.store.put(Cache.used_key(FLOW, m.step, m.key), b"{}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(n)))
+    return str(root)
+
+
+def cache_command(root, *args, check=True):
+    """`metaflow-memoize --root ROOT --flow BigFlow ARGS` in a subprocess."""
+    return standalone("--root", root, "--flow", FLOW, *args, check=check)
+
+
+def short(i):
+    return key_of("e%d" % i)[: report.SHORT_KEY]
+
+
+def table_keys(text):
+    """The KEY cell of each entry row of a `list` table."""
+    return [
+        line.split()[1]
+        for line in text.splitlines()
+        if line.split() and line.split()[0] in STEPS and len(line.split()) > 2
+    ]
+
+
+# -- list ----------------------------------------------------------------------
+def test_list_cuts_sorts_filters_and_says_how_to_see_the_rest(tmp_path):
+    root = populate(tmp_path / "cache", 120)
+
+    text = cache_command(root, "list").stdout
+    lines = text.splitlines()
+    assert lines[0] == "Cache %s: 120 entries, 50 shown" % root
+    assert lines[1].split()[:2] == ["STEP", "KEY"]
+    assert table_keys(text) == [short(i) for i in range(50)]  # the 50 newest, newest first
+    assert lines[-1] == (
+        "70 more entries not shown (sorted newest first): --limit 0 shows all; "
+        "--step, --since and --sort choose"
+    )
+    assert len(lines) == 2 + 50 + 1
+    assert "i=7" in lines[2 + 7]  # the VALUES column: the entry's parameter
+
+    everything = cache_command(root, "list", "--limit", "0").stdout
+    assert table_keys(everything) == [short(i) for i in range(120)]
+    assert "not shown" not in everything
+
+    # JSON lists everything that matches unless --limit is given
+    listed = json.loads(cache_command(root, "list", "--json").stdout)
+    assert [e["key"] for e in listed] == [key_of("e%d" % i) for i in range(120)]
+    assert listed[3]["parameters"] == {"i": {"value": "3", "digest": None}}
+    assert listed[3]["foreach"] == []
+    five = json.loads(cache_command(root, "list", "--json", "--limit", "5").stdout)
+    assert [e["key"] for e in five] == [e["key"] for e in listed[:5]]
+
+    # --sort step: by step, newest first within each; --sort created ... is the default
+    by_step = json.loads(cache_command(root, "list", "--json", "--sort", "step").stdout)
+    assert [e["key"] for e in by_step] == [
+        key_of("e%d" % i) for step in range(3) for i in range(120) if i % 3 == step
+    ]
+    # oldest last-used first is not an order; the choices are named
+    bad = cache_command(root, "list", "--sort", "colour", check=False)
+    assert bad.returncode == 2 and "created" in bad.stderr and "last-used" in bad.stderr
+
+    # --since: created within the last hour: entries 0..5 (5 * 600 + 300 s old)
+    recent = cache_command(root, "list", "--since", "1h").stdout
+    assert table_keys(recent) == [short(i) for i in range(6)]
+    assert recent.splitlines()[0] == "Cache %s: 6 entries" % root
+    # --step keeps its typo check; combined with the rest
+    only_b = json.loads(
+        cache_command(root, "list", "--step", "b", "--since", "1h", "--json").stdout
+    )
+    assert [e["key"] for e in only_b] == [key_of("e1"), key_of("e4")]
+    typo = cache_command(root, "list", "--step", "bb", check=False)
+    assert typo.returncode == 1
+    assert typo.stderr.strip() == (
+        "Error: no entry of a step 'bb' of %s in %s; steps with entries: a, b, c" % (FLOW, root)
+    )
+    assert cache_command(root, "list", "--limit", "-1", check=False).returncode == 2
+
+
+# -- prune / invalidate ----------------------------------------------------------
+def test_long_removals_are_summed_up_per_step_unless_verbose(tmp_path):
+    root = populate(tmp_path / "cache", 120, expired_every=2)  # 60 expired, 20 per step
+    verbose_root = str(tmp_path / "verbose")
+    shutil.copytree(root, verbose_root)
+
+    dry = json.loads(cache_command(root, "prune", "--expired", "--dry-run", "--json").stdout)
+    assert dry["entries"] == 60 and len(dry["roots"][0]["entries"]) == 60  # JSON: complete
+
+    text = cache_command(root, "prune", "--expired", "--grace", "0", "--yes").stdout
+    lines = text.splitlines()
+    assert lines[0].startswith("Cache %s: removed 60 entries and 60 unreferenced blobs: " % root)
+    # one row per step: its 20 entries and the bytes of their blobs
+    sizes = [
+        sum(len(b"blob %d" % i) for i in range(0, 120, 2) if i % 3 == step) for step in range(3)
+    ]
+    assert [line.split() for line in lines[1:5]] == [["STEP", "REASON", "ENTRIES", "SIZE"]] + [
+        [name, "expired", "20", str(size), "B"] for name, size in zip(STEPS, sizes)
+    ]
+    assert lines[5] == "  (one row per step and reason; --verbose lists every entry)"
+    assert len(lines) == 6
+    left = json.loads(cache_command(root, "list", "--json").stdout)
+    assert len(left) == 60 and not any(e["expired"] for e in left)
+
+    verbose = cache_command(
+        verbose_root,
+        "prune",
+        "--expired",
+        "--grace",
+        "0",
+        "--yes",
+        "--verbose",
+    ).stdout
+    rows = [line.split() for line in verbose.splitlines()[2:]]
+    assert len(rows) == 60 and {r[2] for r in rows} == {"expired"}
+    assert sorted(r[1] for r in rows) == sorted(short(i) for i in range(0, 120, 2))
+
+    # invalidate sums up the same way: 60 entries, 20 per step
+    text = cache_command(root, "invalidate", "--all", "--yes").stdout
+    lines = text.splitlines()
+    assert lines[0].startswith("Cache %s: removed 60 entries: " % root)
+    assert [line.split()[:3] for line in lines[2:5]] == [
+        ["a", "invalidated", "20"],
+        ["b", "invalidated", "20"],
+        ["c", "invalidated", "20"],
+    ]
+    assert len(lines) == 6
+
+
+def test_a_short_removal_still_lists_each_entry():
+    now = time.time()
+    plan = mt.Plan("ROOT")
+    for i in range(report.TABLE_ROWS):
+        m = manifest(FLOW, "a", key_of("e%d" % i), {"x": b"%d" % i}, now - 60)
+        info = ObjectInfo(Cache.manifest_key(FLOW, "a", m.key), 100, now - 60)
+        plan.entries.append((mt.EntryInfo(FLOW, "a", m.key, info, m), "expired"))
+    text = report.removal_text(plan, None, now, False, None)
+    assert len(text.splitlines()) == 2 + report.TABLE_ROWS
+    plan.entries.append(plan.entries[0])
+    assert len(report.removal_text(plan, None, now, False, None).splitlines()) == 4
+    assert len(report.removal_text(plan, None, now, False, None, verbose=True).splitlines()) == (
+        2 + report.TABLE_ROWS + 1
+    )
+
+
+def test_expiry_reads_in_the_unit_the_ttl_was_written_in():
+    """Issue 15, point 10: a 30-day ttl showed as 'in 4w'."""
+    now = time.time()
+    m = manifest(FLOW, "a", key_of("ttl"), {"x": b"x"}, now - 5, now - 5 + 30 * 86400)
+    entry = mt.EntryInfo(FLOW, "a", m.key, ObjectInfo("k", 100, now - 5), m)
+    assert report.expiry(entry, now) == "in 30d"
+    assert "(in 30d)" in report.entry_text(entry, "ROOT", now)
+    assert report.age(now - 14 * 86400, now) == "2w ago"
+
+
+# -- progress --------------------------------------------------------------------
+# click draws a progress bar only for what lasts more than half a second; a
+# local read takes well under a millisecond, so the store is slowed down (in the
+# command's own process) to make the scan of a few hundred entries last that long
+SLOW_STANDALONE = """
+import sys, time
+import metaflow
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
+from metaflow_extensions.memoize.plugins.memoize.cli.standalone import main
+
+read = LocalStore.get
+
+def slow_read(self, key):
+    time.sleep(0.05)
+    return read(self, key)
+
+LocalStore.get = slow_read
+main(sys.argv[1:])
+"""
+
+
+def run_with_terminal_stderr(args, env):
+    """Run the (slowed) standalone command with stderr on a pseudo-terminal and
+    stdout on a pipe: (exit status, stdout, what the terminal received)."""
+    master, slave = os.openpty()
+    received = []
+
+    def drain():  # a full terminal buffer would block the command
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the command closed its end
+                return
+            if not chunk:
+                return
+            received.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_STANDALONE, *args],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(slave)
+    out, _ = proc.communicate(timeout=120)
+    reader.join(timeout=30)
+    os.close(master)
+    return proc.returncode, out.decode(), b"".join(received).decode(errors="replace")
+
+
+def test_progress_on_a_terminal_and_nothing_on_a_pipe(tmp_path):
+    root = populate(tmp_path / "cache", 300)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_")}
+    env["USERNAME"] = "tester"
+
+    code, out, terminal = run_with_terminal_stderr(["--root", root, "stats"], env)
+    assert code == 0, out + terminal
+    assert "Reading manifests" in terminal and "300/300" in terminal
+    assert out.startswith("Cache %s: 300 entries, 300 blobs" % root)
+    assert "Reading manifests" not in out  # the report alone on stdout
+
+    # the same command with stderr on a pipe: nothing at all on stderr
+    piped = subprocess.run(
+        [sys.executable, "-c", SLOW_STANDALONE, "--root", root, "stats"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert piped.returncode == 0 and piped.stderr == ""
+    assert piped.stdout == out
+
+
+# -- at the scale users reported --------------------------------------------------
+@pytest.mark.slow
+def test_twenty_thousand_entries(tmp_path):
+    """Issue 15: with 20,000 entries `prune --expired --yes` printed a 20,002-line
+    table. The output now stays short whatever the number of entries."""
+    started = time.perf_counter()
+    root = populate(tmp_path / "cache", 20_000, expired_every=2)
+    timings = {"populate": time.perf_counter() - started}
+
+    def timed(name, *args):
+        began = time.perf_counter()
+        result = cache_command(root, *args)
+        timings[name] = time.perf_counter() - began
+        return result.stdout
+
+    stats = timed("stats", "stats")
+    assert stats.startswith("Cache %s: 20000 entries, 20000 blobs" % root)
+    listed = timed("list", "list").splitlines()
+    assert len(listed) == 53 and listed[-1].startswith("19950 more entries not shown")
+    pruned = timed("prune", "prune", "--expired", "--grace", "0", "--yes").splitlines()
+    assert pruned[0].startswith("Cache %s: removed 10000 entries and 10000 unreferenced" % root)
+    assert len(pruned) == 6
+    assert len(json.loads(timed("list --json", "list", "--json"))) == 10_000
+    print("\n20,000 entries: " + ", ".join("%s %.1fs" % kv for kv in timings.items()))
