@@ -28,6 +28,8 @@ setup(
             # checks that the Kubernetes client is importable
             "kubernetes",
             "ruff>=0.5",
+            # NBRunner (tests/test_runner.py) runs notebook cells in an IPython shell
+            "ipython",
         ],
     },
     # Records the code a step body runs (observed dependencies). Optional: where
