@@ -348,3 +348,20 @@ def test_env_naming_a_package_nothing_resembles_says_how_to_install_or_drop_it()
     # the old message suggested a name as the fix, whatever failed
     assert "Did you mean" not in message and "e.g. env=" not in message
 
+
+# -- 7. `--with memoize` memoizes steps run for their side effects (issue 15, point 10)
+WITH_NOTE = "[memoize] note: --with memoize memoizes"
+
+
+def test_run_with_memoize_notes_once_which_steps_it_memoized(runner):
+    add_flow(runner)  # train has @memoize in the source: --with adds it to start and end
+    result = runner.run(FLOW, "--with", "memoize")
+    notes = [line for line in result.output.splitlines() if WITH_NOTE in line]
+    assert len(notes) == 1, result  # once per run, not once per step or task
+    assert "--with memoize memoizes start, end: on a hit" in notes[0], notes
+    assert "put @memoize on the steps to cache instead" in notes[0], notes
+
+    # memoized in the source only: nothing to note
+    plain = runner.run(FLOW)
+    assert WITH_NOTE not in plain.output, plain
+    assert train_runs(runner) == 1  # the note changes nothing: train hit

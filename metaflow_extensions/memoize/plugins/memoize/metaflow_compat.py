@@ -529,6 +529,15 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
     utils.LazyPluginCommandCollection._lazy_load = plugin_load
 
 
+def added_on_the_command_line(decorator) -> bool:
+    """Whether a step decorator came from `--with` (or METAFLOW_DECOSPECS) rather
+    than the flow's source or another decorator (decorators.py: `--with` builds
+    it from a decospec, with statically_defined False and no inserted_by)."""
+    return not getattr(decorator, "statically_defined", True) and not getattr(
+        decorator, "inserted_by", None
+    )
+
+
 def starting_a_run() -> bool:
     """Whether this process is the orchestrator of `run` or `resume` (not a task,
     not `create`, not a `memoize` command): decorators are initialized in each."""

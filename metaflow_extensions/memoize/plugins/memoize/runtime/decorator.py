@@ -116,6 +116,35 @@ def _check_refresh_request(flow):
         )
 
 
+#: whether this process already printed the `--with memoize` note (step_init runs
+#: once per step: the note is for the run)
+_WITH_NOTE_PRINTED = False
+
+
+def _note_memoized_by_with(flow, graph):
+    """`--with memoize` memoizes every step, `end` and steps run for their side
+    effects included: say once per run what a hit skips there."""
+    global _WITH_NOTE_PRINTED
+    if _WITH_NOTE_PRINTED:
+        return
+    _WITH_NOTE_PRINTED = True
+    decorators = {f.__name__: f.decorators for f in mf.step_functions(flow)}
+    added = [
+        name
+        for name in mf.sorted_steps(graph)
+        if any(
+            d.name == "memoize" and mf.added_on_the_command_line(d)
+            for d in decorators.get(name, ())
+        )
+    ]
+    log(
+        "note: --with memoize memoizes %s: on a hit a step's body does not run, so "
+        "what it does besides setting artifacts (writing files, sending messages, "
+        "calling services) is not done again. If a step is run for such side effects, "
+        "put @memoize on the steps to cache instead of using --with memoize." % ", ".join(added)
+    )
+
+
 def log(message: str) -> None:
     print("[memoize] %s" % message, file=sys.stderr, flush=True)
 
@@ -210,6 +239,8 @@ class MemoizeDecorator(StepDecorator):
             # tasks and deployments get the request already checked (or, for
             # `create`, warn about it themselves)
             _check_refresh_request(flow)
+            if mf.added_on_the_command_line(self):
+                _note_memoized_by_with(flow, graph)
         self._env_component = environment_component(decorators, self.args["env"])
         self._datastore_type = getattr(flow_datastore, "TYPE", "local")
         self._datastore_root = mf.datastore_root_for_cli(flow_datastore)
