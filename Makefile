@@ -9,10 +9,19 @@ export USERNAME ?= $(or $(USER),memoize-user)
 
 .PHONY: install demo test test-slow test-stress lint format bench bench-quick verify clean
 
+# An editable install: the checkout's code is what runs. Metaflow finds the
+# extension through the `metaflow_extensions` namespace package; setup.py lists
+# that namespace among its packages so that setuptools' editable finder maps it
+# to this checkout, where Metaflow looks (it used to take the deprecated
+# `editable_mode=compat`, whose deprecation box opened every fresh `make demo`).
+# Every editable mode of setuptools also prints an informational box, "Editable
+# installation ... folders in your working directory with the same name as your
+# package may take precedence": here that folder is the package itself, so
+# there is nothing to act on, and PYTHONWARNINGS hides that one message.
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,7 +12,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_namespace_packages(include=["metaflow_extensions.*"]),
+    # `metaflow_extensions` itself too (a namespace: no file of its own), so that
+    # an editable install maps it to the checkout and Metaflow finds the extension
+    packages=find_namespace_packages(include=["metaflow_extensions", "metaflow_extensions.*"]),
     install_requires=[
         "metaflow>=2.19.30,<2.20",
         "boto3>=1.28",
@@ -28,6 +30,8 @@ setup(
             # checks that the Kubernetes client is importable
             "kubernetes",
             "ruff>=0.5",
+            # NBRunner (tests/test_runner.py) runs notebook cells in an IPython shell
+            "ipython",
         ],
     },
     # Records the code a step body runs (observed dependencies). Optional: where

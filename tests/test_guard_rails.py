@@ -321,3 +321,47 @@ def test_ignore_names_are_checked_like_inputs(runner):
     assert "Step train" in result.output and "`ignore`" in result.output, result
     assert "'dta', which no step of GuardFlow sets" in result.output, result
     assert train_runs(runner) == 0
+
+
+# -- 6. env= naming a package that is not installed (issue 15, point 10) -----------
+def test_env_naming_a_misspelled_package_suggests_the_installed_one(runner):
+    add_flow(runner, '@memoize(env=["pytset"])')
+    result = runner.run(FLOW, check=False)
+    assert result.returncode != 0, result
+    assert "Step train: @memoize argument `env` names 'pytset', which is not installed" in (
+        result.output
+    ), result
+    assert "Did you mean 'pytest'? Use env=['pytest']." in result.output, result
+    assert "Traceback" not in result.output, result
+    assert train_runs(runner) == 0
+
+
+def test_env_naming_a_package_nothing_resembles_says_how_to_install_or_drop_it():
+    name = "surely-not-an-installed-package-t2"
+    with pytest.raises(MemoizeArgumentError) as err:
+        parse_arguments("train", {"env": [name]}, ".")
+    assert (err.value.step, err.value.argument) == ("train", "env")
+    message = str(err.value)
+    assert "not installed in this Python environment (%s)" % sys.executable in message
+    assert "%s -m pip install %s" % (sys.executable, name) in message
+    assert "remove '%s' from env=" % name in message
+    # the old message suggested a name as the fix, whatever failed
+    assert "Did you mean" not in message and "e.g. env=" not in message
+
+
+# -- 7. `--with memoize` memoizes steps run for their side effects (issue 15, point 10)
+WITH_NOTE = "[memoize] note: --with memoize memoizes"
+
+
+def test_run_with_memoize_notes_once_which_steps_it_memoized(runner):
+    add_flow(runner)  # train has @memoize in the source: --with adds it to start and end
+    result = runner.run(FLOW, "--with", "memoize")
+    notes = [line for line in result.output.splitlines() if WITH_NOTE in line]
+    assert len(notes) == 1, result  # once per run, not once per step or task
+    assert "--with memoize memoizes start, end: on a hit" in notes[0], notes
+    assert "put @memoize on the steps to cache instead" in notes[0], notes
+
+    # memoized in the source only: nothing to note
+    plain = runner.run(FLOW)
+    assert WITH_NOTE not in plain.output, plain
+    assert train_runs(runner) == 1  # the note changes nothing: train hit

@@ -13,7 +13,9 @@ issue's 8 runs x 10 keys, on a local cache and on an S3 cache (moto).
 from __future__ import annotations
 
 import concurrent.futures
+import re
 from collections import Counter
+from datetime import datetime
 
 import pytest
 from flowrunner import FlowRunner
@@ -152,3 +154,89 @@ def test_eight_runs_over_ten_keys_run_each_body_once(tmp_path, fault):
 def test_eight_runs_over_ten_keys_run_each_body_once_on_s3(tmp_path, s3_env, fault):
     env = dict(s3_env.env, **{ROOT_ENV: s3_env.url("cache")})
     check_single_flight(tmp_path, fault, 8, 10, env, "S3")
+
+
+# Metaflow prints every task line as "<date> <time> [<run>/<step>/<task> (pid N)] <text>",
+# stamped when the orchestrator reads it from the task
+_TASK_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \[(\S+/\S+/\S+) \(pid \d+\)\] (.*)$"
+)
+
+
+def memoize_lines_by_task(output: str) -> dict[str, list[tuple[datetime, str]]]:
+    """{run/step/task: [(time the line was printed, text)]} of the [memoize] lines."""
+    by_task: dict[str, list[tuple[datetime, str]]] = {}
+    for line in output.splitlines():
+        match = _TASK_LINE.match(line.strip())
+        if match and "[memoize]" in match.group(3):
+            stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f")
+            by_task.setdefault(match.group(2), []).append((stamp, match.group(3)))
+    return by_task
+
+
+# One run, two foreach tasks with the same item: the same key, computed at once.
+DUPLICATE_ITEMS_FLOW = """
+import time
+
+from _counter import record
+from metaflow import FlowSpec, memoize, step
+
+
+class DuplicateItemsFlow(FlowSpec):
+    @step
+    def start(self):
+        self.items = [3, 3]
+        self.next(self.body, foreach="items")
+
+    @memoize(lock=True)
+    @step
+    def body(self):
+        record("body", repr(self.input))
+        time.sleep(4)
+        self.out = self.input * 7 + 1
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.outs = [i.out for i in inputs]
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    DuplicateItemsFlow()
+"""
+
+
+def test_a_waiting_task_says_so_when_it_starts_waiting_and_claims_no_miss(runner):
+    """Issue 15 point 10: the waiting task logged "miss", then nothing, then "waiting"
+    and "hit" together. The miss and waiting lines were written together, and
+    Metaflow's runtime reads one line of a task's output per wake-up of its pipe:
+    the second line stayed unread until the task wrote again. Now the waiter writes
+    one line when the wait starts and claims no miss."""
+    runner.add_flow("duplicate_items_flow.py", DUPLICATE_ITEMS_FLOW)
+    result = runner.run("duplicate_items_flow.py", "--max-workers", "2")
+    assert runner.executions("body") == {"body": 1}  # the other task waited, then hit
+    assert runner.artifacts("DuplicateItemsFlow", result.run_id)["join"][0]["outs"] == "[22, 22]"
+    lines = {
+        task: found
+        for task, found in memoize_lines_by_task(result.output).items()
+        if task.split("/")[1] == "body"
+    }
+    waiters = [t for t, found in lines.items() if any("waiting (lock=True)" in x for _, x in found)]
+    assert len(waiters) == 1, lines
+    (waiter,) = waiters
+    (computer,) = set(lines) - {waiter}
+    texts = [text for _, text in lines[waiter]]
+    assert len(texts) == 2, texts
+    assert "not in the cache yet; another task is computing it" in texts[0], texts
+    assert texts[1].startswith("[memoize] hit body "), texts
+    assert "waited" in texts[1] and "for the task computing it" in texts[1], texts
+    assert lines[computer][0][1].startswith("[memoize] miss body "), lines[computer]
+    # the waiting line was printed when the wait began, not with the hit at its end
+    # (the other task's body sleeps 4 s)
+    waiting_at, hit_at = lines[waiter][0][0], lines[waiter][1][0]
+    assert (hit_at - waiting_at).total_seconds() >= 2.0, lines[waiter]

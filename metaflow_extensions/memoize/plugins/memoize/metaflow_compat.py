@@ -8,7 +8,10 @@ Verified against metaflow 2.19.x (see docs/concepts.md). What we rely on:
 * The content-addressed store layout ``<root>/<Flow>/data/<sha[:2]>/<sha>``
   (plus ``<path>_meta`` on local storage) and ``DataStoreStorage`` methods.
 * The flow's transition attributes (``_transition``, ``_foreach_*``).
-* ``LazyGroup._lazy_load``: the only way to add options to ``run``/``resume``.
+* ``LazyGroup._lazy_load``: the only way to add options to ``run``/``resume``;
+  and ``original_params``, the list of ``run``'s own options that
+  ``parameters.add_custom_parameters`` keeps and the Runner API
+  (``runner/click_api.py``) resets ``params`` to.
 * ``NativeRuntime._launch_worker`` / ``_cloned_tasks`` and ``clone_task_helper``:
   how ``resume`` completes a task without launching it, used for hits decided in
   the orchestrator (see ``install_launch_hook``); task.py's rules for
@@ -488,7 +491,7 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
         if getattr(cmd, "_memoize_options", False):
             return
         cmd._memoize_options = True
-        cmd.params.append(
+        options = [
             click.Option(
                 ["--memoize-refresh"],
                 is_flag=True,
@@ -496,17 +499,23 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
                 expose_value=False,
                 callback=refresh_all_cb,
                 help="Recompute every @memoize step and overwrite its cache entry.",
-            )
-        )
-        cmd.params.append(
+            ),
             click.Option(
                 ["--memoize-refresh-step"],
                 multiple=True,
                 expose_value=False,
                 callback=refresh_steps_cb,
                 help="Recompute this @memoize step (repeatable) and overwrite its entry.",
-            )
-        )
+            ),
+        ]
+        cmd.params.extend(options)
+        # `run` carries the flow's parameters (parameters.add_custom_parameters):
+        # it keeps its own options in `original_params`, and the Runner API
+        # (runner/click_api.py, _cleanup_flow_parameters) resets `params` to that
+        # list before it reads the options a method accepts. Without ours in it,
+        # Runner(...).run(memoize_refresh=True) is an "Unknown argument".
+        if isinstance(getattr(cmd, "original_params", None), list):
+            cmd.original_params.extend(options)
 
     def lazy_load(self, cmd_name):
         cmd = original_lazy_load(self, cmd_name)
@@ -541,6 +550,15 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
     utils.LazyGroup._lazy_load = lazy_load
     utils.LazyPluginCommandCollection.__init__ = collection_init
     utils.LazyPluginCommandCollection._lazy_load = plugin_load
+
+
+def added_on_the_command_line(decorator) -> bool:
+    """Whether a step decorator came from `--with` (or METAFLOW_DECOSPECS) rather
+    than the flow's source or another decorator (decorators.py: `--with` builds
+    it from a decospec, with statically_defined False and no inserted_by)."""
+    return not getattr(decorator, "statically_defined", True) and not getattr(
+        decorator, "inserted_by", None
+    )
 
 
 def starting_a_run() -> bool:

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import math
 import os
+import re
+import sys
 import types
 from typing import Any
 
@@ -120,10 +123,44 @@ def parse_arguments(step: str, attributes: dict[str, Any], flow_dir: str) -> dic
             raise MemoizeArgumentError(
                 step,
                 "env",
-                "names %r, which is not installed" % name,
-                "List installed distribution names, e.g. env=['pandas'].",
+                "names %r, which is not installed in this Python environment (%s)"
+                % (name, sys.executable),
+                _missing_package_fix(name),
             )
     return parsed
+
+
+def _missing_package_fix(name: str) -> str:
+    """The fix for ``env=[name]`` when ``name`` is not installed: the installed
+    distribution it most likely misspells, else installing it or dropping it."""
+    close = _closest_installed(name)
+    if close is not None:
+        return "Did you mean %r? Use env=[%r]." % (close, close)
+    return (
+        "Install it there (%s -m pip install %s), or remove %r from env=: the packages "
+        "of @pypi and @conda steps are in the key already." % (sys.executable, name, name)
+    )
+
+
+def _normalized_distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closest_installed(name: str) -> str | None:
+    try:
+        from importlib import metadata
+
+        installed = {
+            _normalized_distribution(d.metadata["Name"]): d.metadata["Name"]
+            for d in metadata.distributions()
+            if d.metadata["Name"]
+        }
+    except Exception:
+        return None
+    match = difflib.get_close_matches(
+        _normalized_distribution(name), sorted(installed), n=1, cutoff=0.8
+    )
+    return installed[match[0]] if match else None
 
 
 def _parse_depends_on(step, value, flow_dir) -> list[Any]:

@@ -123,6 +123,35 @@ def _check_refresh_request(flow):
         )
 
 
+#: whether this process already printed the `--with memoize` note (step_init runs
+#: once per step: the note is for the run)
+_WITH_NOTE_PRINTED = False
+
+
+def _note_memoized_by_with(flow, graph):
+    """`--with memoize` memoizes every step, `end` and steps run for their side
+    effects included: say once per run what a hit skips there."""
+    global _WITH_NOTE_PRINTED
+    if _WITH_NOTE_PRINTED:
+        return
+    _WITH_NOTE_PRINTED = True
+    decorators = {f.__name__: f.decorators for f in mf.step_functions(flow)}
+    added = [
+        name
+        for name in mf.sorted_steps(graph)
+        if any(
+            d.name == "memoize" and mf.added_on_the_command_line(d)
+            for d in decorators.get(name, ())
+        )
+    ]
+    log(
+        "note: --with memoize memoizes %s: on a hit a step's body does not run, so "
+        "what it does besides setting artifacts (writing files, sending messages, "
+        "calling services) is not done again. If a step is run for such side effects, "
+        "put @memoize on the steps to cache instead of using --with memoize." % ", ".join(added)
+    )
+
+
 def log(message: str) -> None:
     print("[memoize] %s" % message, file=sys.stderr, flush=True)
 
@@ -217,6 +246,8 @@ class MemoizeDecorator(StepDecorator):
             # tasks and deployments get the request already checked (or, for
             # `create`, warn about it themselves)
             _check_refresh_request(flow)
+            if mf.added_on_the_command_line(self):
+                _note_memoized_by_with(flow, graph)
         self._env_component = environment_component(decorators, self.args["env"])
         self._datastore_type = getattr(flow_datastore, "TYPE", "local")
         self._datastore_root = mf.datastore_root_for_cli(flow_datastore)
@@ -337,6 +368,8 @@ class MemoizeDecorator(StepDecorator):
         self._transition = None
         self._cache = None
         self._lease = None
+        self._held_miss = None  # (step, key, reason) of a miss not yet logged (lock=True)
+        self._waited = None  # how long this task waited for another's entry (lock=True)
         self._merged = None
         self._rewrite_after_fault = False
         self._replace_entry = False
@@ -405,8 +438,13 @@ class MemoizeDecorator(StepDecorator):
                 meta["memoize_compared"] = NOTHING_COMPARED
                 log("refresh %s key=%s (recomputing)" % (step_name, key[:12]))
             else:
-                self._status = self._look_up(flow.name, step_name, key, meta)
-                if self._status == "miss" and self.args["lock"] and mode == "on":
+                single_flight = self.args["lock"] and mode == "on"
+                # with lock=True a miss is only a miss once this task holds the
+                # lease: a task that waits for another's entry says so instead
+                self._status = self._look_up(
+                    flow.name, step_name, key, meta, announce_miss=not single_flight
+                )
+                if self._status == "miss" and single_flight:
                     self._status = self._single_flight(flow.name, step_name, key, meta)
                 # audit (audit.py): a sampled hit runs its body; task_finished compares
                 if self._status == "hit" and audit.sampled(self.audit_fraction()):
@@ -452,22 +490,38 @@ class MemoizeDecorator(StepDecorator):
         if lease.try_acquire():
             self._lease = lease
             if not usable():
+                log(_miss_line(*self._held_miss))
                 return "miss"
             # published between our lookup and our lease: use it
             lease.release()
             self._lease = None
             meta.pop("memoize_reason", None)
             return self._look_up(flow_name, step_name, key, meta)
-        log("%s key=%s: another task is computing it; waiting (lock=True)" % (step_name, key[:12]))
+        # said before the wait, which may be long (log() flushes)
+        log(
+            "%s key=%s: not in the cache yet; another task is computing it; waiting "
+            "(lock=True)" % (step_name, key[:12])
+        )
+        started = time.time()
         outcome = lease.wait(usable)
+        waited = format_duration(time.time() - started)
         if outcome == "acquired":
             self._lease = lease
-            log("%s key=%s: the other task's lease expired; computing" % (step_name, key[:12]))
+            log(
+                _miss_line(
+                    *self._held_miss,
+                    "waited %s; the task that held the lock stored no entry: computing it here"
+                    % waited,
+                )
+            )
             return "miss"
         meta.pop("memoize_reason", None)
+        self._waited = waited  # said on the hit line: one line, read at once (see _look_up)
         return self._look_up(flow_name, step_name, key, meta)
 
-    def _look_up(self, flow_name, step_name, key, meta) -> str:
+    def _look_up(self, flow_name, step_name, key, meta, announce_miss=True) -> str:
+        """Returns "hit" (the entry is restored) or "miss". A miss is logged unless
+        ``announce_miss`` is False; its line then waits in ``self._held_miss``."""
         try:
             decision = verified_lookup(self._cache, flow_name, step_name, key, self._dep_ctx)
         except CorruptEntry as err:
@@ -498,14 +552,14 @@ class MemoizeDecorator(StepDecorator):
                     "input '%s' is not in the key but changed, and the step may set it" % changed[0]
                 )
                 meta["memoize_reason"] = reason
-                log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
+                self._miss(step_name, key, reason, announce_miss)
                 self._replace_entry = True
                 return "miss"
             merged = self._merged_now(manifest)
             if merged is None:
                 reason = "the inputs of this join no longer agree on an artifact it merged"
                 meta["memoize_reason"] = reason
-                log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
+                self._miss(step_name, key, reason, announce_miss)
                 self._replace_entry = True
                 return "miss"
             try:
@@ -530,9 +584,12 @@ class MemoizeDecorator(StepDecorator):
             meta["memoize_reason"] = HIT_REASON
             meta["memoize_saved_seconds"] = "%.3f" % manifest.body_seconds
             saved = format_duration(manifest.body_seconds)
+            # lines a task writes together may reach the console together, late:
+            # Metaflow's runtime reads one line per wake-up of a task's pipe
+            waited = "; waited %s for the task computing it" % self._waited if self._waited else ""
             log(
-                "hit %s key=%s from %s (saved %s; %s)"
-                % (step_name, key[:12], manifest.origin, saved, moved.describe())
+                "hit %s key=%s from %s (saved %s; %s%s)"
+                % (step_name, key[:12], manifest.origin, saved, moved.describe(), waited)
             )
             try:
                 if self._mode != "read":  # read mode writes nothing
@@ -546,6 +603,8 @@ class MemoizeDecorator(StepDecorator):
                 % (step_name, key[:12], decision.detail)
             )
             meta["memoize_reason"] = decision.detail
+            # the warning says why; the miss itself is said once this task computes
+            self._miss(step_name, key, decision.detail, announce=False)
             return "miss"
         reason = decision.detail
         if decision.status == "absent":
@@ -562,8 +621,13 @@ class MemoizeDecorator(StepDecorator):
                 if changed:
                     meta["memoize_changed_inputs"] = ",".join(changed)
         meta["memoize_reason"] = reason
-        log("miss %s key=%s (%s)" % (step_name, key[:12], reason))
+        self._miss(step_name, key, reason, announce_miss)
         return "miss"
+
+    def _miss(self, step_name, key, reason, announce):
+        self._held_miss = (step_name, key, reason)
+        if announce:
+            log(_miss_line(step_name, key, reason))
 
     def _merged_now(self, manifest):
         """{name: {sha, info}} of the artifacts a join merged through, from the
@@ -864,6 +928,10 @@ class MemoizeDecorator(StepDecorator):
                 "process, so this step may never hit. Fix: @memoize(ignore=['%s']) or store it "
                 "as a sorted list." % (self._step_name, name, name)
             )
+
+
+def _miss_line(step_name: str, key: str, reason: str, more: str | None = None) -> str:
+    return "miss %s key=%s (%s%s)" % (step_name, key[:12], reason, "; " + more if more else "")
 
 
 def _quoted(names) -> str:
