@@ -46,6 +46,24 @@ def test_records_files_read_and_not_files_written(tmp_path):
     assert str(out) in recording.files_written
 
 
+def test_folders_listed_by_the_body_are_recorded_and_by_imports_not(tmp_path, monkeypatch):
+    # the import system lists each sys.path folder to find a module; that
+    # listing changes whenever any file appears there, and must not be an input
+    (tmp_path / "listed_by_import_only.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "data"
+    data.mkdir()
+    observer = observe.Observer()
+    observer.start()
+    import listed_by_import_only  # noqa: F401
+
+    os.listdir(data)
+    recording = observer.stop()
+    assert str(data) in recording.dirs_listed
+    assert str(tmp_path) not in recording.dirs_listed
+    sys.modules.pop("listed_by_import_only", None)
+
+
 def test_a_replaced_profiler_makes_the_recording_incomplete():
     observer = observe.Observer()
     observer.start()

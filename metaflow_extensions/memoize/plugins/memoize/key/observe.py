@@ -60,6 +60,12 @@ def _path_of(value) -> str | None:
     return os.path.abspath(path)
 
 
+#: where the frame that lists a folder to find modules lives
+_IMPORT_SYSTEM_FILES = frozenset(
+    ["<frozen importlib._bootstrap_external>", "<frozen importlib._bootstrap>"]
+)
+
+
 def _audit(event: str, args: tuple) -> None:
     recording = _current
     if recording is None:
@@ -83,6 +89,11 @@ def _audit(event: str, args: tuple) -> None:
             if writes:
                 recording.files_written.add(path)
         elif event in ("os.listdir", "os.scandir"):
+            # The import system lists each sys.path folder (the flow's own
+            # among them) to find modules: what it then imports is recorded as
+            # code, and the folder's other names are not the body's input
+            if sys._getframe(1).f_code.co_filename in _IMPORT_SYSTEM_FILES:
+                return
             path = _path_of(args[0] if args and args[0] is not None else ".")
             if path is not None:
                 recording.dirs_listed.add(path)
