@@ -280,8 +280,8 @@ def test_progress_on_a_terminal_and_nothing_on_a_pipe(tmp_path):
     assert piped.stdout == out
 
 
-# -- at the scale users reported --------------------------------------------------
-@pytest.mark.slow
+# -- at the scale users reported (make test-stress: about a minute and a half) ------
+@pytest.mark.stress
 def test_twenty_thousand_entries(tmp_path):
     """Issue 15: with 20,000 entries `prune --expired --yes` printed a 20,002-line
     table. The output now stays short whatever the number of entries."""
