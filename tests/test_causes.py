@@ -37,6 +37,7 @@ def _cause_line(result, step):
 def test_why_a_step_ran_is_named_from_its_root_cause(runner):
     runner.add_flow(FLOW)
     first = runner.run(FLOW)
+    assert "[memoize]   no entry yet: featurize, train, fit, pick" in first.output
 
     # a clone shows its own decision, not its origin's miss reason
     cloned = runner.run(FLOW)

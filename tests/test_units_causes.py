@@ -8,6 +8,7 @@ from metaflow_extensions.memoize.plugins.memoize.key.deps import (
     describe_changes,
 )
 from metaflow_extensions.memoize.plugins.memoize.runtime import causes
+from metaflow_extensions.memoize.plugins.memoize.runtime.summary import TaskOutcome, cause_lines
 
 
 class ChainFlow(FlowSpec):
@@ -77,3 +78,32 @@ def test_the_producer_is_the_nearest_step_above_that_sets_the_artifact():
     assert causes.cause(graph, assigns, "train", ["features"], {"featurize": ["hit"]}) == (
         "because featurize hit an entry with other outputs"
     )
+
+
+def test_after_a_run_each_step_that_ran_names_its_root_cause():
+    graph = FlowGraph(ChainFlow)
+    memoized = {"featurize", "train", "end"}
+    first = [TaskOutcome(s, "miss", reason="no entry") for s in ("featurize", "train", "end")]
+    assert cause_lines(first, ChainFlow, graph, memoized) == [
+        "  no entry yet: featurize, train, end"
+    ]
+    changed = [
+        TaskOutcome("featurize", "miss", reason="code changed (step body)"),
+        TaskOutcome(
+            "train", "miss", reason="input 'features' changed", changed_inputs=("features",)
+        ),
+        TaskOutcome("end", "hit"),
+    ]
+    assert cause_lines(changed, ChainFlow, graph, memoized) == [
+        "  featurize: miss: code changed (step body)",
+        "  train: miss: input 'features' changed, because featurize re-ran",
+    ]
+    mixed = [
+        TaskOutcome("train", "miss", reason="a"),
+        TaskOutcome("train", "miss", reason="a"),
+        TaskOutcome("train", "refresh", reason="refresh requested"),
+        TaskOutcome("train", "hit"),
+    ]
+    assert cause_lines(mixed, ChainFlow, graph, memoized) == [
+        "  train: 3 of 4 tasks ran: a (and 1 other reason)"
+    ]

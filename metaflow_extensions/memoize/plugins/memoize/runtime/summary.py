@@ -15,6 +15,8 @@ from ..durations import format_count, format_duration
 from . import causes
 
 NOT_MEMOIZED = "not memoized"
+#: the reason of a miss that had no entry at its key (cache/entries.py)
+NO_ENTRY = "no entry"
 #: at most this many per-step cause lines after a run
 MAX_CAUSE_LINES = 20
 
@@ -55,10 +57,13 @@ def cause_lines(outcomes: list[TaskOutcome], flow, graph, memoized: set[str]) ->
         statuses.setdefault(o.step, []).append(o.status)
         per_step.setdefault(o.step, []).append(o)
     assigns = causes.static_assignments(flow.__class__)
-    lines = []
+    lines, first_time = [], []
     for step in mf.sorted_steps(graph):
         missed = [o for o in per_step.get(step, ()) if o.status in ("miss", "refresh")]
         if not missed:
+            continue
+        if all(o.status == "miss" and o.reason == NO_ENTRY for o in missed):
+            first_time.append(step)  # nothing to explain: one line for them all
             continue
         tasks = len(per_step[step])
         head = missed[0].status if tasks == 1 else "%d of %d tasks ran" % (len(missed), tasks)
@@ -72,6 +77,8 @@ def cause_lines(outcomes: list[TaskOutcome], flow, graph, memoized: set[str]) ->
         (reason, _), *others = reasons.most_common()
         more = " (and %s)" % format_count(len(others), "other reason") if others else ""
         lines.append("  %s: %s: %s%s" % (step, head, reason, more))
+    if first_time:
+        lines.insert(0, "  no entry yet: %s" % ", ".join(first_time))
     if len(lines) > MAX_CAUSE_LINES:
         hidden = len(lines) - MAX_CAUSE_LINES
         lines = lines[:MAX_CAUSE_LINES] + [
