@@ -986,7 +986,7 @@ class _RunSummary:
                     for f in mf.step_functions(cls.flow)
                     if any(d.name == "memoize" for d in f.decorators)
                 }
-                lines += cause_lines(outcomes, cls.flow, cls.graph, memoized)
+                lines += cause_lines(outcomes, cls.flow.__class__, cls.graph, memoized)
         except Exception as err:  # informative only: never fail a finished run
             lines.append("summary unavailable (%s)" % err)
         for line in lines:

@@ -47,7 +47,9 @@ def summarize(outcomes: list[TaskOutcome]) -> str:
     return "%s, saved %s" % (", ".join(parts), format_duration(saved))
 
 
-def cause_lines(outcomes: list[TaskOutcome], flow, graph, memoized: set[str]) -> list[str]:
+def cause_lines(
+    outcomes: list[TaskOutcome], flow_class: type, graph, memoized: set[str]
+) -> list[str]:
     """`step: miss: reason, because parent re-ran`, for each step whose tasks missed."""
     statuses: dict[str, list[str]] = {
         step: ([] if step in memoized else [NOT_MEMOIZED]) for step in mf.sorted_steps(graph)
@@ -56,7 +58,7 @@ def cause_lines(outcomes: list[TaskOutcome], flow, graph, memoized: set[str]) ->
     for o in outcomes:
         statuses.setdefault(o.step, []).append(o.status)
         per_step.setdefault(o.step, []).append(o)
-    assigns = causes.static_assignments(flow.__class__)
+    assigns = causes.static_assignments(flow_class)
     lines, first_time = [], []
     for step in mf.sorted_steps(graph):
         missed = [o for o in per_step.get(step, ()) if o.status in ("miss", "refresh")]
