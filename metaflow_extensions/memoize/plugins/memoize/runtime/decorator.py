@@ -48,7 +48,7 @@ from ..key.observe import Observer
 from ..key.verified import verified_lookup
 from ..settings import parse_arguments
 from ..version import __version__
-from .explain import NOTHING_COMPARED
+from .explain import NO_ENTRY_FOR_ITEM, NOTHING_COMPARED
 from .orchestrator_hits import HIT_REASON, OrchestratorHits
 
 # Never restored from an entry: per-task state that Metaflow sets itself.
@@ -612,7 +612,10 @@ class MemoizeDecorator(StepDecorator):
             previous = self._cache.latest_entry(
                 flow_name, step_name, prefer=lambda m: m.components.get("foreach") == same_item
             )
-            if previous is not None:
+            if previous is not None and previous.components.get("foreach") != same_item:
+                # another item's entry says nothing about this one
+                reason = NO_ENTRY_FOR_ITEM
+            elif previous is not None:
                 meta["memoize_compared"] = previous.key
                 reasons = diff_components(previous.components, self._components)
                 if reasons:

@@ -96,6 +96,8 @@ def explain_task(
 
 #: ``memoize_compared`` of a miss that had no earlier entry to compare with
 NOTHING_COMPARED = "none"
+#: the reason of a foreach task whose item has no entry (its step has others)
+NO_ENTRY_FOR_ITEM = "no entry for this foreach item"
 
 
 def _reconstructed(cache, flow, step, metadata, out: TaskExplanation) -> TaskExplanation:

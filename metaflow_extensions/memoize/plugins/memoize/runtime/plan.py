@@ -28,6 +28,7 @@ from ..key.components import diff_components, input_id, key_of
 from ..key.deps import DepContext
 from ..key.identity import UnidentifiableInput, components_for, dependency_context, item_digest
 from ..key.verified import verified_lookup
+from .explain import NO_ENTRY_FOR_ITEM
 
 HIT, RUN, UNKNOWN, NOT_MEMOIZED = "hit", "run", "unknown", "not memoized"
 #: would hit if the steps above it that will run produce what they did last time
@@ -257,7 +258,11 @@ class Planner:
                     )
                 except CacheFault:
                     previous = None
-                if previous is not None:
+                if previous is not None and previous.components.get("foreach") != components.get(
+                    "foreach"
+                ):
+                    reason = NO_ENTRY_FOR_ITEM  # another item's entry says nothing of this one
+                elif previous is not None:
                     reason = "; ".join(diff_components(previous.components, components)) or reason
                     last = previous
             verdict = TaskVerdict(RUN, reason, key, foreach_index=index)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .. import metaflow_compat as mf
 from ..durations import format_count, format_duration
 from . import causes
+from .explain import NO_ENTRY_FOR_ITEM
 
 NOT_MEMOIZED = "not memoized"
 #: the reason of a miss that had no entry at its key (cache/entries.py)
@@ -64,7 +65,7 @@ def cause_lines(
         missed = [o for o in per_step.get(step, ()) if o.status in ("miss", "refresh")]
         if not missed:
             continue
-        if all(o.status == "miss" and o.reason == NO_ENTRY for o in missed):
+        if all(o.status == "miss" and o.reason in (NO_ENTRY, NO_ENTRY_FOR_ITEM) for o in missed):
             first_time.append(step)  # nothing to explain: one line for them all
             continue
         tasks = len(per_step[step])
