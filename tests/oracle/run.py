@@ -459,6 +459,12 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the deterministic cases and exit")
     parser.add_argument("--save", help="write every outcome to this JSON file")
     parser.add_argument(
+        "--resume",
+        metavar="PARTIAL",
+        help="skip the cases an interrupted run already saved in PARTIAL (its --save "
+        "file + .partial); same --cases and --seed, so the same cases; merge with --rejudge",
+    )
+    parser.add_argument(
         "--rejudge",
         action="append",
         help="judge the outcomes saved by --save again, no runs (repeatable: merged)",
@@ -474,6 +480,12 @@ def main(argv=None) -> int:
             print("%-60s %s" % (c.id, c.kind))
         return 0
     cases = select(args, flows)
+    if args.resume:
+        done = {
+            "%s:%s" % (row["flow"], "+".join(row["mutations"]))
+            for row in map(json.loads, Path(args.resume).read_text().splitlines())
+        }
+        cases = [c for c in cases if c.id not in done]
     root = Path(args.workdir or tempfile.mkdtemp(prefix="oracle-"))
     root.mkdir(parents=True, exist_ok=True)
     started = time.time()
