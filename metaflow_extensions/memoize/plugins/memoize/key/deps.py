@@ -924,7 +924,8 @@ def verify(recorded: Mapping[str, str], ctx: DepContext) -> tuple[list[str], dic
         for dep in sorted(recorded)
         if dep.startswith("incomplete:") or current[dep] != recorded[dep]
     ]
-    return describe_changes(changed, recorded, current, len(ctx.input_ids)), current
+    joins = len(ctx.input_ids) if changed else 0
+    return describe_changes(changed, recorded, current, joins), current
 
 
 def describe_changes(
