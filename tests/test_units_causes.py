@@ -107,3 +107,13 @@ def test_after_a_run_each_step_that_ran_names_its_root_cause():
     assert cause_lines(mixed, ChainFlow, graph, memoized) == [
         "  train: 3 of 4 tasks ran: a (and 1 other reason)"
     ]
+
+
+def test_an_entry_of_another_item_tells_what_changed_besides_the_item():
+    from metaflow_extensions.memoize.plugins.memoize.key.components import diff_other_item
+
+    base = {"format": 2, "code": {"step": "a"}, "args": {"version": 1}, "foreach": [{"item": "x"}]}
+    other_item = dict(base, foreach=[{"item": "y"}])
+    assert diff_other_item(other_item, base) == []
+    new_version = dict(base, args={"version": 2})
+    assert diff_other_item(other_item, new_version) == ["argument 'version' changed"]

@@ -189,6 +189,13 @@ def diff_components(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
     return reasons
 
 
+def diff_other_item(other: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Reasons from an entry of the same step for another foreach item: what
+    differs besides the item (code, arguments, environment). The item itself
+    is no reason: the entry of this item was not found, not changed."""
+    return diff_components({**other, "foreach": new.get("foreach")}, new)
+
+
 def changed_static_inputs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """The input artifacts whose hashes differ between two keys' components
     (``inputs=`` steps key them statically; others observe what they read)."""

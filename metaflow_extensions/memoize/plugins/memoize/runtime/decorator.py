@@ -32,6 +32,7 @@ from ..key.components import (
     BOOKKEEPING_ARTIFACTS,
     changed_static_inputs,
     diff_components,
+    diff_other_item,
     key_of,
 )
 from ..key.deps import observed_dependencies, read_artifact_names
@@ -613,8 +614,11 @@ class MemoizeDecorator(StepDecorator):
                 flow_name, step_name, prefer=lambda m: m.components.get("foreach") == same_item
             )
             if previous is not None and previous.components.get("foreach") != same_item:
-                # another item's entry says nothing about this one
-                reason = NO_ENTRY_FOR_ITEM
+                # none of this item among the newest entries: another item's
+                # still tells a change of code or arguments, not of the item
+                meta["memoize_compared"] = previous.key
+                reason = "; ".join(diff_other_item(previous.components, self._components))
+                reason = reason or NO_ENTRY_FOR_ITEM
             elif previous is not None:
                 meta["memoize_compared"] = previous.key
                 reasons = diff_components(previous.components, self._components)

@@ -24,7 +24,7 @@ from .. import metaflow_compat as mf
 from ..cache.entries import Cache
 from ..cache.stores import open_store
 from ..exceptions import CacheFault
-from ..key.components import diff_components, input_id, key_of
+from ..key.components import diff_components, diff_other_item, input_id, key_of
 from ..key.deps import DepContext
 from ..key.identity import UnidentifiableInput, components_for, dependency_context, item_digest
 from ..key.verified import verified_lookup
@@ -261,7 +261,9 @@ class Planner:
                 if previous is not None and previous.components.get("foreach") != components.get(
                     "foreach"
                 ):
-                    reason = NO_ENTRY_FOR_ITEM  # another item's entry says nothing of this one
+                    # another item's entry: its outputs are not this one's to assume
+                    reason = "; ".join(diff_other_item(previous.components, components))
+                    reason = reason or NO_ENTRY_FOR_ITEM
                 elif previous is not None:
                     reason = "; ".join(diff_components(previous.components, components)) or reason
                     last = previous
