@@ -115,3 +115,77 @@ def test_random_cases_are_seeded_and_distinct():
     for c in a:
         for i, m in enumerate(c.mutations):
             assert not any(m.conflicts(n) for n in c.mutations[i + 1 :]), c.id
+
+
+class _Task:
+    """The part of analyze.T that classify reads: a linear task, no foreach."""
+
+    def __init__(self, step, status, **shas):
+        self.step, self.stack, self.shas = step, (), shas
+        self.task = type("Meta", (), {"metadata_dict": {"memoize_status": status}})()
+
+    @property
+    def exact(self):
+        return (self.step, ())
+
+    @property
+    def position(self):
+        return ()
+
+
+def _classify(memo, off):
+    from tests.oracle import analyze
+
+    order = ["start", "a", "end"]
+    preds = {"a": ["start"], "end": ["a"]}
+    diffs = analyze.differences(memo, off, order)
+    # artifact values are compared by sha only here: a value loader that never matches
+    return analyze.classify(diffs, memo, off, preds, [], (), lambda sha: object())
+
+
+def test_a_difference_is_a_false_hit_only_where_the_memoized_task_did_not_run(monkeypatch):
+    from tests.oracle import analyze
+
+    monkeypatch.setattr(analyze, "_value", lambda art: (True, art))
+    off = [_Task("start", "miss", x="1"), _Task("a", "miss", y="2"), _Task("end", "miss", z="3")]
+    for t in off:
+        t.arts = dict(t.shas)
+
+    def memo(a_status, a_sha, end_sha):
+        tasks = [_Task("start", "hit", x="1"), _Task("a", a_status, y=a_sha)]
+        tasks.append(_Task("end", "hit", z=end_sha))
+        for t in tasks:
+            t.arts = dict(t.shas)
+        return tasks
+
+    # a hit on equal inputs that restores another value: the cache's fault
+    false, nondet = _classify(memo("hit", "9", "3"), off)
+    assert [(d["step"], d["artifact"]) for d in false] == [("a", "y")] and nondet == []
+    # and what follows from it (end's inputs differ) is part of that false hit
+    false, nondet = _classify(memo("hit", "9", "8"), off)
+    assert [d["step"] for d in false] == ["a", "end"] and nondet == []
+    # a body both runs executed on equal inputs: the flow is nondeterministic,
+    # and end, whose input differs because of it, is not blamed on the cache
+    false, nondet = _classify(memo("miss", "9", "8"), off)
+    assert false == [] and [d["step"] for d in nondet] == ["a", "end"]
+    assert "both runs executed" in nondet[0]["why"]
+    # a hit on equal inputs below an executed task: the cache's fault again
+    false, nondet = _classify(memo("miss", "2", "8"), off)
+    assert [(d["step"], d["artifact"]) for d in false] == [("end", "z")] and nondet == []
+    # a task missing from one run, with nothing above to explain it: in doubt, a false hit
+    false, nondet = _classify(memo("miss", "2", "3")[:2], off)
+    assert [(d["step"], d["artifact"]) for d in false] == [("end", "<task>")]
+
+
+def test_a_nondeterministic_case_fails_the_oracle_apart_from_false_hits():
+    flow = next(f for f in corpus() if f.name == "kitchen")
+    case = Case(flow, [flow.site("helper_d1")])
+    diff = {"step": "s", "task": "s", "artifact": "a", "memoized": 1, "uncached": 2}
+    o = Outcome(case, nondeterministic=[dict(diff, why="both runs executed this task")])
+    verdict = judge([o], {})
+    assert verdict["unexpected"] == []
+    assert oracle._mark(o) == "NONDETERMINISTIC" and oracle._failed([o], verdict)
+    text = oracle.tally([o], verdict, {}, 1.0, 0, False)
+    assert "nondeterministic cases: 1" in text
+    assert "NONDETERMINISTIC" in text and "kitchen:helper_d1" in text.split("NONDETERMINISTIC")[1]
+    assert not oracle._failed([Outcome(case)], judge([Outcome(case)], {}))

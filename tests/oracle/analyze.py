@@ -3,9 +3,10 @@
     python analyze.py FLOW WARM_RUN OFF_RUN MEMO_RUN NEEDS_JSON [INDEX_READERS_JSON]
 
 Prints one JSON document: the artifact differences between the memoized and the
-uncached run of the mutated flow (false hits), and per step how many tasks had
-to run (their step's code changed, they are new, or their inputs changed
-compared with the original run).
+uncached run of the mutated flow, split into false hits (a task the memoized run
+did not execute differs although its inputs are equal) and nondeterminism (a task
+both runs executed differs), and per step how many tasks had to run (their step's
+code changed, they are new, or their inputs changed compared with the original run).
 """
 
 import json
@@ -77,8 +78,8 @@ def _value(artifact):
         return False, "<cannot load: %s>" % err
 
 
-def false_hits(memo, off, order):
-    """Differences, the earliest step first (where the false hit happened)."""
+def differences(memo, off, order):
+    """Artifact differences between the two runs, the earliest step first."""
     diffs = []
     by_off = {t.exact: t for t in off}
     by_memo = {t.exact: t for t in memo}
@@ -93,6 +94,7 @@ def false_hits(memo, off, order):
                     "artifact": "<task>",
                     "memoized": "absent" if m is None else "present",
                     "uncached": "absent" if o is None else "present",
+                    "pair": None,
                 }
             )
             continue
@@ -116,11 +118,48 @@ def false_hits(memo, off, order):
                         "artifact": name,
                         "memoized": mv,
                         "uncached": ov,
+                        "pair": (m, o),
                     }
                 )
     rank = {s: i for i, s in enumerate(order)}
     diffs.sort(key=lambda d: rank.get(d["step"], len(rank)))
     return diffs
+
+
+def _executed(t) -> bool:
+    """Whether the memoized run ran this task's body (a hit did not)."""
+    return t.task.metadata_dict.get("memoize_status") != "hit"
+
+
+def classify(diffs, memo, off, preds, constants, index_readers, values):
+    """(false hits, nondeterminism): a difference is the cache's fault only where the
+    memoized task did not run its body although its inputs equal the uncached task's.
+    A task both runs executed on equal inputs that still differs is a nondeterministic
+    flow (or Metaflow: a join's input order can vary between runs), never a false hit;
+    a task whose inputs differ inherits the verdict of the difference above it."""
+    false, nondet = [], []
+    for d in diffs:
+        pair = d.pop("pair")
+        if pair is None:
+            same_inputs = False
+        else:
+            m, o = pair
+            same_inputs = _same_rows(
+                signature(m, memo, preds, constants, index_readers),
+                signature(o, off, preds, constants, index_readers),
+                values,
+            )
+        if same_inputs and not _executed(pair[0]):
+            false.append(d)
+        elif same_inputs:
+            nondet.append(dict(d, why="both runs executed this task on equal inputs"))
+        elif false:
+            false.append(d)  # follows from a false hit above
+        elif nondet:
+            nondet.append(dict(d, why="its inputs differ, after a nondeterministic task"))
+        else:
+            false.append(d)  # inputs differ with nothing above to explain it: in doubt
+    return false, nondet
 
 
 def _parents(t, tasks, preds):
@@ -176,20 +215,18 @@ def _same_rows(a, b, values):
     return True
 
 
-def needed(orig, orig_info, off, off_info, needs, index_readers=()):
+def _predecessors(info) -> dict:
     preds = {}
-    for name, node in off_info["steps"].items():
+    for name, node in info["steps"].items():
         for nxt in node["next"]:
             preds.setdefault(nxt, []).append(name)
-    opreds = {}
-    for name, node in orig_info["steps"].items():
-        for nxt in node["next"]:
-            opreds.setdefault(nxt, []).append(name)
-    constants = [p["name"] for p in off_info["parameters"] + off_info["constants"]]
-    oconstants = [p["name"] for p in orig_info["parameters"] + orig_info["constants"]]
+    return preds
 
+
+def _loader(tasks):
+    """Artifact value by sha, loaded once."""
     by_sha = {}
-    for t in orig + off:
+    for t in tasks:
         for a in t.arts.values():
             by_sha.setdefault(a.sha, a)
     loaded = {}
@@ -198,6 +235,16 @@ def needed(orig, orig_info, off, off_info, needs, index_readers=()):
         if sha not in loaded:
             loaded[sha] = _value(by_sha[sha])[1] if sha in by_sha else object()
         return loaded[sha]
+
+    return values
+
+
+def needed(orig, orig_info, off, off_info, needs, index_readers=()):
+    preds = _predecessors(off_info)
+    opreds = _predecessors(orig_info)
+    constants = [p["name"] for p in off_info["parameters"] + off_info["constants"]]
+    oconstants = [p["name"] for p in orig_info["parameters"] + orig_info["constants"]]
+    values = _loader(orig + off)
 
     def counterpart_keys(tasks):
         keys, seen = {}, {}
@@ -255,7 +302,22 @@ def main():
         if "memoize_status" not in one.task.metadata_dict:
             count[step] = tasks.get(step, 0)
     order = _topological(off_info)
-    print(json.dumps({"diffs": false_hits(memo, off, order), "needed": count, "tasks": tasks}))
+    preds = _predecessors(off_info)
+    constants = [p["name"] for p in off_info["parameters"] + off_info["constants"]]
+    values = _loader(memo + off)
+    false, nondet = classify(
+        differences(memo, off, order), memo, off, preds, constants, index_readers, values
+    )
+    print(
+        json.dumps(
+            {
+                "diffs": false,
+                "nondeterministic": nondet,
+                "needed": count,
+                "tasks": tasks,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -193,6 +193,10 @@ def generate(graph_name: str) -> tuple[str, dict[str, str], list[Mutation]]:
         lines.append('        record("%s")' % name)
         if name == "start":
             value = "self.alpha + OFFSET"
+        elif is_join and foreach_join.get(name) and len(parents[name]) > 1:
+            # after a switch inside a foreach, Metaflow orders the join's inputs by a
+            # set of step names (runtime._queue_task_join), so by PYTHONHASHSEED
+            value = "sorted(i.val for i in inputs)"
         elif is_join and foreach_join.get(name):
             value = "[i.val for i in inputs]"
         elif is_join:

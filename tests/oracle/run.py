@@ -10,8 +10,10 @@ step bodies the memoized run executed are counted against the minimum needed
 (steps whose code or non-artifact inputs the mutation changed, tasks that are
 new, and tasks whose input artifacts changed): the excess is a *needless miss*.
 
-Exit status: 0 when every false hit is listed in known_false_hits.txt and every
-listed case that ran as a single mutation still produces one; 1 otherwise.
+Exit status: 0 when every false hit is listed in known_false_hits.txt, every
+listed case that ran as a single mutation still produces one, and no case
+errored or proved nondeterministic (a task both runs executed on equal inputs
+differs: a flaw of the corpus flow, which then proves nothing); 1 otherwise.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class Outcome:
     executed: dict = field(default_factory=dict)
     needed: dict = field(default_factory=dict)
     seconds: float = 0.0
+    # differences in tasks both runs executed on equal inputs: the flow is not
+    # deterministic, so the case proves nothing about the cache (fix the flow)
+    nondeterministic: list = field(default_factory=list)
 
     @property
     def needless(self) -> int:
@@ -249,6 +254,7 @@ def run_case(case: Case, warm: Warm, root: Path, broken: bool) -> Outcome:
             raise RuntimeError("analysis failed:\n%s" % proc.stderr[-3000:])
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         out.diffs = result["diffs"]
+        out.nondeterministic = result.get("nondeterministic", [])
         out.needed = result["needed"]
         out.executed = _counts(c_memo)
         if not os.environ.get("ORACLE_KEEP"):
@@ -301,10 +307,22 @@ def random_cases(flows, rng: random.Random, count: int, exclude=()) -> list:
     return cases
 
 
+def _parse_case(case_id: str, flows) -> Case:
+    """A combination a random run printed (`flow:mutation+mutation`), to replay it."""
+    name, _, mutations = case_id.partition(":")
+    flow = next((f for f in flows if f.name == name), None)
+    if flow is None:
+        raise SystemExit("no corpus flow %r (see --list)" % name)
+    try:
+        return Case(flow, sorted((flow.site(m) for m in mutations.split("+")), key=lambda m: m.id))
+    except KeyError as err:
+        raise SystemExit("%s (see --list)" % err.args[0]) from None
+
+
 def select(args, flows) -> list:
     by_id = {c.id: c for c in deterministic_cases(flows)}
     if args.case:
-        return [by_id[c] for c in args.case]
+        return [by_id.get(c) or _parse_case(c, flows) for c in args.case]
     if args.quick:
         return [by_id[c] for c in QUICK]
     cases = list(by_id.values())
@@ -342,16 +360,40 @@ def judge(outcomes, known: dict) -> dict:
     return {"unexpected": unexpected, "known": seen_known, "fixed": fixed}
 
 
-def _fmt_diff(o: Outcome, limit: int = 6) -> list:
+def _fmt_diff(o: Outcome, limit: int = 6, nondeterministic: bool = False) -> list:
     lines = []
-    for d in o.diffs[:limit]:
+    diffs = o.nondeterministic if nondeterministic else o.diffs
+    for d in diffs[:limit]:
         lines.append(
-            "    step %s task %s artifact %s: memoized=%s uncached=%s"
-            % (d["step"], d["task"], d["artifact"], d["memoized"], d["uncached"])
+            "    step %s task %s artifact %s: memoized=%s uncached=%s%s"
+            % (
+                d["step"],
+                d["task"],
+                d["artifact"],
+                d["memoized"],
+                d["uncached"],
+                " (%s)" % d["why"] if d.get("why") else "",
+            )
         )
-    if len(o.diffs) > limit:
-        lines.append("    ... %d more differences" % (len(o.diffs) - limit))
+    if len(diffs) > limit:
+        lines.append("    ... %d more differences" % (len(diffs) - limit))
     return lines
+
+
+def _mark(o: Outcome) -> str:
+    if o.error:
+        return "ERROR"
+    if o.diffs:
+        return "FALSE HIT"
+    return "NONDETERMINISTIC" if o.nondeterministic else "ok"
+
+
+def _failed(outcomes, verdict) -> bool:
+    return bool(
+        verdict["unexpected"]
+        or verdict["fixed"]
+        or any(o.error or o.nondeterministic for o in outcomes)
+    )
 
 
 def tally(outcomes, verdict, known: dict, elapsed: float, seed, broken: bool) -> str:
@@ -366,6 +408,7 @@ def tally(outcomes, verdict, known: dict, elapsed: float, seed, broken: bool) ->
             k["needless"] += o.needless
             k["needed"] += sum(o.needed.values())
     errors = [o for o in outcomes if o.error]
+    nondet = [o for o in outcomes if o.nondeterministic and not o.diffs]
     lines = [
         "oracle: %d cases (%d flows, %d mutation kinds), seed %s%s, %.0fs"
         % (
@@ -378,8 +421,13 @@ def tally(outcomes, verdict, known: dict, elapsed: float, seed, broken: bool) ->
         ),
         "false hits: %d unexpected, %d known (known_false_hits.txt), %d listed but fixed"
         % (len(verdict["unexpected"]), len(verdict["known"]), len(verdict["fixed"])),
-        "needless misses: %d step bodies in %d cases; errors: %d"
-        % (sum(o.needless for o in outcomes), sum(1 for o in outcomes if o.needless), len(errors)),
+        "needless misses: %d step bodies in %d cases; nondeterministic cases: %d; errors: %d"
+        % (
+            sum(o.needless for o in outcomes),
+            sum(1 for o in outcomes if o.needless),
+            len(nondet),
+            len(errors),
+        ),
         "",
         "%-24s %6s %6s %9s %9s" % ("kind", "cases", "false", "needless", "needed"),
     ]
@@ -406,6 +454,15 @@ def tally(outcomes, verdict, known: dict, elapsed: float, seed, broken: bool) ->
                 )
                 lines.append("  %s%s" % (o.case.id, " (%s)" % why if why else ""))
                 lines += _fmt_diff(o)
+    if nondet:
+        lines += [
+            "",
+            "NONDETERMINISTIC (a task both runs executed differs on equal inputs; "
+            "not the cache, but the case proves nothing: make the flow deterministic):",
+        ]
+        for o in nondet:
+            lines.append("  %s" % o.case.id)
+            lines += _fmt_diff(o, nondeterministic=True)
     if verdict["fixed"]:
         lines += ["", "LISTED IN known_false_hits.txt BUT NO LONGER FALSE HITS (remove them):"]
         lines += ["  %s" % c for c in verdict["fixed"]]
@@ -505,9 +562,8 @@ def main(argv=None) -> int:
             if args.save:
                 with open(args.save + ".partial", "a") as f:  # survives an interrupted run
                     f.write(json.dumps(_row(o)) + "\n")
-            mark = "FALSE HIT" if o.diffs else ("ERROR" if o.error else "ok")
             print(
-                "  %-70s %-9s needless=%d %.0fs" % (case.id, mark, o.needless, o.seconds),
+                "  %-70s %-9s needless=%d %.0fs" % (case.id, _mark(o), o.needless, o.seconds),
                 flush=True,
             )
             return o
@@ -523,8 +579,7 @@ def main(argv=None) -> int:
         write_report(Path(args.report), text, args)
     if not args.workdir:
         shutil.rmtree(root, ignore_errors=True)
-    failed = verdict["unexpected"] or verdict["fixed"] or any(o.error for o in outcomes)
-    return 1 if failed else 0
+    return 1 if _failed(outcomes, verdict) else 0
 
 
 def write_report(path: Path, text: str, args) -> None:
@@ -546,6 +601,7 @@ def _row(o: Outcome) -> dict:
         "mutations": [m.id for m in o.case.mutations],
         "error": o.error,
         "diffs": o.diffs,
+        "nondeterministic": o.nondeterministic,
         "executed": o.executed,
         "needed": o.needed,
         "seconds": o.seconds,
@@ -578,7 +634,15 @@ def rejudge(paths, flows, args) -> int:
         flow = by_name[r["flow"]]
         case = Case(flow, [flow.site(m) for m in r["mutations"]])
         outcomes.append(
-            Outcome(case, r["error"], r["diffs"], r["executed"], r["needed"], r["seconds"])
+            Outcome(
+                case,
+                r["error"],
+                r["diffs"],
+                r["executed"],
+                r["needed"],
+                r["seconds"],
+                r.get("nondeterministic", []),
+            )
         )
     known = read_known()
     verdict = judge(outcomes, known)
@@ -586,5 +650,4 @@ def rejudge(paths, flows, args) -> int:
     print(text)
     if args.report:
         write_report(Path(args.report), text, args)
-    failed = verdict["unexpected"] or verdict["fixed"] or any(o.error for o in outcomes)
-    return 1 if failed else 0
+    return 1 if _failed(outcomes, verdict) else 0
