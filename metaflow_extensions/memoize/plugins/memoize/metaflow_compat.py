@@ -25,6 +25,7 @@ Verified against metaflow 2.19.x (see docs/concepts.md). What we rely on:
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import re
@@ -33,8 +34,10 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
-from metaflow.decorators import FlowDecorator
+from metaflow.decorators import Decorator, FlowDecorator
 from metaflow.metadata_provider import MetaDatum
+
+_DECORATOR_TAKES_INSERTED_BY = "inserted_by" in inspect.signature(Decorator.__init__).parameters
 
 TRANSITION_ATTRIBUTES = (
     "_transition",
@@ -336,7 +339,22 @@ def join_type(graph, step_name) -> str | None:
 
 
 def sorted_steps(graph) -> list[str]:
-    return list(graph.sorted_nodes)
+    # Metaflow 2.12 appends a node at every visit (graph.py traverse), so a step
+    # below two paths appears twice, the first time too early: keep its last visit
+    # (2.13 and later keep only that one, so this changes nothing there)
+    return list(reversed(list(dict.fromkeys(reversed(graph.sorted_nodes)))))
+
+
+def start_step(graph) -> str:
+    """The first step: configurable since 2.19.23 (``@step(start=True)``)."""
+    return getattr(graph, "start_step", None) or "start"
+
+
+def decorator_init_args(attributes, statically_defined, inserted_by) -> tuple:
+    """``Decorator.__init__``'s arguments: ``inserted_by`` exists since 2.16."""
+    if _DECORATOR_TAKES_INSERTED_BY:
+        return (attributes, statically_defined, inserted_by)
+    return (attributes, statically_defined)
 
 
 def out_funcs(graph, step_name) -> list[str]:
@@ -898,7 +916,7 @@ class LaunchingTask:
         ``first``: the ``FOREACH_BOOKKEEPING`` of its first input (``load_present``)."""
         from metaflow.tuple_util import ForeachFrame
 
-        if self.step == self.graph.start_step:
+        if self.step == start_step(self.graph):
             return []
         stack = list(first.get("_foreach_stack") or [])
         kind = join_type(self.graph, self.step)
@@ -974,6 +992,10 @@ def bookkeeping_values(task_datastore, names: Iterable[str]) -> dict[str, Any]:
     """Bookkeeping artifacts of a finished task, JSON-like (absent: None), in one read."""
     names = list(names)
     loaded = load_present(task_datastore, names)
+    if "_iteration_stack" in names and loaded.get("_iteration_stack") is None:
+        # written since 2.17.4 (recursive steps); Metaflow's own default before
+        # (runtime.py: results.get("_iteration_stack", []))
+        loaded["_iteration_stack"] = []
     return {n: jsonable_bookkeeping(n, loaded.get(n)) for n in names}
 
 

@@ -215,7 +215,8 @@ class MemoizeDecorator(StepDecorator):
         )
         for name in self._unknown_arguments:
             attributes.pop(name)
-        super().__init__(attributes, statically_defined, inserted_by)
+        super().__init__(*mf.decorator_init_args(attributes, statically_defined, inserted_by))
+        self.inserted_by = inserted_by  # set by Metaflow itself since 2.16
 
     # -- orchestrator and task: validate -------------------------------------
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):

@@ -169,8 +169,7 @@ class Planner:
     # -- the walk -----------------------------------------------------------
     def plan(self, parameter_hashes: dict[str, str]) -> PlanResult:
         incoming: dict[str, list[Context]] = {s: [] for s in mf.sorted_steps(self.graph)}
-        start = self.graph.start_step if hasattr(self.graph, "start_step") else "start"
-        incoming[start].append(Context("_parameters", dict(parameter_hashes)))
+        incoming[mf.start_step(self.graph)].append(Context("_parameters", dict(parameter_hashes)))
         plans = []
         for step in mf.sorted_steps(self.graph):
             plan = StepPlan(step)
