@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Metaflow refuses to run without a user name; CI machines may not set one.
 export USERNAME ?= $(or $(USER),memoize-user)
 
-.PHONY: install demo test test-slow test-stress lint format bench bench-quick verify clean
+.PHONY: install demo test test-slow test-stress test-compat lint format bench bench-quick verify clean
 
 # An editable install: the checkout's code is what runs. Metaflow finds the
 # extension through the `metaflow_extensions` namespace package; setup.py lists
@@ -50,6 +50,13 @@ test-slow: install
 # about 15 minutes; their small variants run in `make test`.
 test-stress: install
 	$(BIN)/python -m pytest -n 2 -q -m stress tests
+
+# The compat suite (tests marked compat) against each supported Metaflow release,
+# each in .venv-compat/<version>: the newest patch of every minor (docs/compatibility.md).
+# `make test` already runs it against the Metaflow in .venv; CI adds the oldest.
+COMPAT_VERSIONS ?= 2.12.37 2.12.39 2.13.10 2.14.3 2.15.21 2.16.8 2.17.5 2.18.13 2.19.39
+test-compat:
+	PYTHON=$(PYTHON) bash tests/compat.sh $(COMPAT_VERSIONS)
 
 lint: install
 	$(BIN)/ruff check .

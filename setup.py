@@ -16,7 +16,9 @@ setup(
     # an editable install maps it to the checkout and Metaflow finds the extension
     packages=find_namespace_packages(include=["metaflow_extensions", "metaflow_extensions.*"]),
     install_requires=[
-        "metaflow>=2.19.30,<2.20",
+        # 2.12.37: the first release with the CLI components and Config the extension
+        # builds on; every minor since is tested (make test-compat, docs/compatibility.md)
+        "metaflow>=2.12.37,<2.20",
         "boto3>=1.28",
         "cloudpickle>=2.0",
         "xxhash>=3.0",

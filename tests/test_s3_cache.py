@@ -22,6 +22,7 @@ def _cache_env(s3_env, **extra):
     return env
 
 
+@pytest.mark.compat  # the S3 store on every supported Metaflow (make test-compat)
 def test_local_datastore_with_s3_cache(runner, s3_env):
     runner.add_flow("s3_flow.py")
     env = _cache_env(s3_env)
