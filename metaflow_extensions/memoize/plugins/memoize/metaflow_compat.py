@@ -1,6 +1,8 @@
 """Every use of Metaflow internals lives here, so a Metaflow upgrade is a one-file change.
 
-Verified against metaflow 2.19.x (see docs/concepts.md). What we rely on:
+Verified against Metaflow 2.12.37 to 2.19.x (docs/compatibility.md, `make
+test-compat`); differences between releases are feature probes here, never
+version strings. What we rely on:
 
 * ``TaskDataStore._objects`` / ``_info``: name -> content hash (sha1 of the
   pickled bytes) and per-artifact info; ``persist()`` copies the flow's
