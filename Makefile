@@ -43,7 +43,7 @@ test: install
 	$(BIN)/python -m pytest -n 2 -q -m "not slow and not stress" tests
 
 test-slow: install
-	$(BIN)/python -m pytest -n 2 -q -m "slow and not stress" tests
+	$(BIN)/python -m pytest -n 2 -q -m "slow and not stress and not compat" tests
 
 # The full-size reliability runs (20 writers killed mid-upload, 8 concurrent runs
 # x 10 keys, prune racing 4 runs, flaky S3 at 5% and 20% on the S3 datastore):

@@ -17,8 +17,9 @@ setup(
     packages=find_namespace_packages(include=["metaflow_extensions", "metaflow_extensions.*"]),
     install_requires=[
         # 2.12.37: the first release with the CLI components and Config the extension
-        # builds on; every minor since is tested (make test-compat, docs/compatibility.md)
-        "metaflow>=2.12.37,<2.20",
+        # builds on; every minor since is tested (make test-compat), and a newer one
+        # is checked at run time (docs/compatibility.md): no upper bound
+        "metaflow>=2.12.37",
         "boto3>=1.28",
         "cloudpickle>=2.0",
         "xxhash>=3.0",

@@ -1,14 +1,16 @@
 """What must hold on every supported Metaflow release (docs/compatibility.md).
 
-`make test` runs it against the Metaflow in .venv; `make test-compat` against each
-release of the matrix, in a venv of its own (tests/compat.sh). Each test is one
-shape of use: cloned hits, hits inside tasks, refresh, an edit, the S3 store.
+`make test-compat` runs it against each release of the matrix, in a venv of its
+own (tests/compat.sh), and CI against the oldest. On the newest release the same
+behaviours are covered by the rest of the suite (test_shapes, test_orchestrator_hits,
+test_modes_refresh), so `make test` and `make test-slow` leave this module out.
+Each test is one shape of use: cloned hits, hits inside tasks, refresh, an edit.
 """
 
 import metaflow
 import pytest
 
-pytestmark = pytest.mark.compat
+pytestmark = [pytest.mark.compat, pytest.mark.slow]
 
 FLOW = "CompatFlow"
 STEPS = ["start", "left", "right", "branch_join", "fan_out", "body", "fan_join", "end"]

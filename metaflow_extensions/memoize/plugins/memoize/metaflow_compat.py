@@ -33,7 +33,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from metaflow.decorators import Decorator, FlowDecorator
@@ -461,6 +461,167 @@ class DatastoreBlobs:
 
 def datastore_root_for_cli(flow_datastore) -> str | None:
     return getattr(flow_datastore, "datastore_root", None)
+
+
+# -- releases newer than the newest tested -------------------------------------
+#: the newest minor release `make test-compat` passed on (docs/compatibility.md)
+NEWEST_TESTED = (2, 19)
+
+
+def metaflow_version() -> str:
+    # not metaflow.__version__: Metaflow sets it after loading its extensions,
+    # which is when this module first asks
+    from metaflow.version import metaflow_version as version
+
+    return str(version or "")
+
+
+def _minor(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split(".")[:2]:
+        match = re.match(r"\d+", part)
+        if not match:
+            break
+        parts.append(int(match.group()))
+    return tuple(parts)
+
+
+def is_untested_release(version: str | None = None) -> bool:
+    minor = _minor(version if version is not None else metaflow_version())
+    return len(minor) == 2 and minor > NEWEST_TESTED
+
+
+def _source_has(obj, *names: str) -> bool:
+    try:
+        source = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return False
+    return all(name in source for name in names)
+
+
+def _invariants() -> dict[str, list[tuple[str, Callable[[], bool]]]]:
+    """What each part of the extension relies on, as checks that hold on every
+    tested release: {part: [(what, check)]}. ``memoize``: keys and hits at all;
+    ``orchestrator``: hits completed before a task is launched (clones);
+    ``refresh options``: `run --memoize-refresh`."""
+
+    def task_datastore():
+        from metaflow.datastore.task_datastore import TaskDataStore
+
+        return TaskDataStore
+
+    def native_runtime():
+        from metaflow.runtime import NativeRuntime
+
+        return NativeRuntime
+
+    def clone_util():
+        from metaflow import clone_util
+
+        return clone_util
+
+    def lazy_group():
+        from metaflow.cli_components.utils import LazyGroup
+
+        return LazyGroup
+
+    return {
+        "memoize": [
+            (
+                "TaskDataStore keeps artifact hashes in _objects and _info",
+                lambda: _source_has(task_datastore(), "self._objects", "self._info"),
+            ),
+            (
+                "TaskDataStore.load_artifacts",
+                lambda: hasattr(task_datastore(), "load_artifacts"),
+            ),
+        ],
+        "orchestrator": [
+            (
+                "NativeRuntime._launch_worker hands clones over in _cloned_tasks",
+                lambda: (
+                    hasattr(native_runtime(), "_launch_worker")
+                    and _source_has(native_runtime(), "self._cloned_tasks", "_clone_only")
+                ),
+            ),
+            (
+                "clone_util.clone_task_helper (the way resume clones a task, which a hit copies)",
+                lambda: hasattr(clone_util(), "clone_task_helper"),
+            ),
+        ],
+        "refresh options": [
+            (
+                "cli_components.utils.LazyGroup._lazy_load",
+                lambda: hasattr(lazy_group(), "_lazy_load"),
+            ),
+        ],
+    }
+
+
+_FAILED_INVARIANTS: dict[str, str | None] = {}
+
+
+def part_untrusted(part: str) -> str | None:
+    """On a Metaflow release newer than NEWEST_TESTED, the first check of ``part``
+    (a key of ``_invariants``) that fails there, or None; always None on a tested
+    release: the compat suite checked it whole. Evaluated when first asked, once
+    per process: a part is asked for when the modules its checks import can be
+    imported (not while Metaflow itself is still loading its extensions)."""
+    if not is_untested_release():
+        return None
+    if part not in _FAILED_INVARIANTS:
+        # tests/test_newer_release.py: a part whose internals a newer release changed
+        # (changing them for real would break Metaflow itself, which uses them too)
+        pretend_failed = os.environ.get("METAFLOW_MEMOIZE_TEST_FAIL_INVARIANT", "")
+        failed = None
+        for what, check in _invariants()[part]:
+            try:
+                holds = bool(check()) and part != pretend_failed
+            except Exception:
+                holds = False
+            if not holds:
+                failed = what
+                break
+        _FAILED_INVARIANTS[part] = failed
+    return _FAILED_INVARIANTS[part]
+
+
+def untrusted() -> dict[str, str]:
+    """{part: the check that failed} for every part of the extension this (newer,
+    untested) Metaflow release does not support; empty on a tested release."""
+    found = {part: part_untrusted(part) for part in _invariants()}
+    return {part: what for part, what in found.items() if what}
+
+
+def untested_release_warning() -> str | None:
+    """The one line a run on an untested release prints when something is off."""
+    failed = untrusted()
+    if not failed:
+        return None
+    if "memoize" in failed:
+        effect = "@memoize is disabled: every step runs uncached"
+    else:
+        effect = "%s disabled, the rest of @memoize works" % " and ".join(
+            {
+                "orchestrator": "hits completed in the orchestrator (each hit starts its task)",
+                "refresh options": "--memoize-refresh on run/resume (use METAFLOW_MEMOIZE_REFRESH)",
+            }[p]
+            for p in sorted(failed)
+        )
+    return (
+        "[memoize] WARNING: Metaflow %s is newer than the newest release metaflow-memoize "
+        "was tested with (%d.%d) and it changed what the extension relies on (%s): %s. "
+        "Upgrade metaflow-memoize, or pin metaflow<%d.%d."
+        % (
+            metaflow_version(),
+            NEWEST_TESTED[0],
+            NEWEST_TESTED[1],
+            "; ".join(failed.values()),
+            effect,
+            NEWEST_TESTED[0],
+            NEWEST_TESTED[1] + 1,
+        )
+    )
 
 
 # -- `run --memoize-refresh` -------------------------------------------------

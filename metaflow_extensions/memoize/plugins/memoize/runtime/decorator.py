@@ -78,7 +78,9 @@ def _receive_refresh_request(value):
     os.environ[config.ENV_REFRESH] = value
 
 
-mf.install_run_options(_request_refresh_all, _request_refresh_steps, _receive_refresh_request)
+if not mf.part_untrusted("refresh options"):
+    mf.install_run_options(_request_refresh_all, _request_refresh_steps, _receive_refresh_request)
+_WARNED_UNTESTED_RELEASE = False
 
 
 def _check_root_setting():
@@ -329,9 +331,15 @@ class MemoizeDecorator(StepDecorator):
 
     # -- orchestrator: end-of-run summary ------------------------------------
     def runtime_init(self, flow, graph, package, run_id):
+        global _WARNED_UNTESTED_RELEASE
         _RunSummary.start(flow, graph, run_id)
-        # the runtime exists now (importing it with this module would be circular)
-        mf.install_launch_hook(_RunSummary.orchestrator)
+        untrusted = mf.untrusted()
+        if untrusted and not _WARNED_UNTESTED_RELEASE:
+            _WARNED_UNTESTED_RELEASE = True
+            print(mf.untested_release_warning(), file=sys.stderr, flush=True)
+        if not {"memoize", "orchestrator"} & set(untrusted):
+            # the runtime exists now (importing it with this module would be circular)
+            mf.install_launch_hook(_RunSummary.orchestrator)
 
     def runtime_finished(self, exception):
         _RunSummary.finish()
@@ -385,7 +393,7 @@ class MemoizeDecorator(StepDecorator):
         mode = config.mode()
         self._mode = mode
         meta: dict[str, Any] = {}
-        if mode == "off" or ubf_context:
+        if mode == "off" or ubf_context or mf.part_untrusted("memoize"):
             self._status = "disabled"
             self._register({"memoize_status": "disabled"})
             return
