@@ -9,6 +9,8 @@ tests/newer_release/sitecustomize.py makes the flow's processes report Metaflow
 import os
 from pathlib import Path
 
+import pytest
+
 from metaflow_extensions.memoize.plugins.memoize import metaflow_compat as mf
 
 NEWER = Path(__file__).parent / "newer_release"
@@ -65,6 +67,7 @@ def test_every_invariant_holds_on_the_installed_release():
     assert not mf.is_untested_release("2.19.99") and not mf.is_untested_release("2.12.37")
 
 
+@pytest.mark.slow  # flows; make test keeps the invariant check above
 def test_a_newer_release_whose_invariants_hold_changes_nothing(runner):
     first, second, y = _twice(runner, _env())
     version = runner.client_json(
@@ -79,6 +82,7 @@ def test_a_newer_release_whose_invariants_hold_changes_nothing(runner):
     assert runner.count("start") == 2
 
 
+@pytest.mark.slow  # flows; make test keeps the invariant check above
 def test_a_newer_release_that_changed_the_clone_protocol_hits_inside_tasks(runner):
     first, second, y = _twice(runner, _env("orchestrator"))
     warnings = [line for line in second.output.splitlines() if WARNING in line]
@@ -90,6 +94,7 @@ def test_a_newer_release_that_changed_the_clone_protocol_hits_inside_tasks(runne
     assert y == "42"
 
 
+@pytest.mark.slow  # flows; make test keeps the invariant check above
 def test_a_newer_release_that_changed_the_datastore_runs_every_step_uncached(runner):
     first, second, y = _twice(runner, _env("memoize"))
     warnings = [line for line in first.output.splitlines() if WARNING in line]
