@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,15 +53,8 @@ def measure(bench):
             row["floor_scan_s"] = _floor_scan(bench, prefix)
         started = time.perf_counter()
         if api:
-            saved = os.environ.pop("METAFLOW_MEMOIZE_SIGNING_KEY", None)
-            if key:
-                os.environ["METAFLOW_MEMOIZE_SIGNING_KEY"] = key
-            try:
-                target = maintenance.open_target(url)
-            finally:
-                os.environ.pop("METAFLOW_MEMOIZE_SIGNING_KEY", None)
-                if saved is not None:
-                    os.environ["METAFLOW_MEMOIZE_SIGNING_KEY"] = saved
+            # what open_target builds, with this rep's key instead of the environment's
+            target = maintenance.Target(P.Cache(P.S3Store(url), signing_key=key))
             now = time.time()
             plan = maintenance.plan_prune(
                 target, maintenance.PruneCriteria(older_than=0.0), now, grace=0.0
