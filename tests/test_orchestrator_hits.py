@@ -3,8 +3,9 @@ datastore is completed as a clone of that origin, and no task process is launche
 
 The clone must be exactly what the task would have produced; whenever it would
 not be (different foreach position, an inherited artifact outside the key
-changed, origin gone, a decorator with task-side output), the task is launched
-and decides for itself.
+changed, origin gone), the orchestrator composes the task instead
+(tests/test_composed_hits.py); a decorator with task-side output, a refresh or
+clones turned off launch the task, which decides for itself.
 """
 
 import shutil
@@ -113,10 +114,11 @@ def test_a_foreach_task_is_not_cloned_from_an_origin_at_another_index(runner):
         "'x-done'",
         "'y-done'",
     ]
-    cloned = [row["index"] for row in work if row["meta"].get("memoize_cloned") == "true"]
-    assert len(cloned) == 2 and all(r["meta"]["memoize_status"] == "hit" for r in work)
-    assert "work" in second.launched_steps()  # the third one ran as a task (a hit in it)
-    # the summary counts the clones and the hit inside the launched task alike
+    how = sorted(row["meta"].get("memoize_completed") for row in work)
+    # the third one is composed in the orchestrator at its own position
+    assert how == ["cloned", "cloned", "composed"], work
+    assert all(r["meta"]["memoize_status"] == "hit" for r in work)
+    assert "work" not in second.launched_steps()
     assert "[memoize] 3 hits, 0 misses" in second.output
     join = tasks_of(runner, "DupFlow", second.run_id)["join"][0]
     assert join["artifacts"]["outs"] == repr(["x-done", "x-done", "y-done"])
@@ -160,26 +162,29 @@ def test_a_task_whose_unkeyed_inherited_artifact_changed_is_not_cloned(runner):
     tasks = tasks_of(runner, "UnkeyedFlow", second.run_id)
     square = tasks["square"][0]
     assert square["meta"]["memoize_status"] == "hit"
-    assert "memoize_cloned" not in square["meta"]
+    assert square["meta"]["memoize_completed"] == "composed"
     # the origin carried label-one; the task must carry this run's label
     assert square["artifacts"]["label"] == "'label-two'"
     assert tasks["end"][0]["artifacts"]["seen"] == repr((9, "label-two"))
 
 
 @pytest.mark.slow
-def test_origin_run_deleted_falls_back_to_a_hit_inside_the_task(runner):
+def test_origin_run_deleted_every_hit_is_composed(runner):
     runner.add_flow("shapes_flow.py")
     first = runner.run("shapes_flow.py")
     counts = runner.executions()
+    before = without_meta(tasks_of(runner, "ShapesFlow", first.run_id))
     shutil.rmtree(runner.workdir / ".metaflow" / "ShapesFlow" / first.run_id)
 
     second = runner.run("shapes_flow.py")
 
     assert runner.executions() == counts
-    assert "start" in second.launched_steps()
+    assert second.launched_steps() == set(), second.output
     tasks = tasks_of(runner, "ShapesFlow", second.run_id)
+    assert without_meta(tasks) == before
     metas = [row["meta"] for rows in tasks.values() for row in rows]
-    assert all(m["memoize_status"] == "hit" and "memoize_cloned" not in m for m in metas)
+    assert all(m["memoize_status"] == "hit" for m in metas)
+    assert all(m.get("memoize_completed") == "composed" for m in metas)
     assert tasks["end"][0]["artifacts"]["final"] == repr(("big:182", 43, [10, 18, 154]))
 
 
@@ -372,7 +377,7 @@ def test_the_orchestrator_stops_checking_a_step_that_keeps_missing(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_clone_is_not_made_when_the_origins_blobs_are_gone(runner):
+def test_a_clone_is_not_made_when_the_origins_blobs_are_gone_but_a_composed_hit_is(runner):
     runner.add_flow("shapes_flow.py")
     first = runner.run("shapes_flow.py")
     counts = runner.executions()
@@ -390,8 +395,10 @@ def test_a_clone_is_not_made_when_the_origins_blobs_are_gone(runner):
     second = runner.run("shapes_flow.py")
 
     assert runner.executions() == counts
-    assert "start" in second.launched_steps()  # a hit inside the task copied it back in
+    assert second.launched_steps() == set(), second.output
     after = tasks_of(runner, "ShapesFlow", second.run_id)
-    assert "memoize_cloned" not in after["start"][0]["meta"]
+    # composed instead, with the blob copied back in from the cache
+    assert after["start"][0]["meta"]["memoize_completed"] == "composed"
+    assert blob.exists()
     assert after["start"][0]["artifacts"]["base"] == "20"
-    assert after["fan_out"][0]["meta"].get("memoize_cloned") == "true"
+    assert after["fan_out"][0]["meta"].get("memoize_completed") == "cloned"

@@ -207,10 +207,18 @@ def _recordable(attr: str, value: Any) -> Any:
 
 
 def record_transition(flow) -> dict[str, Any]:
-    """The step's recorded transition, JSON-able, to replay on a hit."""
+    """The step's recorded transition, JSON-able, to replay on a hit.
+
+    Only what the task itself set (``next()``, task.py's ``_init_foreach``): an
+    attribute it inherited (``_foreach_values`` below a foreach: as long as the
+    item list) is left out, and a hit inherits it from its current parent, as the
+    step would. Entries written before recorded every attribute; replaying those
+    sets each one, as it always did.
+    """
     return {
-        attr: _recordable(attr, flow.__dict__.get(attr, getattr(flow, attr, None)))
+        attr: _recordable(attr, flow.__dict__[attr])
         for attr in TRANSITION_ATTRIBUTES
+        if attr in flow.__dict__
     }
 
 
@@ -255,11 +263,21 @@ def replay(flow, artifacts: dict[str, dict[str, Any]], transition: dict[str, Any
         flow.__dict__.pop(name, None)
         datastore._objects[name] = record["sha"]
         datastore._info[name] = dict(record["info"])
+    for attr, value in transition_values(transition or {}).items():
+        setattr(flow, attr, value)
+
+
+def transition_values(transition: dict[str, Any]) -> dict[str, Any]:
+    """The flow attributes a recorded transition sets (see ``record_transition``)."""
+    values = {}
     for attr in TRANSITION_ATTRIBUTES:
-        value = transition.get(attr)
+        if attr not in transition:
+            continue  # inherited from the parent: left as it is
+        value = transition[attr]
         if attr == "_transition" and value is not None:
             value = tuple([value["funcs"], value["foreach"]] + list(value.get("extra") or []))
-        setattr(flow, attr, value)
+        values[attr] = value
+    return values
 
 
 def has_parallel_or_ubf(graph, step_name) -> bool:
@@ -1139,6 +1157,133 @@ class LaunchingTask:
 
     def register(self, fields: dict[str, Any]) -> None:
         register_task_metadata(self.metadata, self.run_id, self.step, self.task_id, 0, fields)
+
+    def parameters_task(self):
+        """This run's ``_parameters`` task (read mode), or None when the run did not
+        write it itself (a resume clones it from the origin run)."""
+        params = getattr(self._runtime, "_params_task", None)
+        if params is None or getattr(params, "is_cloned", True):
+            return None
+        parts = str(params.path).split("/")
+        return self.open_task(*parts) if len(parts) == 3 else None
+
+    def compose(
+        self,
+        first_input,
+        parameters,
+        produced: dict[str, tuple[str, dict[str, Any]]],
+        transition: dict[str, Any],
+        frames: list[Any],
+        saved: dict[str, tuple[str, dict[str, Any]]],
+    ) -> None:
+        """Complete this task with what the task itself would write on a hit
+        (task.py's ``run_step`` with the body replaced by ``replay``): artifact
+        references and a few small bookkeeping objects, no artifact bytes.
+
+        * A linear step starts from everything its input has (``_set_datastore``
+          of the input); a join only from what ``_init_parameters`` passes down
+          from its first input (parameters, public class attributes, the graph).
+        * ``persist`` then stores the flow object's own attributes again: the ones
+          every task stores (``name``, private class attributes) are taken from
+          ``parameters``, this run's ``_parameters`` task, which stored the same.
+        * Then ``produced`` (name -> (sha, info)), whose blobs must be in the
+          datastore, and the bookkeeping this task sets (``task_bookkeeping``).
+
+        ``saved``: value key -> (sha, info) of bookkeeping objects this run wrote
+        before (identical objects are written once).
+        """
+        is_join = node_type(self.graph, self.step) == "join"
+        passed = passed_down_names(self.flow)
+        source = first_input._objects
+        names = [n for n in source if n in passed] if is_join else list(source)
+        objects = {n: source[n] for n in names}
+        info = {n: dict(first_input._info.get(n) or {}) for n in names}
+        for name, sha in parameters._objects.items():
+            if name in passed or name in VALUE_CHECKED_ARTIFACTS:
+                continue
+            objects[name] = sha
+            info[name] = dict(parameters._info.get(name) or {})
+        for name, (sha, record) in produced.items():
+            objects[name] = sha
+            info[name] = dict(record)
+        output = self.flow_datastore.get_task_datastore(
+            self.run_id, self.step, self.task_id, attempt=0, mode="w"
+        )
+        output.init_task()
+        values = task_bookkeeping(self.step, frames, transition)
+        unsaved = []
+        for name, value in values.items():
+            known = saved.get(_value_key(value))
+            if known is None:
+                unsaved.append((name, value))
+            else:
+                objects[name], info[name] = known[0], dict(known[1])
+        output._objects = objects
+        output._info = info
+        if unsaved:
+            output.save_artifacts(iter(unsaved), len_hint=len(unsaved))
+            for name, value in unsaved:
+                saved[_value_key(value)] = (output._objects[name], dict(output._info[name]))
+        self.metadata.register_task_id(self.run_id, self.step, self.task_id, 0)
+        tags = ["attempt_id:0"]
+        metadata = [
+            MetaDatum("attempt", "0", "attempt", tags),
+            MetaDatum("attempt_ok", "True", "internal_attempt_status", tags),
+        ]
+        path = ",".join("%s:%s" % (f.step, f.index) for f in frames)
+        if path:
+            metadata.append(
+                MetaDatum("foreach-execution-path", path, "foreach-execution-path", tags)
+            )
+        self.metadata.register_metadata(self.run_id, self.step, self.task_id, metadata)
+        output.done()
+
+
+def _value_key(value: Any) -> str:
+    return repr((type(value).__name__, value))
+
+
+def _sets_iteration_stack() -> bool:
+    """Whether tasks store ``_iteration_stack`` (recursive steps: Metaflow 2.17.4+)."""
+    from metaflow.task import MetaflowTask
+
+    return hasattr(MetaflowTask, "_init_iteration")
+
+
+def task_bookkeeping(step: str, frames: list[Any], transition: dict[str, Any]) -> dict[str, Any]:
+    """The bookkeeping attributes a (non-recursive) task of ``step`` stores when its
+    body is replaced by a replay of ``transition``: task.py sets the first ones
+    before the body, ``replay`` the transition."""
+    values: dict[str, Any] = {
+        "_foreach_var": None,
+        "_foreach_num_splits": None,
+        "_foreach_stack": list(frames),
+        "_current_step": step,
+        "_success": True,
+        "_task_ok": True,
+        "_exception": None,
+    }
+    if _sets_iteration_stack():
+        values["_iteration_stack"] = []
+    values.update(transition_values(transition or {}))
+    return values
+
+
+def passed_down_names(flow) -> set[str]:
+    """What task.py's ``_init_parameters`` turns into read-only class properties
+    (so ``persist`` leaves them as the task's input has them): the parameters, the
+    public class attributes, the graph."""
+    from types import FunctionType, MethodType
+
+    cls = flow.__class__
+    names = set(parameter_names(flow))
+    for var in dir(cls):
+        if var[0] == "_" or var in cls._NON_PARAMETERS or var in names:
+            continue
+        if isinstance(getattr(cls, var, None), (MethodType, FunctionType, property, type)):
+            continue
+        names.add(var)
+    return names | PASSED_DOWN_ARTIFACTS
 
 
 #: What a task's foreach position is computed from, in its first input.

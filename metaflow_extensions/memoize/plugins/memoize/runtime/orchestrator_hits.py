@@ -1,17 +1,23 @@
 """Hits decided in the orchestrator, before a task is launched.
 
 A hit inside a task costs a whole task process (Python, Metaflow, the flow's
-imports: ~0.4 s here) to restore a few references. When the entry's origin
-task is in the run's own datastore, the orchestrator can do better: complete
-the new task as a clone of the origin, as `resume` clones tasks (references and
-metadata only), and launch nothing.
+imports: ~0.4 s here) to restore a few references. The orchestrator completes
+the task itself instead, writing exactly what that task would have written,
+and launches nothing:
 
-Only when the clone is exactly what the task would have produced: the origin's
-artifacts must be the entry's outputs plus what the task would inherit now,
-hash for hash, and its bookkeeping (foreach position, transition, success)
-must be the task's. Anything else (origin gone, an inherited artifact outside
-the key changed, a different foreach index, a fault) launches the task, which
-decides for itself: a slower hit, never a different result.
+* cloned: when the entry's origin task is in the run's datastore and equals
+  the hit hash for hash (its inherited artifacts are what the task inherits
+  now, its bookkeeping is the task's), the task is a copy of it, as `resume`
+  makes: references and metadata only.
+* composed: otherwise (the origin is elsewhere or gone, the foreach list grew,
+  an inherited artifact outside the key changed), the task gets its input's
+  artifacts, the entry's outputs (copied into the datastore first where they
+  are not there) and its own bookkeeping, as task.py would have stored them
+  around a replayed body (``LaunchingTask.compose``).
+
+Anything that needs the task itself (a decorator acting in it, an audit, a
+fault, a refresh) launches it, and the task decides for itself: a slower hit
+or a miss, never a different result.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from .. import config
 from .. import metaflow_compat as mf
 from ..cache.entries import Cache
 from ..cache.stores import open_store
+from ..cache.transfer import import_blobs
 from ..durations import format_duration
 from ..exceptions import CacheFault
 from ..key.code import code_components
@@ -142,6 +149,8 @@ class OrchestratorHits:
         self._code: dict[str, dict[str, str]] = {}  # step -> code components, once per run
         self._class_level: set[str] | None = None  # the flow's class-level artifact names
         self._fingerprints: dict[str, str] = {}  # observed code and values, once per run
+        self._parameters = None  # this run's _parameters task (False: not this run's)
+        self._saved: dict[str, tuple] = {}  # bookkeeping objects written this run
         # for the end-of-run summary: what the cloned tasks were, which memoized
         # tasks were launched instead (their own metadata says what they did)
         self.cloned: list[TaskOutcome] = []
@@ -204,40 +213,24 @@ class OrchestratorHits:
         if found.status != "found":
             return False
         manifest = found.manifest
-        origin = self._origin(task, manifest.origin)
-        if origin is None:
-            return False
-        origin_run, origin_ds = origin
-        produced = {n: a.sha for n, a in manifest.artifacts.items()}
+        if mf.entry_misfit(task.graph, task.step, manifest):
+            return False  # the task sets the entry aside and says why
+        parent_hashes = mf.artifact_hashes(inputs[0])
+        if any(parent_hashes.get(n) != sha for n, sha in manifest.passthrough.items()):
+            return False  # the task says which input changed
+        produced = {n: (a.sha, a.info) for n, a in manifest.artifacts.items()}
         # what a join merged through comes from the current inputs (as in a task)
         for name in manifest.merged:
-            shas = {mf.artifact_hashes(ds).get(name) for ds in inputs} - {None}
+            carriers = [ds for ds in inputs if name in mf.artifact_hashes(ds)]
+            shas = {mf.artifact_hashes(ds)[name] for ds in carriers}
             if len(shas) != 1:
                 return False
-            produced[name] = shas.pop()
-        is_join = mf.node_type(task.graph, task.step) == "join"
-        origin_hashes = mf.artifact_hashes(origin_ds)
-        parent_hashes = mf.artifact_hashes(inputs[0])
-        if self._class_level is None:
-            self._class_level = mf.class_level_names(task.flow)
-        mismatch = clone_mismatch(
-            is_join=is_join,
-            origin=_split(origin_hashes),
-            parent=_split(parent_hashes),
-            produced=produced,
-            class_level=self._class_level,
-        )
-        if mismatch:
+            produced[name] = (shas.pop(), mf.artifact_infos(carriers[0]).get(name, {}))
+        how = self._clone(task, inputs, frames, manifest, produced, parent_hashes)
+        if how is None:
+            how = self._compose(task, inputs, frames, manifest, produced, cache)
+        if how is None:
             return False
-        # the foreach values a non-join task inherits: the parent's
-        passed_on = None if is_join else parent_hashes.get("_foreach_values")
-        if not self._same_bookkeeping(task, frames, manifest, origin_ds, origin_hashes, passed_on):
-            return False
-        # a clone references blobs; Metaflow never deletes them, but people do
-        wanted = set(produced.values())
-        if mf.DatastoreBlobs(origin_ds).existing(wanted) != wanted:
-            return False
-        task.clone_from(origin_run, origin_ds, passed_down=inputs[0])
         # The client API shows a clone the metadata of its origin for every field
         # the clone lacks: the origin's own miss reason would read as this task's.
         # So every field `memoize explain` reads is written here.
@@ -246,7 +239,9 @@ class OrchestratorHits:
             "memoize_key": key,
             "memoize_origin": manifest.origin,
             "memoize_saved_seconds": "%.3f" % manifest.body_seconds,
+            # "true" for every task completed without a process; how, apart
             "memoize_cloned": "true",
+            "memoize_completed": how,
             "memoize_entry": manifest.key,
             "memoize_compared": manifest.key,
             "memoize_reason": HIT_REASON,
@@ -261,11 +256,63 @@ class OrchestratorHits:
         except CacheFault:
             pass  # recency is best effort
         task.log(
-            "hit %s key=%s from %s (saved %s; cloned in the orchestrator, no task launched)"
-            % (task.step, key[:12], manifest.origin, format_duration(manifest.body_seconds))
+            "hit %s key=%s from %s (saved %s; %s in the orchestrator, no task launched)"
+            % (task.step, key[:12], manifest.origin, format_duration(manifest.body_seconds), how)
         )
         self.cloned.append(TaskOutcome(task.step, "hit", manifest.body_seconds))
         return True
+
+    def _clone(self, task, inputs, frames, manifest, produced, parent_hashes) -> str | None:
+        """Complete the task as a copy of the entry's origin task, as `resume` does,
+        when that copy is exactly the hit (no object written): "cloned"; else None."""
+        origin = self._origin(task, manifest.origin)
+        if origin is None:
+            return None
+        origin_run, origin_ds = origin
+        is_join = mf.node_type(task.graph, task.step) == "join"
+        origin_hashes = mf.artifact_hashes(origin_ds)
+        if self._class_level is None:
+            self._class_level = mf.class_level_names(task.flow)
+        mismatch = clone_mismatch(
+            is_join=is_join,
+            origin=_split(origin_hashes),
+            parent=_split(parent_hashes),
+            produced={n: sha for n, (sha, _info) in produced.items()},
+            class_level=self._class_level,
+        )
+        if mismatch:
+            return None
+        if not self._same_bookkeeping(task, frames, manifest, origin_ds, origin_hashes, inputs[0]):
+            return None
+        # a clone references blobs; Metaflow never deletes them, but people do
+        wanted = {sha for sha, _info in produced.values()}
+        if mf.DatastoreBlobs(origin_ds).existing(wanted) != wanted:
+            return None
+        task.clone_from(origin_run, origin_ds, passed_down=inputs[0])
+        return "cloned"
+
+    def _compose(self, task, inputs, frames, manifest, produced, cache) -> str | None:
+        """Complete the task with exactly what a hit inside it would write: its
+        input's artifacts, the entry's outputs (copied into the datastore first if
+        they are not there) and this run's bookkeeping: "composed"; else None.
+        The origin need not exist, nor its surroundings be unchanged."""
+        if self._parameters is None:
+            self._parameters = task.parameters_task() or False
+        if self._parameters is False:
+            return None  # a resume: the class attributes this run stores are not at hand
+        try:
+            import_blobs(
+                mf.DatastoreBlobs(inputs[0]),
+                cache,
+                manifest.artifacts,
+                may_delete=config.mode() != "read",
+            )
+        except (CacheFault, OSError):
+            return None  # the task retries, and says what is wrong
+        task.compose(
+            inputs[0], self._parameters, produced, manifest.transition, frames, self._saved
+        )
+        return "composed"
 
     def _code_of(self, task) -> dict[str, str]:
         # the orchestrator's view of the flow's source is fixed when it imported it
@@ -306,27 +353,26 @@ class OrchestratorHits:
         ds = task.open_task(run_id, step, task_id)
         return None if ds is None else (run_id, ds)
 
-    def _same_bookkeeping(
-        self, task, frames, manifest, origin_ds, origin_hashes, passed_on
-    ) -> bool:
-        transition = manifest.transition or {}
+    def _same_bookkeeping(self, task, frames, manifest, origin_ds, origin_hashes, first) -> bool:
         expected = {
-            "_foreach_stack": mf.jsonable_bookkeeping("_foreach_stack", frames),
-            "_iteration_stack": [],
-            "_task_ok": True,
-            "_success": True,
-            "_exception": None,
-            "_current_step": task.step,
+            name: mf.jsonable_bookkeeping(name, value)
+            for name, value in mf.task_bookkeeping(task.step, frames, manifest.transition).items()
         }
+        expected["_iteration_stack"] = []  # what Metaflow reads when a task lacks it
+        parent_hashes = mf.artifact_hashes(first)
         for attr in mf.TRANSITION_ATTRIBUTES:
-            expected[attr] = mf.json_normalized(transition.get(attr))
-        if not (transition.get("_transition") or {}).get("foreach"):
-            # Only a foreach sets _foreach_values (the items' names, as long as the
-            # list); other steps pass their parent's on. When the origin carries the
-            # very one the task would inherit, don't load it for every task of a
-            # wide foreach.
+            if attr in expected:
+                continue
+            # not set by the step: the task inherits its input's (as long as the item
+            # list, for _foreach_values), compared by hash rather than loaded
+            if origin_hashes.get(attr) != parent_hashes.get(attr):
+                return False
+        if not ((manifest.transition or {}).get("_transition") or {}).get("foreach"):
+            # Only a foreach sets _foreach_values; other steps of entries recorded
+            # before passed their parent's on. When the origin carries the very one
+            # the task would inherit, don't load it for every task of a wide foreach.
             origin_sha = origin_hashes.get("_foreach_values")
-            if origin_sha is not None and origin_sha == passed_on:
-                expected.pop("_foreach_values")
+            if origin_sha is not None and origin_sha == parent_hashes.get("_foreach_values"):
+                expected.pop("_foreach_values", None)
         values = mf.bookkeeping_values(origin_ds, expected)
         return all(values[name] == value for name, value in expected.items())
