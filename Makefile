@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Metaflow refuses to run without a user name; CI machines may not set one.
 export USERNAME ?= $(or $(USER),memoize-user)
 
-.PHONY: install demo test test-slow test-stress test-compat lint format bench bench-quick verify clean
+.PHONY: install browser demo test test-slow test-stress test-compat lint format bench bench-quick verify clean
 
 # An editable install: the checkout's code is what runs. Metaflow finds the
 # extension through the `metaflow_extensions` namespace package; setup.py lists
@@ -24,7 +24,26 @@ $(STAMP): setup.py
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# The memoize card's browser test (tests/test_card.py) renders the card in
+# headless Chromium. Installed here when missing and apt-get can (as root, or
+# through sudo without a password); anywhere else this says so and moves on,
+# and that test skips with the reason. Nothing to do when it is installed.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		if ! command -v apt-get >/dev/null 2>&1; then \
+			echo "note: no chromium and no apt-get: the card's browser test will skip"; \
+		else \
+			if [ "$$(id -u)" = 0 ]; then SUDO=; \
+			elif sudo -n true >/dev/null 2>&1; then SUDO="sudo -n"; \
+			else echo "note: no chromium, and apt-get needs root: the card's browser test will skip"; exit 0; fi; \
+			echo "installing chromium (apt-get) for the card's browser test"; \
+			{ $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 || \
+			  { $$SUDO apt-get update -qq >/dev/null 2>&1 && \
+			    $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1; }; } || \
+			echo "note: apt-get could not install chromium: the card's browser test will skip"; \
+		fi; }
 
 # Clears the quickstart's entries first (when an earlier demo made its cache) so
 # the demo always shows a miss, then a hit.

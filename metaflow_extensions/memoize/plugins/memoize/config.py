@@ -23,6 +23,7 @@ ENV_LOCK_LEASE = "METAFLOW_MEMOIZE_LOCK_LEASE"
 ENV_LINK = "METAFLOW_MEMOIZE_LINK"
 ENV_CLONE = "METAFLOW_MEMOIZE_CLONE"
 ENV_AUDIT = "METAFLOW_MEMOIZE_AUDIT"
+ENV_CARD = "METAFLOW_MEMOIZE_CARD"
 
 _TRUE = ("1", "true", "yes", "on", "all", "*")
 _FALSE = ("", "0", "false", "no", "off", "none")
@@ -110,3 +111,9 @@ def audit_fraction() -> float:
     from .cache.audit import env_fraction
 
     return env_fraction(_conf("MEMOIZE_AUDIT"))
+
+
+def card_requested() -> bool:
+    """METAFLOW_MEMOIZE_CARD (or `run --memoize-card`): add the memoize card to the
+    run's end step (card/attach.py); off when unset."""
+    return (_conf("MEMOIZE_CARD") or "").strip().lower() in _TRUE

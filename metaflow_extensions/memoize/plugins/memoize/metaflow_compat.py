@@ -403,6 +403,68 @@ def register_task_metadata(metadata, run_id, step_name, task_id, retry_count, fi
     )
 
 
+# -- cards ------------------------------------------------------------------
+def end_step(graph) -> str:
+    """The last step: configurable since 2.19.23 (``@step(end=True)``)."""
+    return getattr(graph, "end_step", None) or "end"
+
+
+def has_card(flow, step_name: str, card_type: str) -> bool:
+    """Whether a step already carries ``@card(type=card_type)`` (in the source,
+    from ``--with`` or added by us)."""
+    func = getattr(flow.__class__, step_name, None)
+    return any(
+        d.name == "card" and str(d.attributes.get("type")) == card_type
+        for d in getattr(func, "decorators", ())
+    )
+
+
+def attach_card(
+    flow, graph, step_name: str, card_type: str, environment, flow_datastore, logger
+) -> bool:
+    """Put ``@card(type=card_type)`` on a step, as ``run --with card:type=...``
+    does for every step (decorators.py ``_attach_decorators_to_step``): a step
+    decorator that is not statically defined, which the runtime forwards to the
+    step's task command line as ``--with card:type=...`` (the task attaches it
+    before it initializes its decorators). Metaflow initializes decorators step
+    by step and this is called from one of them: the card's ``step_init`` is
+    called here (it is idempotent, and Metaflow calls it again when it reaches
+    the step later). False when the step already has such a card or Metaflow
+    has no card decorator."""
+    if has_card(flow, step_name, card_type):
+        return False
+    from metaflow.plugins import STEP_DECORATORS
+
+    card_class = next((d for d in STEP_DECORATORS if d.name == "card"), None)
+    func = getattr(flow.__class__, step_name, None)
+    if card_class is None or func is None:
+        return False
+    deco = card_class(*decorator_init_args({"type": card_type}, False, None))
+    if hasattr(deco, "external_init"):  # 2.16 and later: resolves config values
+        deco.external_init()
+    func.decorators.append(deco)
+    deco.step_init(flow, graph, step_name, func.decorators, environment, flow_datastore, logger)
+    return True
+
+
+def flow_class_and_graph(flow, flow_name: str):
+    """(flow class, FlowGraph) for a card being rendered, or (None, None).
+
+    ``card create`` passes the flow since 2.16 (``flow=``); before, the flow
+    class is found in the module being run (the flow file: ``card create`` runs
+    it as ``__main__``)."""
+    if flow is not None:
+        return flow.__class__, getattr(flow, "_graph", None)
+    from metaflow import FlowSpec
+    from metaflow.graph import FlowGraph
+
+    main = sys.modules.get("__main__")
+    cls = getattr(main, flow_name, None)
+    if isinstance(cls, type) and issubclass(cls, FlowSpec):
+        return cls, FlowGraph(cls)
+    return None, None
+
+
 # -- the run's datastore, seen as a blob source/destination -----------------
 class DatastoreBlobs:
     """Metaflow's content-addressed artifact blobs of one flow in one datastore."""
@@ -650,15 +712,16 @@ TOP_LEVEL_REFRESH_OPTION = "memoize-refresh-request"
 _OPTIONS_INSTALLED = False
 
 
-def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) -> None:
-    """Add --memoize-refresh / --memoize-refresh-step to `run` and `resume`, and the
-    top-level --memoize-refresh-request that task command lines carry.
+def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request, on_card=None) -> None:
+    """Add --memoize-refresh / --memoize-refresh-step (and --memoize-card) to `run`
+    and `resume`, and the top-level --memoize-refresh-request that task command
+    lines carry.
 
     Metaflow has no hook for extensions to add options to these commands: we wrap
     LazyGroup._lazy_load (run/resume are loaded lazily) and the constructor of the
-    top-level command collection, and append click options. The same options go
-    on `argo-workflows create` / `step-functions create` when Metaflow loads
-    those CLIs (see install_deploy_forwarding).
+    top-level command collection, and append click options. The refresh options
+    also go on `argo-workflows create` / `step-functions create` when Metaflow
+    loads those CLIs (see install_deploy_forwarding).
     """
     global _OPTIONS_INSTALLED
     if _OPTIONS_INSTALLED:
@@ -679,6 +742,11 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
     def refresh_steps_cb(ctx, param, value):
         if value:
             on_refresh_steps(list(value))
+        return value
+
+    def card_cb(ctx, param, value):
+        if value and on_card is not None:
+            on_card()
         return value
 
     def refresh_request_cb(ctx, param, value):
@@ -716,10 +784,28 @@ def install_run_options(on_refresh_all, on_refresh_steps, on_refresh_request) ->
         if isinstance(getattr(cmd, "original_params", None), list):
             cmd.original_params.extend(options)
 
+    def add_card_option(cmd):
+        # run and resume only: a deployment gets the card from @card in the source
+        if on_card is None or getattr(cmd, "_memoize_card_option", False):
+            return
+        cmd._memoize_card_option = True
+        option = click.Option(
+            ["--memoize-card"],
+            is_flag=True,
+            default=False,
+            expose_value=False,
+            callback=card_cb,
+            help="Add the memoize card (what @memoize did in this run) to the end step.",
+        )
+        cmd.params.append(option)
+        if isinstance(getattr(cmd, "original_params", None), list):
+            cmd.original_params.append(option)
+
     def lazy_load(self, cmd_name):
         cmd = original_lazy_load(self, cmd_name)
         if cmd_name in ("run", "resume"):
             add_run_options(cmd)
+            add_card_option(cmd)
         return cmd
 
     def collection_init(self, *args, **kwargs):

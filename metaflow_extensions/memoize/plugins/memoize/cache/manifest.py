@@ -209,6 +209,18 @@ class ShownValue:
         return self.text
 
 
+def foreach_text(shown: list[dict[str, Any]]) -> str:
+    """``var=item`` per foreach frame (outermost first) that has a shown value
+    (identity.foreach_component's ``shown``): a task's ``memoize_foreach``."""
+    parts = []
+    for frame in shown:
+        value, digest = frame.get("value"), frame.get("digest")
+        if value is None and digest is None:
+            continue  # an outer frame behind an inner join: no item of its own
+        parts.append("%s=%s" % (frame.get("var"), ShownValue("", value, digest).text))
+    return ", ".join(parts)
+
+
 def context_of(m: Manifest) -> tuple[list[ShownValue], list[ShownValue] | None]:
     """(foreach items, parameter values) of an entry, outermost frame first.
 

@@ -13,12 +13,13 @@ from .. import config
 from .. import metaflow_compat as mf
 from ..cache import audit
 from ..cache.entries import Cache
-from ..cache.manifest import ArtifactRecord, Manifest
+from ..cache.manifest import ArtifactRecord, Manifest, foreach_text
 from ..cache.singleflight import Lease
 from ..cache.stores import ROOT_URL_FORMS, open_store, root_url_problem
 from ..cache.stores import s3 as s3_store
 from ..cache.stores.faults import share_budget
 from ..cache.transfer import export_blobs, import_blobs
+from ..card import CARD_TYPE
 from ..durations import format_count, format_duration
 from ..exceptions import (
     CacheFault,
@@ -78,8 +79,14 @@ def _receive_refresh_request(value):
     os.environ[config.ENV_REFRESH] = value
 
 
+def _request_card():
+    os.environ[config.ENV_CARD] = "1"
+
+
 if not mf.part_untrusted("refresh options"):
-    mf.install_run_options(_request_refresh_all, _request_refresh_steps, _receive_refresh_request)
+    mf.install_run_options(
+        _request_refresh_all, _request_refresh_steps, _receive_refresh_request, _request_card
+    )
 _WARNED_UNTESTED_RELEASE = False
 
 
@@ -252,6 +259,11 @@ class MemoizeDecorator(StepDecorator):
             _check_refresh_request(flow)
             if mf.added_on_the_command_line(self):
                 _note_memoized_by_with(flow, graph)
+            if config.card_requested():
+                # the runtime forwards it to the end task as `--with card:type=memoize`
+                mf.attach_card(
+                    flow, graph, mf.end_step(graph), CARD_TYPE, environment, flow_datastore, logger
+                )
         self._env_component = environment_component(decorators, self.args["env"])
         self._datastore_type = getattr(flow_datastore, "TYPE", "local")
         self._datastore_root = mf.datastore_root_for_cli(flow_datastore)
@@ -424,6 +436,8 @@ class MemoizeDecorator(StepDecorator):
             key = key_of(self._components)
             self._key = key
             self._store_key = key
+            if foreach_text(self._shown_foreach):  # the memoize card shows it
+                meta["memoize_foreach"] = foreach_text(self._shown_foreach)
             self._dep_ctx = dependency_context(
                 flow,
                 step_name,

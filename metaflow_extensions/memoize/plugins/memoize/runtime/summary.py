@@ -31,6 +31,11 @@ class TaskOutcome:
     saved_seconds: float = 0.0
     reason: str = ""
     changed_inputs: tuple[str, ...] = ()
+    # what the memoize card shows besides (card/data.py); older tasks may lack them
+    task_id: str = ""
+    origin: str = ""  # a hit: pathspec of the task that produced the entry
+    cloned: bool = False  # a hit completed in the orchestrator, no task launched
+    item: str = ""  # a foreach task: its item, as `memoize list` shows it
 
 
 def summarize(outcomes: list[TaskOutcome]) -> str:
@@ -103,10 +108,22 @@ def outcome_of(task) -> TaskOutcome | None:
     return TaskOutcome(
         step=task.path_components[2],
         status=status,
-        saved_seconds=float(meta.get("memoize_saved_seconds") or 0.0),
+        saved_seconds=_seconds(meta.get("memoize_saved_seconds")) if hit else 0.0,
         reason="" if hit else meta.get("memoize_reason") or meta.get("memoize_error") or "",
         changed_inputs=() if hit else tuple(n for n in changed.split(",") if n),
+        task_id=task.path_components[3],
+        origin=(meta.get("memoize_origin") or "") if hit else "",
+        cloned=hit and meta.get("memoize_cloned") == "true",
+        item=meta.get("memoize_foreach") or "",
     )
+
+
+def _seconds(value) -> float:
+    """A recorded duration; 0 when missing or unreadable (a task of another version)."""
+    try:
+        return max(float(value or 0.0), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def run_outcomes(flow_name: str, run_id: str) -> list[TaskOutcome]:
