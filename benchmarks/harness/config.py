@@ -3,6 +3,7 @@ error it raises."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,9 @@ class Plan:
             self.probes = 1
             self.prune_entries = 200
             self.prune_reps = 1
+            self.wide_widths = [4]
+            self.wide_reps = 1
+            self.wide_sleep = 0.0
         else:
             self.hit_sizes = [1.0, 100.0, 1024.0]
             self.hit_reps = {1.0: 7, 100.0: 7, 1024.0: 7}
@@ -66,9 +70,18 @@ class Plan:
             self.probes = 3
             self.prune_entries = 10000
             self.prune_reps = 2
+            # BENCH_WIDE_WIDTHS=10,100,1000 for the whole sweep (the 1,000-item first
+            # runs take about half an hour here)
+            self.wide_widths = _widths(os.environ.get("BENCH_WIDE_WIDTHS", "10,100"))
+            self.wide_reps = 3
+            self.wide_sleep = 0.0
         assert self.miss_mb in self.hit_sizes and self.s3_mb in self.hit_sizes
         assert all(s in self.hit_sizes for s in self.copy_local_sizes)
         assert self.s3_mb <= S3_OBJECT_CAP_MB
+
+
+def _widths(text: str) -> list[int]:
+    return [int(w) for w in text.split(",") if w.strip()]
 
 
 class BenchError(Exception):

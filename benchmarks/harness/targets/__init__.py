@@ -1,7 +1,7 @@
 """The targets, by number. Each module measures one target (``measure(bench)``), renders its
 report section (``section(report, result)``) and says where its time goes (``FINDINGS``)."""
 
-from . import copy_in, hit_cost, key_cost, miss_cost, prune, rerun_vs_resume
+from . import copy_in, hit_cost, key_cost, miss_cost, prune, rerun_vs_resume, wide_foreach
 
 TARGETS = {
     1: hit_cost,
@@ -10,10 +10,11 @@ TARGETS = {
     4: key_cost,
     5: rerun_vs_resume,
     6: prune,
+    7: wide_foreach,
 }
 TITLES = {number: target.TITLE for number, target in TARGETS.items()}
 
 # order matters: 1 needs blobs present; 3 adds misses; 2 deletes and restores blobs
-RUN_ORDER = [1, 4, 3, 2, 5, 6]
+RUN_ORDER = [1, 4, 3, 2, 5, 6, 7]
 #: the targets that talk to the moto S3 server
 NEED_S3 = {1, 2, 3, 6}

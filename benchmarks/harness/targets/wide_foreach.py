@@ -1,0 +1,137 @@
+"""Target 7: a wide foreach (issue 17): first run, unchanged re-run against `resume`,
+and appending one item, at several widths, whole commands timed."""
+
+from __future__ import annotations
+
+from ..config import BenchError
+from ..flows import FlowDir, settle
+from ..markdown import fmt, rng, verdict
+from ..stats import interleaved, paired_ratios, summary
+
+#: below this width the append criterion is reported, not judged: the tasks an append
+#: must start (start with the new list, the new item, join, end) cost more than a
+#: narrow re-run does in all
+JUDGE_APPEND_FROM = 100
+
+TITLE = "Target 7: wide foreach (first run, re-run, append one item)"
+
+
+def _starts(result, step):
+    """Task processes the runtime started for ``step``."""
+    return sum(
+        1
+        for line in result.output.splitlines()
+        if "Task is starting." in line and "/%s/" % step in line
+    )
+
+
+def _one_width(bench, width):
+    fd = FlowDir(bench.work / ("wide-%d" % width), "wide_flow.py", bench.env)
+    plain_fd = FlowDir(bench.work / ("wide-plain-%d" % width), "wide_flow.py", bench.env)
+    args = ("--width", str(width))
+    sleep = {"BENCH_SLEEP": str(bench.plan.wide_sleep)}
+    bench.log("target 7: width %d: first runs (memoized, plain)" % width)
+    first = fd.run(*args, env=sleep)
+    if first.memoize.count("stored") != width + 2:
+        raise BenchError("the first run stored %d entries" % first.memoize.count("stored"))
+    plain_first = plain_fd.run(*args, env=dict(sleep, BENCH_MEMOIZE="0"))
+    origin = first.run_id
+    settle()
+    appended = {"n": 0}
+
+    def memo(_):
+        r = fd.run(*args, env=sleep)
+        if _starts(r, "body") or r.memoize.count("hit") != width + 2:
+            raise BenchError("the unchanged re-run launched a body:\n" + r.output[-3000:])
+        return r.wall
+
+    def resume(_):
+        return fd.run("--origin-run-id", origin, command="resume", env=sleep).wall
+
+    def append(_):
+        appended["n"] += 1
+        r = fd.run(*args, "--extra", "new-%d" % appended["n"], env=sleep)
+        bodies = _starts(r, "body")
+        if bodies != 1:
+            raise BenchError("appending one item started %d body tasks" % bodies)
+        appended["starts"] = sum(_starts(r, s) for s in ("start", "body", "join", "end"))
+        return r.wall
+
+    reps = bench.plan.wide_reps
+    bench.log("target 7: width %d: %d rounds of re-run, resume, append" % (width, reps))
+    s = interleaved(reps, [("memo", memo), ("resume", resume), ("append", append)])
+    return {
+        "width": width,
+        "first_s": first.wall,
+        "plain_first_s": plain_first.wall,
+        "first_ratio": first.wall / plain_first.wall,
+        **{k + "_s": summary(v) for k, v in s.items()},
+        "ratio_resume": paired_ratios(s["memo"], s["resume"]),
+        "ratio_append": paired_ratios(s["append"], s["memo"]),
+        "append_starts": appended.get("starts"),
+    }
+
+
+def measure(bench):
+    return {
+        "sleep": bench.plan.wide_sleep,
+        "widths": [_one_width(bench, w) for w in bench.plan.wide_widths],
+    }
+
+
+def section(report, r):
+    out = [
+        "`WideFlow`: start → foreach over *width* items → join → end, `@memoize` on "
+        "start, body and join; each body sleeps %g s. Per width: the first run memoized "
+        "and plain (once each), then interleaved: the unchanged re-run, `resume "
+        "--origin-run-id <first>` (clone all), and a run with one new item appended "
+        "(a new item each round, so each is a real append)." % r["sleep"],
+        "",
+        "| width | first run: memoized / plain | re-run | resume | re-run / resume "
+        "| append one item | append / re-run | tasks started by the append |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for w in r["widths"]:
+        out.append(
+            "| %d | %s (%s / %s) | %s | %s | %s (%s) | %s | %s (%s) | %s |"
+            % (
+                w["width"],
+                fmt(w["first_ratio"], "x"),
+                fmt(w["first_s"], "s"),
+                fmt(w["plain_first_s"], "s"),
+                fmt(w["memo_s"]["median"], "s"),
+                fmt(w["resume_s"]["median"], "s"),
+                fmt(w["ratio_resume"]["median"], "x"),
+                rng(w["ratio_resume"], "x"),
+                fmt(w["append_s"]["median"], "s"),
+                fmt(w["ratio_append"]["median"], "x"),
+                rng(w["ratio_append"], "x"),
+                w["append_starts"],
+            )
+        )
+    out += ["", "| criterion | median | min – max | target | result |", "|---|---|---|---|---|"]
+    for w in r["widths"]:
+        for key, label, limit in (
+            ("ratio_resume", "width %d: unchanged re-run / resume" % w["width"], 1.0),
+            ("ratio_append", "width %d: append one item / unchanged re-run" % w["width"], 1.5),
+        ):
+            x = w[key]
+            ok = x["median"] <= limit
+            if key == "ratio_append" and w["width"] < JUDGE_APPEND_FROM:
+                # the 3-4 task processes an append must start outweigh a narrow re-run
+                ok = None
+            out.append(
+                "| %s | %s | %s | ≤ %.2f | %s |"
+                % (
+                    label,
+                    fmt(x["median"], "x"),
+                    rng(x, "x"),
+                    limit,
+                    verdict(ok) if ok is not None else "info",
+                )
+            )
+            report.row(7, label, x, "x", ok)
+    return out
+
+
+FINDINGS = ()
