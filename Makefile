@@ -24,7 +24,17 @@ $(STAMP): setup.py
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# Azurite, the Azure Blob Storage emulator the Azure cache tests start
+# (tests/cloud_servers.py), from npm into .tools/ (gitignored). Skipped when it
+# is there; without node/npm the Azure tests skip and say why.
+AZURITE := .tools/node_modules/.bin/azurite-blob
+$(AZURITE):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --prefix .tools --no-audit --no-fund --silent azurite@3 \
+		|| echo "npm install azurite failed: the Azure cache tests will skip"; \
+	else echo "npm not found: the Azure cache tests will skip (no Azurite)"; fi
+
+install: $(STAMP) $(AZURITE)
 
 # Clears the quickstart's entries first (when an earlier demo made its cache) so
 # the demo always shows a miss, then a hit.
@@ -85,4 +95,4 @@ bench-quick: install
 	$(BIN)/python benchmarks/observe_cost.py --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .tools

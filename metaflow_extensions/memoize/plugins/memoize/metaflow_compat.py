@@ -393,15 +393,20 @@ class DatastoreBlobs:
         ca_store = task_datastore._ca_store
         self._storage = ca_store._storage_impl
         self._prefix = ca_store._prefix
-        self.kind = "s3" if self._storage.TYPE == "s3" else "local"
+        # "local", "s3", "gs" or "azure": the scheme of the cache roots that can copy
+        # server side to and from it (Metaflow's TYPE of the datastore)
+        self.kind = self._storage.TYPE if self._storage.TYPE in ("s3", "gs", "azure") else "local"
         self.root = self._storage.datastore_root
 
     def path(self, sha: str) -> str:
         return self._storage.path_join(self._prefix, sha[:2], sha)
 
     def url(self, sha: str) -> str:
-        """Absolute local path or s3:// URL of a blob."""
-        return self._storage.full_uri(self.path(sha))
+        """Absolute local path, or s3://, gs:// or azure:// URL of a blob."""
+        uri = self._storage.full_uri(self.path(sha))
+        if self.kind == "azure" and "://" not in uri:
+            uri = "azure://" + uri  # Metaflow's Azure paths are container/blob
+        return uri
 
     def existing(self, shas: Iterable[str]) -> set[str]:
         shas = list(shas)
