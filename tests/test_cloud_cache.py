@@ -1,0 +1,167 @@
+"""GCS and Azure cache roots end to end: real flows against the emulators over HTTP
+(gcp-storage-emulator, Azurite: tests/cloud_servers.py), and the settings that
+lead to them (URL forms, a missing client library, the default root)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import metaflow  # noqa: F401  (must load before its extension's modules)
+import pytest
+from flowrunner import FlowRunner
+
+from metaflow_extensions.memoize.plugins.memoize import config, settings
+from metaflow_extensions.memoize.plugins.memoize.cache import stores
+from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
+from metaflow_extensions.memoize.plugins.memoize.exceptions import (
+    MemoizeArgumentError,
+    MemoizeException,
+)
+from metaflow_extensions.memoize.plugins.memoize.runtime import decorator
+
+STANDALONE = Path(sys.executable).with_name("metaflow-memoize")
+KINDS = ["gcs", "azure"]
+
+
+def _hits(result):
+    return [line for line in result.memoize_lines() if " hit " in line]
+
+
+def _entries(cloud):
+    return sorted(i.key for i in open_store(cloud.url("cache")).list("v1/entries/"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_miss_hit_in_task_cloned_and_prune(request, tmp_path, kind):
+    cloud = request.getfixturevalue(kind + "_env")
+    env = dict(cloud.env, METAFLOW_MEMOIZE_ROOT=cloud.url("cache"))
+    laptop = FlowRunner(tmp_path / "laptop")
+    laptop.add_flow("s3_flow.py")
+    first = laptop.run("s3_flow.py", env=env)
+    assert laptop.count("start") == 1 and laptop.count("summarize") == 1
+    stored = [line for line in first.memoize_lines() if " stored " in line]
+    assert len(stored) == 2, first
+    assert len(_entries(cloud)) == 2
+
+    # another datastore, orchestrator clones off: hits inside the tasks, whose
+    # blobs are downloaded from the cache and verified into the local datastore
+    ci = FlowRunner(tmp_path / "ci")
+    ci.add_flow("s3_flow.py")
+    second = ci.run("s3_flow.py", env=dict(env, METAFLOW_MEMOIZE_CLONE="0"))
+    assert ci.count("start") == 0 and ci.count("summarize") == 0
+    hits = _hits(second)
+    assert len(hits) == 2, second
+    assert any(re.search(r"\d+ blobs? copied", line) for line in hits), hits
+    assert ci.artifacts("S3CacheFlow", second.run_id) == laptop.artifacts(
+        "S3CacheFlow", first.run_id
+    )
+    assert ci.metadata("S3CacheFlow", second.run_id)["start"][0]["memoize_status"] == "hit"
+
+    # the orchestrator reads the cloud cache too, and completes both hits itself
+    third = laptop.run("s3_flow.py", env=env)
+    hits = _hits(third)
+    assert len(hits) == 2 and all("cloned in the orchestrator" in h for h in hits), third
+    assert third.launched_steps() == {"end"}
+    assert laptop.count("start") == 1 and laptop.count("summarize") == 1
+    assert laptop.artifacts("S3CacheFlow", third.run_id) == laptop.artifacts(
+        "S3CacheFlow", first.run_id
+    )
+
+    # a whole-root prune (listing-based, with the per-entry index) empties it
+    proc = subprocess.run(
+        [str(STANDALONE), "--root", cloud.url("cache"), "prune", "--older-than", "0s"]
+        + ["--grace", "0", "--yes", "--json"],
+        capture_output=True,
+        text=True,
+        env=laptop.env(env),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = json.loads(proc.stdout)
+    assert done["entries"] == 2 and done["blobs"] >= 3, done
+    assert _entries(cloud) == []
+    assert list(open_store(cloud.url("cache")).list("v1/blobs/")) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stopped_emulator_fails_open_with_one_warning_per_task(request, tmp_path, kind):
+    server = request.getfixturevalue("own_%s_server" % kind)
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    from cloud_servers import azure_env_for, gcs_env_for
+
+    cloud = (gcs_env_for if kind == "gcs" else azure_env_for)(server, monkeypatch)
+    server.stop()
+    runner = FlowRunner(tmp_path / "work")
+    runner.add_flow("s3_flow.py")
+    url = cloud.url("cache")
+    result = runner.run("s3_flow.py", env=dict(cloud.env, METAFLOW_MEMOIZE_ROOT=url))
+    assert runner.count("start") == 1 and runner.count("summarize") == 1
+    warnings = [line for line in result.memoize_lines() if "WARNING" in line]
+    assert len(warnings) == 2, result  # one per memoized task
+    assert all("unreachable" in line and url in line for line in warnings), warnings
+    md = runner.metadata("S3CacheFlow", result.run_id)
+    assert md["start"][0]["memoize_status"] == "error"
+
+
+# -- settings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "datastore_type, datastore_root, expected",
+    [
+        ("gs", "gs://bucket/metaflow", "gs://bucket/metaflow/memoize-cache"),
+        ("gs", "gs://bucket/metaflow/", "gs://bucket/metaflow/memoize-cache"),
+        # Metaflow's Azure sysroot is container/prefix, without a scheme
+        ("azure", "container/metaflow", "azure://container/metaflow/memoize-cache"),
+        ("azure", "azure://container/mf", "azure://container/mf/memoize-cache"),
+        ("s3", "s3://bucket/metaflow", "s3://bucket/metaflow/memoize-cache"),
+        ("local", "/data/.metaflow", "/data/.metaflow/memoize-cache"),
+    ],
+)
+def test_the_default_root_follows_the_datastore(datastore_type, datastore_root, expected):
+    root = config.default_root(datastore_type, datastore_root)
+    assert root == expected
+    assert stores.root_url_problem(root) is None
+
+
+@pytest.mark.parametrize(
+    "url, store_class",
+    [("gs://b/p", "GCSStore"), ("azure://c/p", "AzureStore"), ("s3://b/p", "S3Store")],
+)
+def test_open_store_by_scheme(url, store_class):
+    store = open_store(url)
+    assert type(store).__name__ == store_class and store.url == url
+    assert store.url_for("v1/x") == url + "/v1/x"
+
+
+@pytest.fixture
+def without_gcs_library(monkeypatch):
+    """As if google-cloud-storage were not installed."""
+    entry = stores._CLOUD["gs"]
+    monkeypatch.setitem(
+        stores._CLOUD, "gs", entry[:4] + ("surely_not_installed.storage",) + entry[5:]
+    )
+
+
+def test_a_root_whose_library_is_missing_names_step_argument_and_fix(without_gcs_library):
+    with pytest.raises(MemoizeArgumentError) as raised:
+        settings.parse_arguments("train", {"store": "gs://team/cache"}, ".")
+    message = str(raised.value)
+    assert "*train*" in message and "`store`" in message, message
+    assert "pip install 'metaflow-memoize[gcs]'" in message, message
+    # a well-formed root of a kind whose library is there stays accepted
+    assert settings.parse_arguments("train", {"store": "azure://c/p"}, ".")["store"]
+
+
+def test_a_root_setting_whose_library_is_missing_stops_the_run(without_gcs_library, monkeypatch):
+    monkeypatch.setenv("METAFLOW_MEMOIZE_ROOT", "gs://team/cache")
+    with pytest.raises(MemoizeException) as raised:
+        decorator._check_root_setting()
+    message = str(raised.value)
+    assert "METAFLOW_MEMOIZE_ROOT='gs://team/cache'" in message, message
+    assert "pip install 'metaflow-memoize[gcs]'" in message, message
+    with pytest.raises(ValueError, match=r"metaflow-memoize\[gcs\]"):
+        open_store("gs://team/cache")
