@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import metaflow  # noqa: F401  (must load before its extension's modules)
@@ -165,3 +166,42 @@ def test_a_root_setting_whose_library_is_missing_stops_the_run(without_gcs_libra
     assert "pip install 'metaflow-memoize[gcs]'" in message, message
     with pytest.raises(ValueError, match=r"metaflow-memoize\[gcs\]"):
         open_store("gs://team/cache")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prune_knows_entries_from_the_listing_and_index_without_reading_them(request, kind):
+    """The per-entry index of prune relies on listings that carry each object's MD5
+    (lists_md5): with it, pruning reads no manifest."""
+    from test_maintenance import EVERYTHING, assert_consistent
+    from test_prune_index import publish
+
+    from metaflow_extensions.memoize.plugins.memoize.cache import maintenance as mt
+    from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
+
+    cloud = request.getfixturevalue(kind + "_env")
+    base = type(open_store(cloud.url("x")))
+
+    class Counting(base):
+        gets = 0
+
+        def get(self, key):
+            self.gets += 1
+            return super().get(key)
+
+        def get_dated(self, key):
+            self.gets += 1
+            return super().get_dated(key)
+
+    cache = Cache(Counting(cloud.url("cache")), signing_key="prune-test-key")
+    assert cache.store.lists_md5
+    shared = b"shared-blob" * 10
+    for i in range(8):
+        publish(cache, "Big", "s", "big-%d" % i, {"own": b"own %d" % i, "s": shared})
+    publish(cache, "Other", "s", "other", {"own": b"other", "s": shared})
+    cache.store.gets = 0
+    target = mt.Target(cache, "Big")
+    plan = mt.plan_prune(target, EVERYTHING, time.time() + 10, grace=0)
+    out = mt.execute(target, plan)
+    assert cache.store.gets == 0
+    assert (out.entries, out.markers, out.blobs) == (8, 8, 8)  # `shared` stays: Other uses it
+    assert_consistent(cache.store)
