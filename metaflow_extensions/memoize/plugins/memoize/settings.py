@@ -101,7 +101,7 @@ def parse_arguments(step: str, attributes: dict[str, Any], flow_dir: str) -> dic
             step,
             "store",
             "%r %s" % (store, problem),
-            "Run %s, or use another root." % install
+            "Install it, or use another root."
             if install
             else "Use s3://bucket/prefix for S3 (e.g. store='s3://team-cache/memoize'), "
             "gs://bucket/prefix for GCS, azure://container/prefix for Azure, "

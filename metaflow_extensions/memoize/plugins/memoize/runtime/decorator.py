@@ -90,7 +90,7 @@ def _check_root_setting():
     if problem:
         install = missing_library(root)
         raise MemoizeException(
-            "%s=%r %s: run %s, or set another root." % (config.ENV_ROOT, root, problem, install)
+            "%s=%r %s: install it, or set another root." % (config.ENV_ROOT, root, problem)
             if install
             else "%s=%r %s: use %s, e.g. s3://team-cache/memoize."
             % (config.ENV_ROOT, root, problem, ROOT_URL_FORMS)
