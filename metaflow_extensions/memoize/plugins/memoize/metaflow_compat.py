@@ -416,8 +416,34 @@ class DatastoreBlobs:
         return {s for s, present in zip(shas, flags) if present}
 
     def cas_meta(self, sha: str) -> dict[str, Any] | None:
+        if self.kind in ("gs", "azure"):
+            return self._cloud_meta(sha)
         exists, meta = self._storage.info_file(self.path(sha))
         return meta if exists else None
+
+    def _cloud_meta(self, sha: str) -> dict[str, Any] | None:
+        """A blob's packing info on a GCS or Azure datastore, whose ``info_file`` is not
+        implemented: its metadata, read through Metaflow's own client of the datastore
+        (``root_client``: the same credentials, the same account). The keys are the
+        ones their ``save_bytes`` writes."""
+        blob = self._storage.root_client.get_blob_client(self.path(sha))
+        if self.kind == "gs":
+            from google.api_core.exceptions import NotFound
+
+            try:
+                blob.reload()
+            except NotFound:
+                return None
+            attributes = (blob.metadata or {}).get("metaflow-user-attributes")
+        else:
+            from azure.core.exceptions import ResourceNotFoundError
+
+            try:
+                properties = blob.get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+            attributes = (properties.metadata or {}).get("metaflow_user_attributes")
+        return json.loads(attributes) if attributes else {}
 
     def write_local_blob(
         self, sha: str, verified_file: str, meta: dict[str, Any], linked: bool = False
