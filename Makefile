@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Metaflow refuses to run without a user name; CI machines may not set one.
 export USERNAME ?= $(or $(USER),memoize-user)
 
-.PHONY: install browser demo test test-slow test-stress test-compat lint format bench bench-quick verify clean
+.PHONY: install test-tools browser demo test test-slow test-stress test-compat lint format bench bench-quick verify clean
 
 # An editable install: the checkout's code is what runs. Metaflow finds the
 # extension through the `metaflow_extensions` namespace package; setup.py lists
@@ -24,7 +24,21 @@ $(STAMP): setup.py
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP) browser
+# Azurite, the Azure Blob Storage emulator the Azure cache tests start
+# (tests/cloud_servers.py), from npm into .tools/ (gitignored). Skipped when it
+# is there; without node/npm the Azure tests skip and say why.
+AZURITE := .tools/node_modules/.bin/azurite-blob
+$(AZURITE):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --prefix .tools --no-audit --no-fund --silent azurite@3 \
+		|| echo "npm install azurite failed: the Azure cache tests will skip"; \
+	else echo "npm not found: the Azure cache tests will skip (no Azurite)"; fi
+
+install: $(STAMP)
+
+# What the tests need beyond the virtualenv: Azurite and Chromium (below). Not
+# part of `install`, so `make demo` installs neither.
+test-tools: browser $(AZURITE)
 
 # The memoize card's browser test (tests/test_card.py) renders the card in
 # headless Chromium. Installed here when missing and apt-get can (as root, or
@@ -58,16 +72,16 @@ demo: install
 # `make test`: everything but the tests marked slow (the whole false-hit corpus,
 # the oracle's broken-key self-test, the benchmark harness) or stress; `make
 # test-slow` runs the slow ones, and CI runs both.
-test: install
+test: install test-tools
 	$(BIN)/python -m pytest -n 2 -q -m "not slow and not stress" tests
 
-test-slow: install
+test-slow: install test-tools
 	$(BIN)/python -m pytest -n 2 -q -m "slow and not stress and not compat" tests
 
 # The full-size reliability runs (20 writers killed mid-upload, 8 concurrent runs
 # x 10 keys, prune racing 4 runs, flaky S3 at 5% and 20% on the S3 datastore):
 # about 15 minutes; their small variants run in `make test`.
-test-stress: install
+test-stress: install test-tools
 	$(BIN)/python -m pytest -n 2 -q -m stress tests
 
 # The compat suite (tests marked compat) against each supported Metaflow release,
@@ -104,4 +118,4 @@ bench-quick: install
 	$(BIN)/python benchmarks/observe_cost.py --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .tools

@@ -25,10 +25,20 @@ setup(
         "xxhash>=3.0",
     ],
     extras_require={
+        # cache roots on Google Cloud Storage (gs://) and Azure Blob Storage
+        # (azure://): the client libraries Metaflow's own GCS and Azure datastores use
+        "gcs": ["google-cloud-storage>=2.7"],
+        "azure": ["azure-storage-blob>=12.9", "azure-identity>=1.10"],
         "test": [
             "pytest>=7",
             "pytest-xdist>=3",
             "moto[server]>=5",
+            # the gcs and azure extras, and a GCS emulator (Azure's, Azurite, comes
+            # from npm: `make install` puts it in .tools/)
+            "google-cloud-storage>=2.7",
+            "azure-storage-blob>=12.9",
+            "azure-identity>=1.10",
+            "gcp-storage-emulator>=2024.1",
             # `argo-workflows create --only-json` (tests/test_deploy_forwarding.py)
             # checks that the Kubernetes client is importable
             "kubernetes",

@@ -1,4 +1,5 @@
 import pytest  # noqa: E402
+from cloud_servers import *  # noqa: F401,F403
 from flowrunner import FlowRunner  # noqa: E402
 from s3_server import *  # noqa: F401,F403
 

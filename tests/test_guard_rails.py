@@ -131,7 +131,13 @@ def make_root(root: Path, entries=(("F", "train", "e1"),)) -> Cache:
         ("S3://bucket/prefix", "is not an S3 URL"),
         ("s3://", "has no bucket"),
         ("s3:///prefix", "has no bucket"),
-        ("gs://bucket/prefix", "unsupported scheme (gs://)"),
+        ("hdfs://bucket/prefix", "unsupported scheme (hdfs://)"),
+        ("gs:/bad", "is not a GCS URL"),
+        ("GS://bucket/prefix", "is not a GCS URL"),
+        ("gs://", "has no bucket"),
+        ("azure:container/prefix", "is not an Azure URL"),
+        ("azure://", "has no container"),
+        ("azure://c/a/../b", "'..' path segment"),
         ("file://", "names no directory"),
     ],
 )
@@ -143,7 +149,9 @@ def test_a_malformed_store_url_is_refused_with_the_fix(store, detail):
     assert "s3://bucket/prefix" in message and "directory path" in message, message
 
 
-@pytest.mark.parametrize("store", ["/mnt/a:b/cache", "rel/dir", "file:///tmp/c", "s3://b/p"])
+@pytest.mark.parametrize(
+    "store", ["/mnt/a:b/cache", "rel/dir", "file:///tmp/c", "s3://b/p", "gs://b/p", "azure://c/p"]
+)
 def test_well_formed_store_urls_and_paths_with_a_colon_are_accepted(store):
     assert parse_arguments("train", {"store": store}, ".")["store"] == store
 

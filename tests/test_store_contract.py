@@ -29,12 +29,32 @@ MANY = 1050  # past one list/delete page (1000)
 BIG = 20 * 1024 * 1024  # past the 16 MB multipart threshold
 
 
-@pytest.fixture(params=["local", "s3"])
+# The emulators serve one request at a time (~5-10 ms each): past one page and
+# one delete batch with fewer objects, by making the stores' pages smaller.
+SMALL_PAGE = 50
+
+
+@pytest.fixture(params=["local", "s3", "gcs", "azure"])
 def store(request, tmp_path):
     if request.param == "local":
         return LocalStore(str(tmp_path / "store"))
-    s3_env = request.getfixturevalue("s3_env")
-    return S3Store(s3_env.url(ROOT))
+    if request.param == "s3":
+        s3_env = request.getfixturevalue("s3_env")
+        return S3Store(s3_env.url(ROOT))
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
+
+    cloud = request.getfixturevalue(request.param + "_env")
+    store = open_store(cloud.url(ROOT))
+    store.list_page_size = SMALL_PAGE
+    if request.param == "azure":
+        store.delete_batch = SMALL_PAGE
+    return store
+
+
+@pytest.fixture
+def many(store):
+    """Objects for the pagination tests: past one page of the store."""
+    return SMALL_PAGE * 2 + 5 if hasattr(store, "list_page_size") else MANY
 
 
 def _put_many(store, keys, data=b"x"):
@@ -129,8 +149,8 @@ def test_list_empty_store(store):
     assert list(store.list()) == []
 
 
-def test_list_paginates(store):
-    keys = ["p/%05d" % i for i in range(MANY)]
+def test_list_paginates(store, many):
+    keys = ["p/%05d" % i for i in range(many)]
     _put_many(store, keys)
     assert _keys(store, "p/") == set(keys)
 
@@ -138,8 +158,8 @@ def test_list_paginates(store):
 # --- delete ---------------------------------------------------------------------
 
 
-def test_delete_many_and_missing(store):
-    keys = ["d/%05d" % i for i in range(MANY)]
+def test_delete_many_and_missing(store, many):
+    keys = ["d/%05d" % i for i in range(many)]
     _put_many(store, keys)
     store.put("keep/me", b"k")
     requested = keys + ["d/never-existed", "nowhere/x"]
@@ -211,12 +231,56 @@ def test_unsafe_keys_rejected(store, tmp_path, key):
 
 
 def test_copy_from_url_unsupported_source(store):
-    # an s3:// URL that cannot be copied server-side is False, not an error
-    if isinstance(store, S3Store):
+    # a URL that cannot be copied server-side is False, not an error
+    if isinstance(store, (S3Store, LocalStore)):
         assert store.copy_from_url("k", "s3://bucket-only") is False
-    else:
+    if not isinstance(store, S3Store):
         assert store.copy_from_url("k", "s3://bucket/key") is False
+    assert store.copy_from_url("k", "gs://bucket-only") is False
+    assert store.copy_from_url("k", "azure://container-only") is False
     assert store.get("k") is None
+
+
+def test_server_side_copy_within_the_store(store, tmp_path):
+    if isinstance(store, LocalStore):
+        pytest.skip("a local store copies nothing server side")
+    store.put("src/obj", b"copied without passing through us")
+    assert store.copy_from_url("dst/obj", store.url_for("src/obj")) is True
+    assert store.get("dst/obj") == b"copied without passing through us"
+    assert store.copy_to_url("src/obj", store.url_for("dst/again"), {"cas_raw": False}) is True
+    assert store.get("dst/again") == b"copied without passing through us"
+    assert store.copy_from_url("dst/none", store.url_for("src/missing")) is False
+    assert store.copy_to_url("src/missing", store.url_for("dst/none")) is False
+    assert store.get("dst/none") is None
+
+
+def test_listing_reports_md5_where_the_store_says_so(store):
+    payload = b'{"a manifest": 1}'
+    store.put("m/x.json", payload)
+    assert store.put_if_absent("m/y.json", payload) is True
+    listed = {info.key: info.md5 for info in store.list("m/")}
+    if store.lists_md5:
+        # the per-entry index of prune relies on it (maintenance.index_or_read)
+        assert listed == {k: hashlib.md5(payload).hexdigest() for k in ("m/x.json", "m/y.json")}
+    else:
+        assert set(listed) == {"m/x.json", "m/y.json"}
+
+
+def test_get_dated_on_the_store_clock(store):
+    store.put("dated", b"d")
+    data, written, now = store.get_dated("dated")
+    assert data == b"d"
+    assert abs(written - time.time()) < 300
+    assert now is None or (abs(now - time.time()) < 300 and now >= written - 2)
+    assert store.get_dated("undated") is None
+
+
+def test_touch_keeps_the_bytes(store):
+    store.put("t/obj", b"touched")
+    touched = store.touch("t/obj")
+    assert store.get("t/obj") == b"touched"
+    assert store.touch("t/missing") is False
+    assert touched in (True, False)  # stores that cannot touch say so
 
 
 # --- S3 specifics ---------------------------------------------------------------
@@ -396,3 +460,77 @@ def test_parse_s3_url(url, expected):
 def test_parse_s3_url_rejects(url):
     with pytest.raises(ValueError):
         parse_s3_url(url)
+
+
+# --- GCS and Azure specifics ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["gcs", "azure"])
+def test_cloud_url_for_and_scope(request, kind):
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
+
+    cloud = request.getfixturevalue(kind + "_env")
+    store = open_store(cloud.url(ROOT))
+    assert store.url_for("a/b") == cloud.url(ROOT + "/a/b")
+    # objects beside the store, including a sibling sharing its name as a prefix
+    outside = ["cache/root-old/x", "cache/rootx", "other/y", "top"]
+    for key in outside:
+        open_store(cloud.url(key.rsplit("/", 1)[0] if "/" in key else "")).put(
+            key.rsplit("/", 1)[-1], b"o"
+        )
+    store.put("x", b"inside")
+    assert _keys(store) == {"x"}
+    store.delete(["x", "y", "top"])
+    assert sorted(i.key for i in open_store(cloud.url()).list()) == sorted(outside)
+
+
+@pytest.mark.parametrize("kind", ["gcs", "azure"])
+def test_cloud_missing_bucket_is_unavailable(request, kind, tmp_path):
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
+
+    cloud = request.getfixturevalue(kind + "_env")
+    url = cloud.url("p").replace(cloud.name, cloud.name + "-gone")
+    store = open_store(url)
+    src = tmp_path / "src"
+    src.write_bytes(b"s")
+    for call in (
+        lambda: store.get("k"),
+        lambda: store.get_dated("k"),
+        lambda: store.head("k"),  # must not read as a miss
+        lambda: store.get_file("k", str(tmp_path / "out")),
+        lambda: list(store.list()),
+        lambda: store.put("k", b"v"),
+        lambda: store.put_if_absent("k", b"v"),
+        lambda: store.put_file("k", str(src)),
+    ):
+        with pytest.raises(StoreUnavailable, match=url):
+            call()
+
+
+@pytest.mark.parametrize("kind", ["gcs", "azure"])
+@pytest.mark.parametrize("operation", ["put_if_absent", "head"])
+def test_cloud_unreachable_fails_fast(kind, operation, tmp_path, monkeypatch):
+    from cloud_servers import dead_env
+
+    from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
+
+    for name, value in dead_env(kind).items():
+        monkeypatch.setenv(name, value)
+    url = ("gs://b/p" if kind == "gcs" else "azure://c/p") + "-" + operation
+    store = open_store(url)
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = {
+        "get": lambda: store.get("k"),
+        "put_if_absent": lambda: store.put_if_absent("k", b"v"),
+        "head": lambda: store.head("k"),
+        "list": lambda: list(store.list("x/")),
+        "get_file": lambda: store.get_file("k", str(out / "f")),
+    }
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        calls[operation]()
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert url in message and "unreachable" in message and "\n" not in message, message
+    assert os.listdir(out) == []

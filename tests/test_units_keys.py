@@ -571,7 +571,7 @@ def test_parse_arguments_normalizes_string_forms(tmp_path):
         ({"refresh": "maybe"}, "refresh", "maybe"),
         ({"lock": 2}, "lock", "2"),
         ({"store": ""}, "store", "''"),
-        ({"store": "gs://bucket/x"}, "store", "gs://"),
+        ({"store": "hdfs://bucket/x"}, "store", "hdfs://"),
         ({"depends_on": ["missing.txt"]}, "depends_on", "missing.txt"),
         ({"depends_on": [42]}, "depends_on", "42"),
         ({"env": ["surely-not-an-installed-package-t2"]}, "env", "surely-not"),

@@ -8,6 +8,7 @@ environment variable in the orchestrator after this module is imported.
 from __future__ import annotations
 
 import os
+import re
 
 from metaflow.metaflow_config_funcs import from_conf
 
@@ -82,10 +83,17 @@ def lock_lease_seconds() -> float:
 
 
 def default_root(datastore_type: str, datastore_root: str | None) -> str:
-    """The cache root when none is configured: a prefix under the datastore root."""
+    """The cache root when none is configured: a prefix under the datastore root.
+
+    ``datastore_root`` is Metaflow's: ``METAFLOW_DATASTORE_SYSROOT_S3`` (s3://...),
+    ``_GS`` (gs://...), ``_AZURE`` (``container/prefix``, with no scheme: the
+    cache root gets azure://) or a local directory."""
     if datastore_root:
-        if datastore_type == "s3" or datastore_root.startswith("s3://"):
-            return datastore_root.rstrip("/") + "/" + DEFAULT_ROOT_NAME
+        root = datastore_root.rstrip("/")
+        if datastore_type == "azure" and "://" not in root:
+            root = "azure://" + root
+        if datastore_type in ("s3", "gs", "azure") or re.match(r"^(s3|gs|azure)://", root):
+            return root + "/" + DEFAULT_ROOT_NAME
         return os.path.join(datastore_root, DEFAULT_ROOT_NAME)
     return os.path.join(os.getcwd(), ".metaflow", DEFAULT_ROOT_NAME)
 

@@ -473,15 +473,20 @@ class DatastoreBlobs:
         ca_store = task_datastore._ca_store
         self._storage = ca_store._storage_impl
         self._prefix = ca_store._prefix
-        self.kind = "s3" if self._storage.TYPE == "s3" else "local"
+        # "local", "s3", "gs" or "azure": the scheme of the cache roots that can copy
+        # server side to and from it (Metaflow's TYPE of the datastore)
+        self.kind = self._storage.TYPE if self._storage.TYPE in ("s3", "gs", "azure") else "local"
         self.root = self._storage.datastore_root
 
     def path(self, sha: str) -> str:
         return self._storage.path_join(self._prefix, sha[:2], sha)
 
     def url(self, sha: str) -> str:
-        """Absolute local path or s3:// URL of a blob."""
-        return self._storage.full_uri(self.path(sha))
+        """Absolute local path, or s3://, gs:// or azure:// URL of a blob."""
+        uri = self._storage.full_uri(self.path(sha))
+        if self.kind == "azure" and "://" not in uri:
+            uri = "azure://" + uri  # Metaflow's Azure paths are container/blob
+        return uri
 
     def existing(self, shas: Iterable[str]) -> set[str]:
         shas = list(shas)
@@ -491,8 +496,34 @@ class DatastoreBlobs:
         return {s for s, present in zip(shas, flags) if present}
 
     def cas_meta(self, sha: str) -> dict[str, Any] | None:
+        if self.kind in ("gs", "azure"):
+            return self._cloud_meta(sha)
         exists, meta = self._storage.info_file(self.path(sha))
         return meta if exists else None
+
+    def _cloud_meta(self, sha: str) -> dict[str, Any] | None:
+        """A blob's packing info on a GCS or Azure datastore, whose ``info_file`` is not
+        implemented: its metadata, read through Metaflow's own client of the datastore
+        (``root_client``: the same credentials, the same account). The keys are the
+        ones their ``save_bytes`` writes."""
+        blob = self._storage.root_client.get_blob_client(self.path(sha))
+        if self.kind == "gs":
+            from google.api_core.exceptions import NotFound
+
+            try:
+                blob.reload()
+            except NotFound:
+                return None
+            attributes = (blob.metadata or {}).get("metaflow-user-attributes")
+        else:
+            from azure.core.exceptions import ResourceNotFoundError
+
+            try:
+                properties = blob.get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+            attributes = (properties.metadata or {}).get("metaflow_user_attributes")
+        return json.loads(attributes) if attributes else {}
 
     def write_local_blob(
         self, sha: str, verified_file: str, meta: dict[str, Any], linked: bool = False

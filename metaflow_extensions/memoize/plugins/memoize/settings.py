@@ -15,7 +15,7 @@ import types
 from typing import Any
 
 from .cache.audit import parse_fraction
-from .cache.stores import root_url_problem
+from .cache.stores import ROOT_URL_FORMS, missing_library, root_url_problem
 from .durations import parse_duration
 from .exceptions import MemoizeArgumentError
 
@@ -93,16 +93,18 @@ def parse_arguments(step: str, attributes: dict[str, Any], flow_dir: str) -> dic
         raise MemoizeArgumentError(step, "version", "is %r" % (version,), "Use a string.")
     store = a.get("store")
     if store is not None and (not isinstance(store, str) or not store.strip()):
-        raise MemoizeArgumentError(
-            step, "store", "is %r" % (store,), "Use a directory path or s3://bucket/prefix."
-        )
+        raise MemoizeArgumentError(step, "store", "is %r" % (store,), "Use %s." % ROOT_URL_FORMS)
     problem = None if store is None else root_url_problem(store)
     if problem is not None:
+        install = missing_library(store)
         raise MemoizeArgumentError(
             step,
             "store",
             "%r %s" % (store, problem),
-            "Use s3://bucket/prefix for S3 (e.g. store='s3://team-cache/memoize'), "
+            "Install it, or use another root."
+            if install
+            else "Use s3://bucket/prefix for S3 (e.g. store='s3://team-cache/memoize'), "
+            "gs://bucket/prefix for GCS, azure://container/prefix for Azure, "
             "or a directory path.",
         )
     parsed = {

@@ -1,7 +1,8 @@
 """Moving artifact blobs between the run's datastore and the cache, as stored bytes.
 
 Nothing is unpickled or recompressed: Metaflow's gzip-packed blobs are copied
-as they are. Existing blobs are skipped; S3-to-S3 copies are server side;
+as they are. Existing blobs are skipped; copies between a cache and a datastore
+on the same cloud (S3, GCS, Azure) are server side;
 several blobs move in parallel. Every blob read back from the cache is checked
 against its content hash before the task can use it.
 """
@@ -222,9 +223,11 @@ def import_blobs(
         record = wanted[sha]
         meta = {"cas_raw": record.cas_raw, "cas_version": 1}
         key = cache.blob_key(sha)
-        if datastore.kind == "s3" and store.url.startswith("s3://") and not cache.signing_key:
-            # S3 to S3: the bytes never pass through this task; S3 guarantees
-            # integrity of the copy, the size check catches a truncated source.
+        same_cloud = datastore.kind != "local" and store.url.startswith(datastore.kind + "://")
+        if same_cloud and not cache.signing_key:
+            # S3 to S3 (GCS to GCS, Azure to Azure): the bytes never pass through this
+            # task; the service guarantees integrity of the copy, the size check
+            # catches a truncated source.
             # With signing on, a blob must be hashed before use (a cache writer
             # could swap one), so signed caches take the verified path below.
             info = store.head(key)

@@ -15,7 +15,7 @@ from ..cache import audit
 from ..cache.entries import Cache
 from ..cache.manifest import ArtifactRecord, Manifest, foreach_text
 from ..cache.singleflight import Lease
-from ..cache.stores import ROOT_URL_FORMS, open_store, root_url_problem
+from ..cache.stores import ROOT_URL_FORMS, missing_library, open_store, root_url_problem
 from ..cache.stores import s3 as s3_store
 from ..cache.stores.faults import share_budget
 from ..cache.transfer import export_blobs, import_blobs
@@ -95,8 +95,11 @@ def _check_root_setting():
     root = config.cache_root_setting()
     problem = root and root_url_problem(root)
     if problem:
+        install = missing_library(root)
         raise MemoizeException(
-            "%s=%r %s: use %s, e.g. s3://team-cache/memoize."
+            "%s=%r %s: install it, or set another root." % (config.ENV_ROOT, root, problem)
+            if install
+            else "%s=%r %s: use %s, e.g. s3://team-cache/memoize."
             % (config.ENV_ROOT, root, problem, ROOT_URL_FORMS)
         )
 
