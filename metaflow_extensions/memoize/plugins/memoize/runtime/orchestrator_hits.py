@@ -360,12 +360,15 @@ class OrchestratorHits:
         }
         expected["_iteration_stack"] = []  # what Metaflow reads when a task lacks it
         parent_hashes = mf.artifact_hashes(first)
+        is_join = mf.node_type(task.graph, task.step) == "join"
         for attr in mf.TRANSITION_ATTRIBUTES:
             if attr in expected:
                 continue
-            # not set by the step: the task inherits its input's (as long as the item
-            # list, for _foreach_values), compared by hash rather than loaded
-            if origin_hashes.get(attr) != parent_hashes.get(attr):
+            # not set by the step: a linear task inherits its input's (as long as the
+            # item list, for _foreach_values), compared by hash rather than loaded; a
+            # join inherits nothing of it
+            inherited = None if is_join else parent_hashes.get(attr)
+            if origin_hashes.get(attr) != inherited:
                 return False
         if not ((manifest.transition or {}).get("_transition") or {}).get("foreach"):
             # Only a foreach sets _foreach_values; other steps of entries recorded
