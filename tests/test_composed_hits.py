@@ -135,6 +135,7 @@ def test_appending_one_item_runs_one_body_and_writes_what_an_uncached_run_writes
     assert sorted(m.get("memoize_completed", "task") for m in metas) == ["composed"] * 8 + ["task"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "items",
     [
@@ -161,6 +162,7 @@ def test_a_reordered_or_shrunk_foreach_runs_no_body(runner, items):
     )
 
 
+@pytest.mark.slow
 def test_every_shape_composes_from_a_cache_whose_origins_are_in_another_datastore(runner, tmp_path):
     # a team cache filled by someone else's runs: the origin tasks are in their
     # datastore, not this one; every hit is composed and its blobs copied in
