@@ -241,7 +241,7 @@ class OrchestratorHits:
             "memoize_saved_seconds": "%.3f" % manifest.body_seconds,
             # "true" for every task completed without a process; how, apart
             "memoize_cloned": "true",
-            "memoize_completed": how,
+            "memoize_completed": how.split(" ", 1)[0],
             "memoize_entry": manifest.key,
             "memoize_compared": manifest.key,
             "memoize_reason": HIT_REASON,
@@ -256,7 +256,7 @@ class OrchestratorHits:
         except CacheFault:
             pass  # recency is best effort
         task.log(
-            "hit %s key=%s from %s (saved %s; %s in the orchestrator, no task launched)"
+            "hit %s key=%s from %s (saved %s; %s)"
             % (task.step, key[:12], manifest.origin, format_duration(manifest.body_seconds), how)
         )
         self.cloned.append(TaskOutcome(task.step, "hit", manifest.body_seconds))
@@ -264,7 +264,7 @@ class OrchestratorHits:
 
     def _clone(self, task, inputs, frames, manifest, produced, parent_hashes) -> str | None:
         """Complete the task as a copy of the entry's origin task, as `resume` does,
-        when that copy is exactly the hit (no object written): "cloned"; else None."""
+        when that copy is exactly the hit (no object written): how, for the log; else None."""
         origin = self._origin(task, manifest.origin)
         if origin is None:
             return None
@@ -289,30 +289,29 @@ class OrchestratorHits:
         if mf.DatastoreBlobs(origin_ds).existing(wanted) != wanted:
             return None
         task.clone_from(origin_run, origin_ds, passed_down=inputs[0])
-        return "cloned"
+        return "cloned in the orchestrator, no task launched"
 
     def _compose(self, task, inputs, frames, manifest, produced, cache) -> str | None:
         """Complete the task with exactly what a hit inside it would write: its
         input's artifacts, the entry's outputs (copied into the datastore first if
-        they are not there) and this run's bookkeeping: "composed"; else None.
+        they are not there) and this run's bookkeeping: how, for the log; else None.
         The origin need not exist, nor its surroundings be unchanged."""
         if self._parameters is None:
             self._parameters = task.parameters_task() or False
         if self._parameters is False:
             return None  # a resume: the class attributes this run stores are not at hand
         try:
-            import_blobs(
-                mf.DatastoreBlobs(inputs[0]),
-                cache,
-                manifest.artifacts,
-                may_delete=config.mode() != "read",
+            # a bad blob is left for the launched task to diagnose, set aside and
+            # warn about, once
+            moved = import_blobs(
+                mf.DatastoreBlobs(inputs[0]), cache, manifest.artifacts, may_delete=False
             )
         except (CacheFault, OSError):
-            return None  # the task retries, and says what is wrong
+            return None
         task.compose(
             inputs[0], self._parameters, produced, manifest.transition, frames, self._saved
         )
-        return "composed"
+        return "composed in the orchestrator, no task launched; %s" % moved.describe()
 
     def _code_of(self, task) -> dict[str, str]:
         # the orchestrator's view of the flow's source is fixed when it imported it
