@@ -28,7 +28,9 @@ def _starts(result, step):
 def _one_width(bench, width):
     fd = FlowDir(bench.work / ("wide-%d" % width), "wide_flow.py", bench.env)
     plain_fd = FlowDir(bench.work / ("wide-plain-%d" % width), "wide_flow.py", bench.env)
-    args = ("--width", str(width))
+    # Metaflow refuses more than 100 foreach children unless told
+    splits = ("--max-num-splits", str(width + 10))
+    args = ("--width", str(width)) + splits
     sleep = {"BENCH_SLEEP": str(bench.plan.wide_sleep)}
     bench.log("target 7: width %d: first runs (memoized, plain)" % width)
     first = fd.run(*args, env=sleep)
@@ -46,7 +48,7 @@ def _one_width(bench, width):
         return r.wall
 
     def resume(_):
-        return fd.run("--origin-run-id", origin, command="resume", env=sleep).wall
+        return fd.run("--origin-run-id", origin, *splits, command="resume", env=sleep).wall
 
     def append(_):
         appended["n"] += 1
