@@ -8,3 +8,23 @@ from s3_server import *  # noqa: F401,F403
 def runner(tmp_path):
     """A FlowRunner in a private directory: its own datastore and default cache."""
     return FlowRunner(tmp_path / "work")
+
+
+#: The longest tests (about a minute or more each on a quiet 2-core machine),
+#: started first: with pytest-xdist handing out tests in collection order, one
+#: of them left to the end keeps the run going on one worker while the other idles.
+LONG_FIRST = (
+    "test_oracle.py::test_quick_subset_finds_no_unlisted_false_hit",
+    "test_faults.py::test_flaky_s3_never_fails_a_run",
+    "test_observed_deps.py::test_a_join_is_keyed_by_what_it_reads_from_its_inputs",
+    "test_multipart.py::test_writers_killed_mid_upload_leave_nothing_after_prune",
+    "test_audit.py::test_a_nondeterministic_step_is_flagged_and_its_entry_set_aside",
+    "test_cloud_cache.py::test_miss_hit_in_task_cloned_and_prune",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def long(item):
+        return any(name in item.nodeid for name in LONG_FIRST)
+
+    items[:] = [i for i in items if long(i)] + [i for i in items if not long(i)]
