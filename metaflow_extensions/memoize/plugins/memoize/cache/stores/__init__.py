@@ -5,19 +5,19 @@ from __future__ import annotations
 import importlib.util
 import re
 
-from .base import ObjectInfo, Store, UploadInfo, check_key  # noqa: F401
+from .base import ObjectInfo, Store, UploadInfo, check_key, parse_bucket_url  # noqa: F401
 
 ROOT_URL_FORMS = (
     "a directory path, s3://bucket/prefix, gs://bucket/prefix or azure://container/prefix"
 )
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
-#: cloud roots: scheme -> (service, what follows the scheme, parser module and
-#: function, the module its client library provides, the extra that installs it)
+#: cloud roots: scheme -> (service, what follows the scheme, the module its client
+#: library provides, the extra that installs it)
 _CLOUD = {
-    "s3": ("S3", "bucket", "s3", "parse_s3_url", "boto3", None),
-    "gs": ("GCS", "bucket", "gcs", "parse_gs_url", "google.cloud.storage", "gcs"),
-    "azure": ("Azure", "container", "azure", "parse_azure_url", "azure.storage.blob", "azure"),
+    "s3": ("S3", "bucket", "boto3", None),
+    "gs": ("GCS", "bucket", "google.cloud.storage", "gcs"),
+    "azure": ("Azure", "container", "azure.storage.blob", "azure"),
 }
 
 
@@ -36,15 +36,15 @@ def missing_library(url: str) -> str | None:
     """The pip command that installs the client library a cloud root needs, when it
     is not installed; None when nothing is missing."""
     name = _cloud_scheme(url) if isinstance(url, str) else None
-    if name is None or _CLOUD[name][5] is None:
+    if name is None or _CLOUD[name][3] is None:
         return None
-    module = _CLOUD[name][4]
+    module = _CLOUD[name][2]
     try:
         if importlib.util.find_spec(module) is not None:
             return None
     except (ImportError, ValueError):
         pass
-    return "pip install 'metaflow-memoize[%s]'" % _CLOUD[name][5]
+    return "pip install 'metaflow-memoize[%s]'" % _CLOUD[name][3]
 
 
 def root_url_problem(url: str) -> str | None:
@@ -63,7 +63,7 @@ def root_url_problem(url: str) -> str | None:
         return "is empty"
     name = _cloud_scheme(url)
     if name is not None:
-        service, container, module, parser, _library, _extra = _CLOUD[name]
+        service, container, _library, _extra = _CLOUD[name]
         if not url.startswith(name + "://"):
             return "is not %s %s URL (%s URLs start with lowercase %s:// then the %s)" % (
                 "a" if service == "GCS" else "an",
@@ -72,9 +72,8 @@ def root_url_problem(url: str) -> str | None:
                 name,
                 container,
             )
-        parse = getattr(importlib.import_module("." + module, __name__), parser)
         try:
-            parse(url)
+            parse_bucket_url(url, name + "://", service, container)
         except ValueError as err:
             return "is not a usable %s URL (%s)" % (service, err)
         install = missing_library(url)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ...exceptions import CacheFault, StoreUnavailable
-from .base import ObjectInfo, Store, check_key
+from .base import ObjectInfo, Store, check_key, parse_bucket_url
 
 SCHEME = "azure://"
 LIBRARY = "azure.storage.blob"
@@ -61,15 +61,7 @@ _clients_lock = threading.Lock()
 
 def parse_azure_url(url: str) -> tuple[str, str]:
     """Split ``azure://container/some/prefix/`` into ``("container", "some/prefix")``."""
-    if not isinstance(url, str) or not url.startswith(SCHEME):
-        raise ValueError("not an Azure URL: %r" % (url,))
-    container, _, prefix = url[len(SCHEME) :].partition("/")
-    prefix = prefix.strip("/")
-    if not container:
-        raise ValueError("Azure URL %r has no container" % (url,))
-    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
-        raise ValueError("Azure URL %r has an empty, '.' or '..' path segment" % (url,))
-    return container, prefix
+    return parse_bucket_url(url, SCHEME, "Azure", "container")
 
 
 def _conf(name: str) -> str | None:

@@ -46,6 +46,21 @@ def check_key(key: str) -> str:
     return key
 
 
+def parse_bucket_url(url: str, scheme: str, service: str, container: str = "bucket"):
+    """Split ``<scheme>container/some/prefix/`` into ``("container", "some/prefix")``:
+    the URL form of every cloud store (``s3://``, ``gs://``, ``azure://``)."""
+    article = "a" if service == "GCS" else "an"
+    if not isinstance(url, str) or not url.startswith(scheme):
+        raise ValueError("not %s %s URL: %r" % (article, service, url))
+    name, _, prefix = url[len(scheme) :].partition("/")
+    prefix = prefix.strip("/")
+    if not name:
+        raise ValueError("%s URL %r has no %s" % (service, url, container))
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ValueError("%s URL %r has an empty, '.' or '..' path segment" % (service, url))
+    return name, prefix
+
+
 class Store(ABC):
     """Minimal object-store surface used by the cache.
 

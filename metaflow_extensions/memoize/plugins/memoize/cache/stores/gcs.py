@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ...exceptions import CacheFault, StoreUnavailable
-from .base import ObjectInfo, Store, check_key
+from .base import ObjectInfo, Store, check_key, parse_bucket_url
 
 SCHEME = "gs://"
 #: the package that provides this store, and the extra that installs it
@@ -53,15 +53,7 @@ _last_date = threading.local()
 
 def parse_gs_url(url: str) -> tuple[str, str]:
     """Split ``gs://bucket/some/prefix/`` into ``("bucket", "some/prefix")``."""
-    if not isinstance(url, str) or not url.startswith(SCHEME):
-        raise ValueError("not a GCS URL: %r" % (url,))
-    bucket, _, prefix = url[len(SCHEME) :].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket:
-        raise ValueError("GCS URL %r has no bucket" % (url,))
-    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
-        raise ValueError("GCS URL %r has an empty, '.' or '..' path segment" % (url,))
-    return bucket, prefix
+    return parse_bucket_url(url, SCHEME, "GCS")
 
 
 def _timeout():

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ...exceptions import CacheFault, StoreUnavailable
-from .base import ObjectInfo, Store, UploadInfo, check_key
+from .base import ObjectInfo, Store, UploadInfo, check_key, parse_bucket_url
 
 # Short enough that an unreachable store costs a step seconds, not minutes;
 # long enough for a slow-but-alive endpoint to answer a 16 MB part.
@@ -67,15 +67,7 @@ def reuse_loaded_models(client) -> None:
 
 def parse_s3_url(url: str) -> tuple[str, str]:
     """Split ``s3://bucket/some/prefix/`` into ``("bucket", "some/prefix")``."""
-    if not isinstance(url, str) or not url.startswith("s3://"):
-        raise ValueError("not an S3 URL: %r" % (url,))
-    bucket, _, prefix = url[len("s3://") :].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket:
-        raise ValueError("S3 URL %r has no bucket" % (url,))
-    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
-        raise ValueError("S3 URL %r has an empty, '.' or '..' path segment" % (url,))
-    return bucket, prefix
+    return parse_bucket_url(url, "s3://", "S3")
 
 
 def describe_error(err: BaseException) -> str:
