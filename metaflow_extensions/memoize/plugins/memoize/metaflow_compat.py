@@ -60,6 +60,32 @@ def artifact_infos(task_datastore) -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in (getattr(task_datastore, "_info", None) or {}).items()}
 
 
+def merged_artifacts(inputs, names) -> dict[str, tuple[str, dict[str, Any]]] | None:
+    """name -> (sha, info) of the artifacts a join merged through (``names``), as its
+    current ``inputs`` carry them; None when the inputs that carry one disagree
+    (merge_artifacts would fail). A hit takes these from the inputs, as the step would."""
+    if not names:
+        return {}
+    hashes = [artifact_hashes(ds) for ds in inputs]
+    out = {}
+    for name in names:
+        carriers = [i for i, h in enumerate(hashes) if name in h]
+        if not carriers or len({hashes[i][name] for i in carriers}) != 1:
+            return None
+        first = carriers[0]
+        out[name] = (hashes[first][name], artifact_infos(inputs[first]).get(name, {}))
+    return out
+
+
+def changed_passthrough(manifest, first_input) -> list[str]:
+    """The inherited artifacts the entry pinned (passthrough) whose hash the task's
+    input no longer has: the step may set them, so the entry cannot stand in."""
+    if not manifest.passthrough:
+        return []
+    current = artifact_hashes(first_input)
+    return sorted(n for n, sha in manifest.passthrough.items() if current.get(n) != sha)
+
+
 def input_identity(task_datastore):
     """(step name, foreach index of the task or None) of an input datastore."""
     known = getattr(task_datastore, "_memoize_input_identity", None)
@@ -1246,10 +1272,7 @@ class LaunchingTask:
         the way `resume` does (clone_util.clone_task_helper): artifact references and
         metadata only, no artifact bytes. ``passed_down``: a datastore whose
         ``PASSED_DOWN_ARTIFACTS`` replace the origin's (what this run passes down)."""
-        output = self.flow_datastore.get_task_datastore(
-            self.run_id, self.step, self.task_id, attempt=0, mode="w"
-        )
-        output.init_task()
+        output = self._new_output()
         output._objects = dict(origin._objects)
         output._info = {k: dict(v) for k, v in origin._info.items()}
         if passed_down is not None:
@@ -1257,19 +1280,29 @@ class LaunchingTask:
                 if name in passed_down._objects:
                     output._objects[name] = passed_down._objects[name]
                     output._info[name] = dict(passed_down._info.get(name) or {})
+        self._complete(
+            output,
+            {"origin-task-id": str(origin.task_id), "origin-run-id": str(origin_run_id)},
+        )
+
+    def _new_output(self):
+        output = self.flow_datastore.get_task_datastore(
+            self.run_id, self.step, self.task_id, attempt=0, mode="w"
+        )
+        output.init_task()
+        return output
+
+    def _complete(self, output, metadata: dict[str, str]) -> None:
+        """Register the task (first attempt, successful, plus ``metadata``: field ->
+        value, each its own type) and mark its datastore done, as clone_task_helper does."""
         self.metadata.register_task_id(self.run_id, self.step, self.task_id, 0)
         tags = ["attempt_id:0"]
-        self.metadata.register_metadata(
-            self.run_id,
-            self.step,
-            self.task_id,
-            [
-                MetaDatum("origin-task-id", str(origin.task_id), "origin-task-id", tags),
-                MetaDatum("origin-run-id", str(origin_run_id), "origin-run-id", tags),
-                MetaDatum("attempt", "0", "attempt", tags),
-                MetaDatum("attempt_ok", "True", "internal_attempt_status", tags),
-            ],
-        )
+        data = [MetaDatum(field, value, field, tags) for field, value in metadata.items()]
+        data += [
+            MetaDatum("attempt", "0", "attempt", tags),
+            MetaDatum("attempt_ok", "True", "internal_attempt_status", tags),
+        ]
+        self.metadata.register_metadata(self.run_id, self.step, self.task_id, data)
         output.done()
 
     def register(self, fields: dict[str, Any]) -> None:
@@ -1323,10 +1356,7 @@ class LaunchingTask:
         for name, (sha, record) in produced.items():
             objects[name] = sha
             info[name] = dict(record)
-        output = self.flow_datastore.get_task_datastore(
-            self.run_id, self.step, self.task_id, attempt=0, mode="w"
-        )
-        output.init_task()
+        output = self._new_output()
         values = task_bookkeeping(self.step, frames, transition)
         unsaved = []
         for name, value in values.items():
@@ -1341,19 +1371,8 @@ class LaunchingTask:
             output.save_artifacts(iter(unsaved), len_hint=len(unsaved))
             for name, value in unsaved:
                 saved[_value_key(value)] = (output._objects[name], dict(output._info[name]))
-        self.metadata.register_task_id(self.run_id, self.step, self.task_id, 0)
-        tags = ["attempt_id:0"]
-        metadata = [
-            MetaDatum("attempt", "0", "attempt", tags),
-            MetaDatum("attempt_ok", "True", "internal_attempt_status", tags),
-        ]
         path = ",".join("%s:%s" % (f.step, f.index) for f in frames)
-        if path:
-            metadata.append(
-                MetaDatum("foreach-execution-path", path, "foreach-execution-path", tags)
-            )
-        self.metadata.register_metadata(self.run_id, self.step, self.task_id, metadata)
-        output.done()
+        self._complete(output, {"foreach-execution-path": path} if path else {})
 
 
 def _value_key(value: Any) -> str:
@@ -1386,10 +1405,21 @@ def task_bookkeeping(step: str, frames: list[Any], transition: dict[str, Any]) -
     return values
 
 
-def passed_down_names(flow) -> set[str]:
+_passed_down: dict[type, frozenset[str]] = {}
+
+
+def passed_down_names(flow) -> frozenset[str]:
     """What task.py's ``_init_parameters`` turns into read-only class properties
     (so ``persist`` leaves them as the task's input has them): the parameters, the
-    public class attributes, the graph."""
+    public class attributes, the graph. Once per flow class: every composed task
+    of a run asks."""
+    cls = flow.__class__
+    if cls not in _passed_down:
+        _passed_down[cls] = frozenset(_passed_down_names(flow))
+    return _passed_down[cls]
+
+
+def _passed_down_names(flow) -> set[str]:
     from types import FunctionType, MethodType
 
     cls = flow.__class__

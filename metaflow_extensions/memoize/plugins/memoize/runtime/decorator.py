@@ -665,25 +665,15 @@ class MemoizeDecorator(StepDecorator):
     def _merged_now(self, manifest):
         """{name: {sha, info}} of the artifacts a join merged through, from the
         current inputs; None when the inputs disagree (merging would fail)."""
-        if not manifest.merged:
-            return {}
-        inputs = self._task["inputs"] or []
-        hashes = [mf.artifact_hashes(ds) for ds in inputs]
-        out = {}
-        for name in manifest.merged:
-            carriers = [i for i, h in enumerate(hashes) if name in h]
-            if not carriers or len({hashes[i][name] for i in carriers}) != 1:
-                return None
-            first = carriers[0]
-            info = mf.artifact_infos(inputs[first]).get(name, {})
-            out[name] = {"sha": hashes[first][name], "info": info}
-        return out
+        merged = mf.merged_artifacts(self._task["inputs"] or [], manifest.merged)
+        if merged is None:
+            return None
+        return {name: {"sha": sha, "info": info} for name, (sha, info) in merged.items()}
 
     def _passthrough_changed(self, manifest):
-        if not manifest.passthrough or not self._task["inputs"]:
+        if not self._task["inputs"]:
             return []
-        current = mf.artifact_hashes(self._task["inputs"][0])
-        return sorted(n for n, sha in manifest.passthrough.items() if current.get(n) != sha)
+        return mf.changed_passthrough(manifest, self._task["inputs"][0])
 
     def _quarantine(self, flow_name, step_name, key):
         if self._mode == "read":  # read mode deletes nothing

@@ -215,17 +215,15 @@ class OrchestratorHits:
         manifest = found.manifest
         if mf.entry_misfit(task.graph, task.step, manifest):
             return False  # the task sets the entry aside and says why
-        parent_hashes = mf.artifact_hashes(inputs[0])
-        if any(parent_hashes.get(n) != sha for n, sha in manifest.passthrough.items()):
+        if mf.changed_passthrough(manifest, inputs[0]):
             return False  # the task says which input changed
-        produced = {n: (a.sha, a.info) for n, a in manifest.artifacts.items()}
         # what a join merged through comes from the current inputs (as in a task)
-        for name in manifest.merged:
-            carriers = [ds for ds in inputs if name in mf.artifact_hashes(ds)]
-            shas = {mf.artifact_hashes(ds)[name] for ds in carriers}
-            if len(shas) != 1:
-                return False
-            produced[name] = (shas.pop(), mf.artifact_infos(carriers[0]).get(name, {}))
+        merged = mf.merged_artifacts(inputs, manifest.merged)
+        if merged is None:
+            return False
+        produced = {n: (a.sha, a.info) for n, a in manifest.artifacts.items()}
+        produced.update(merged)
+        parent_hashes = mf.artifact_hashes(inputs[0])
         how = self._clone(task, inputs, frames, manifest, produced, parent_hashes)
         if how is None:
             how = self._compose(task, inputs, frames, manifest, produced, cache)
