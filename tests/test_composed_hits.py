@@ -186,3 +186,20 @@ def test_every_shape_composes_from_a_cache_whose_origins_are_in_another_datastor
     assert all_artifacts(runner, "ShapesFlow", second.run_id, root, ours) == all_artifacts(
         runner, "ShapesFlow", truth.run_id, root, ours
     )
+
+
+@pytest.mark.slow
+def test_hits_inside_tasks_after_an_append_inherit_this_runs_item_list(runner):
+    # the same append with every hit inside its task: an entry used to record the
+    # item list its step only inherited (_foreach_values) and replay the origin's,
+    # stale once the list grew; it now inherits the current one, as uncached
+    runner.add_flow("items_flow.py", ITEMS_FLOW)
+    in_tasks = {"METAFLOW_MEMOIZE_CLONE": "0"}
+    runner.run("items_flow.py", "--items", EIGHT, env=in_tasks)
+    appended = runner.run("items_flow.py", "--items", EIGHT + ",i", env=in_tasks)
+
+    assert task_processes(appended, "body") == 9 and composed(appended, "body") == 0
+    truth = uncached(runner, "items_flow.py", "--items", EIGHT + ",i")
+    assert all_artifacts(runner, "ItemsFlow", appended.run_id) == all_artifacts(
+        runner, "ItemsFlow", truth.run_id
+    )
