@@ -143,7 +143,7 @@ def without_gcs_library(monkeypatch):
     """As if google-cloud-storage were not installed."""
     entry = stores._CLOUD["gs"]
     monkeypatch.setitem(
-        stores._CLOUD, "gs", entry[:4] + ("surely_not_installed.storage",) + entry[5:]
+        stores._CLOUD, "gs", entry[:2] + ("surely_not_installed.storage",) + entry[3:]
     )
 
 
