@@ -1151,6 +1151,11 @@ NEVER_CLONED_ARTIFACTS = frozenset(
 
 _launch_hook: dict[str, Any] = {"try_complete": None}
 
+#: Tasks checked side by side in the orchestrator, at most: each check is mostly
+#: waiting on the datastore and the metadata files (a resume clones in as many
+#: threads as the run has workers).
+COMPLETION_THREADS = 16
+
 
 def install_launch_hook(try_complete) -> None:
     """Let ``try_complete(LaunchingTask)`` finish a task before Metaflow's runtime
@@ -1161,41 +1166,74 @@ def install_launch_hook(try_complete) -> None:
     True the task is complete in the datastore (it was cloned, as `resume`
     clones) and is handed to the runtime the way `resume` hands over its clones;
     when it returns False or raises, the task is launched as usual.
+
+    The runtime's ``_launch_workers`` pops as many queued tasks as it has free
+    workers and launches them one by one; here it only creates them, the tasks
+    are checked side by side in threads (``try_complete`` must be thread-safe),
+    and those it did not complete are launched, in the runtime's order.
     """
     from metaflow import runtime
 
     _launch_hook["try_complete"] = try_complete
-    original = runtime.NativeRuntime._launch_worker
+    original = runtime.NativeRuntime._launch_workers
     if getattr(original, "_memoize_hook", False):
         return
 
     @functools.wraps(original)
-    def launch_worker(self, task):
+    def launch_workers(self):
         try_complete = _launch_hook["try_complete"]
-        if (
-            try_complete is not None
-            and not self._clone_only
-            and task.retries == 0
-            and task.ubf_context is None
-            and not task.is_cloned
-        ):
-            try:
-                completed = try_complete(LaunchingTask(self, task))
-            except Exception as err:  # never lose a run to the fast path
-                print(
-                    "[memoize] WARNING: %s: could not check the cache before launching "
-                    "the task (%s); launching it" % (task.step, err),
-                    file=sys.stderr,
-                    flush=True,
-                )
-                completed = False
+        if try_complete is None or self._clone_only:
+            return original(self)
+        created = []
+
+        def create_only(task):
+            created.append(task)
+            self._active_tasks[0] += 1  # so the loop stops at the free workers, as it would
+
+        self._launch_worker = create_only  # shadows the method for this call only
+        failure = None
+        try:
+            original(self)
+        except Exception as err:  # launch what was created, then fail as Metaflow would
+            failure = err
+        finally:
+            del self._launch_worker
+            self._active_tasks[0] -= len(created)
+        for task, completed in zip(created, _try_complete_all(self, created, try_complete)):
             if completed:
                 self._cloned_tasks.append(task)
-                return
-        return original(self, task)
+            else:
+                self._launch_worker(task)
+        if failure is not None:
+            raise failure
 
-    launch_worker._memoize_hook = True
-    runtime.NativeRuntime._launch_worker = launch_worker
+    launch_workers._memoize_hook = True
+    runtime.NativeRuntime._launch_workers = launch_workers
+
+
+def _try_complete_all(runtime, tasks, try_complete) -> list[bool]:
+    """Whether each task was completed without a process, checked side by side."""
+
+    def attempt(task) -> bool:
+        if task.retries != 0 or task.ubf_context is not None or task.is_cloned:
+            return False
+        try:
+            return bool(try_complete(LaunchingTask(runtime, task)))
+        except Exception as err:  # never lose a run to the fast path
+            print(
+                "[memoize] WARNING: %s: could not check the cache before launching "
+                "the task (%s); launching it" % (task.step, err),
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
+
+    if len(tasks) <= 1:
+        return [attempt(t) for t in tasks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(COMPLETION_THREADS, len(tasks))) as pool:
+        return list(pool.map(attempt, tasks))
 
 
 class LaunchingTask:

@@ -48,6 +48,7 @@ import re
 import site
 import sys
 import sysconfig
+import threading
 import time
 import types
 import uuid
@@ -904,7 +905,8 @@ def file_digest(path: str) -> str:
     if not fresh:
         try:
             os.makedirs(os.path.dirname(memo), exist_ok=True)
-            tmp = "%s.%d.tmp" % (memo, os.getpid())
+            # per thread too: the orchestrator checks tasks side by side
+            tmp = "%s.%d.%d.tmp" % (memo, os.getpid(), threading.get_ident())
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write("%s\n%s\n%s\n" % (stamp, real, digest))
             os.replace(tmp, memo)

@@ -23,6 +23,7 @@ or a miss, never a different result.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 from .. import config
@@ -116,11 +117,12 @@ class _FirstInput:
     orchestrator checks them one after the other. Only lists are kept there, the
     last few, so a per-task artifact never pushes a shared list out."""
 
-    def __init__(self, datastore, loaded: dict[str, Any], lists: dict[str, Any], names):
+    def __init__(self, datastore, loaded: dict[str, Any], lists: dict[str, Any], names, lock):
         self._ds = datastore
         self._loaded = loaded
         self._lists = lists
         self._list_names = set(names)
+        self._lock = lock
 
     def __getattr__(self, name):
         return getattr(self._ds, name)
@@ -131,17 +133,24 @@ class _FirstInput:
         sha = mf.artifact_hashes(self._ds).get(name)
         if name not in self._list_names or sha is None:
             return self._ds[name]
-        if sha not in self._lists:
-            if len(self._lists) >= 4:
-                self._lists.pop(next(iter(self._lists)))
-            self._lists[sha] = self._ds[name]
-        return self._lists[sha]
+        with self._lock:
+            value = self._lists.get(sha)
+        if value is None:
+            value = self._ds[name]
+            with self._lock:
+                if len(self._lists) >= 4:
+                    self._lists.pop(next(iter(self._lists)))
+                self._lists[sha] = value
+        return value
 
 
 class OrchestratorHits:
-    """Called for each task the runtime is about to launch (see mf.install_launch_hook)."""
+    """Called for each task the runtime is about to launch (see mf.install_launch_hook),
+    from several threads at once: what it shares between tasks is guarded by a lock
+    or computed the same by whichever thread gets there first."""
 
     def __init__(self):
+        self._lock = threading.Lock()
         self._caches: dict[str, Cache] = {}
         self._failed_roots: set[str] = set()
         self._lists: dict[str, Any] = {}
@@ -163,7 +172,10 @@ class OrchestratorHits:
         cloned = False
         if self._eligible(deco, task) and self._not_cloned.get(task.step, 0) < GIVE_UP_AFTER:
             cloned = self._try_clone(deco, task)
-            self._not_cloned[task.step] = 0 if cloned else self._not_cloned.get(task.step, 0) + 1
+            with self._lock:
+                self._not_cloned[task.step] = (
+                    0 if cloned else self._not_cloned.get(task.step, 0) + 1
+                )
         if not cloned:
             self.launched.append(task.pathspec)
         return cloned
@@ -178,7 +190,7 @@ class OrchestratorHits:
         try:
             first = mf.load_present(inputs[0], mf.FOREACH_BOOKKEEPING)
             frames = task.expected_foreach_stack(first)
-            source = _FirstInput(inputs[0], first, self._lists, [f.var for f in frames])
+            source = _FirstInput(inputs[0], first, self._lists, [f.var for f in frames], self._lock)
             components = task_components(
                 task.flow,
                 task.graph,
@@ -313,12 +325,13 @@ class OrchestratorHits:
 
     def _code_of(self, task) -> dict[str, str]:
         # the orchestrator's view of the flow's source is fixed when it imported it
-        if task.step not in self._code:
-            step_func = mf.step_function(task.flow, task.step)
-            self._code[task.step] = code_components(
-                step_func, task.flow.__class__, mf.flow_file(task.flow)
-            )
-        return self._code[task.step]
+        with self._lock:
+            if task.step not in self._code:
+                step_func = mf.step_function(task.flow, task.step)
+                self._code[task.step] = code_components(
+                    step_func, task.flow.__class__, mf.flow_file(task.flow)
+                )
+            return self._code[task.step]
 
     def _eligible(self, deco, task) -> bool:
         if not config.clone_hits() or config.mode() not in ("on", "read"):
@@ -336,9 +349,12 @@ class OrchestratorHits:
         return all(getattr(d, "name", None) in CLONE_SAFE_DECORATORS for d in task.decorators)
 
     def _cache(self, root: str) -> Cache:
-        if root not in self._caches:
-            self._caches[root] = Cache(open_store(root), signing_key=config.signing_key())
-        return self._caches[root]
+        # one store per root: creating boto3 clients from several threads at once
+        # is not safe
+        with self._lock:
+            if root not in self._caches:
+                self._caches[root] = Cache(open_store(root), signing_key=config.signing_key())
+            return self._caches[root]
 
     def _origin(self, task, origin: str):
         parts = (origin or "").split("/")
