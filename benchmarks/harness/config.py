@@ -45,6 +45,7 @@ class Plan:
             self.prune_entries = 200
             self.prune_reps = 1
             self.wide_widths = [4]
+            self.wide_s3_widths = [4]
             self.wide_reps = 1
             self.wide_sleep = 0.0
         else:
@@ -73,6 +74,8 @@ class Plan:
             # BENCH_WIDE_WIDTHS=10,100,1000 for the whole sweep (the 1,000-item first
             # runs take about half an hour here)
             self.wide_widths = _widths(os.environ.get("BENCH_WIDE_WIDTHS", "10,100"))
+            # on Metaflow's S3 datastore (moto): BENCH_WIDE_S3_WIDTHS=0 for none
+            self.wide_s3_widths = _widths(os.environ.get("BENCH_WIDE_S3_WIDTHS", "100"))
             self.wide_reps = 3
             self.wide_sleep = 0.0
         assert self.miss_mb in self.hit_sizes and self.s3_mb in self.hit_sizes
@@ -81,7 +84,7 @@ class Plan:
 
 
 def _widths(text: str) -> list[int]:
-    return [int(w) for w in text.split(",") if w.strip()]
+    return [int(w) for w in text.split(",") if w.strip() and int(w) > 0]
 
 
 class BenchError(Exception):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..config import BenchError
 from ..flows import FlowDir, settle
 from ..markdown import fmt, rng, verdict
+from ..moto_s3 import s3_url
 from ..stats import interleaved, paired_ratios, summary
 
 #: below this width the append criterion is reported, not judged: the tasks an append
@@ -25,16 +26,27 @@ def _starts(result, step):
     )
 
 
-def _one_width(bench, width):
-    fd = FlowDir(bench.work / ("wide-%d" % width), "wide_flow.py", bench.env)
-    plain_fd = FlowDir(bench.work / ("wide-plain-%d" % width), "wide_flow.py", bench.env)
+def _one_width(bench, width, datastore="local"):
+    """``datastore``: "local", or "S3" (Metaflow's S3 datastore on moto, the default
+    cache root under it)."""
+    name = "wide-%d%s" % (width, "-s3" if datastore == "S3" else "")
+    s3 = datastore == "S3"
+    fd = FlowDir(bench.work / name, "wide_flow.py", bench.env, s3_root=s3_url(name) if s3 else None)
+    plain_name = name.replace("wide-", "wide-plain-")
+    plain_fd = FlowDir(
+        bench.work / plain_name,
+        "wide_flow.py",
+        bench.env,
+        s3_root=s3_url(plain_name) if s3 else None,
+    )
     # Metaflow refuses more than 100 foreach children unless told
     splits = ("--max-num-splits", str(width + 10))
     args = ("--width", str(width)) + splits
     sleep = {"BENCH_SLEEP": str(bench.plan.wide_sleep)}
-    bench.log("target 7: width %d: first runs (memoized, plain)" % width)
+    steps = width + 3  # start, the items, join, end
+    bench.log("target 7: width %d, %s datastore: first runs (memoized, plain)" % (width, datastore))
     first = fd.run(*args, env=sleep)
-    if first.memoize.count("stored") != width + 2:
+    if first.memoize.count("stored") != steps:
         raise BenchError("the first run stored %d entries" % first.memoize.count("stored"))
     plain_first = plain_fd.run(*args, env=dict(sleep, BENCH_MEMOIZE="0"))
     origin = first.run_id
@@ -43,7 +55,7 @@ def _one_width(bench, width):
 
     def memo(_):
         r = fd.run(*args, env=sleep)
-        if _starts(r, "body") or r.memoize.count("hit") != width + 2:
+        if _starts(r, "body") or r.memoize.count("hit") != steps:
             raise BenchError("the unchanged re-run launched a body:\n" + r.output[-3000:])
         return r.wall
 
@@ -60,10 +72,14 @@ def _one_width(bench, width):
         return r.wall
 
     reps = bench.plan.wide_reps
-    bench.log("target 7: width %d: %d rounds of re-run, resume, append" % (width, reps))
+    bench.log(
+        "target 7: width %d, %s datastore: %d rounds of re-run, resume, append"
+        % (width, datastore, reps)
+    )
     s = interleaved(reps, [("memo", memo), ("resume", resume), ("append", append)])
     return {
         "width": width,
+        "datastore": datastore,
         "first_s": first.wall,
         "plain_first_s": plain_first.wall,
         "first_ratio": first.wall / plain_first.wall,
@@ -77,14 +93,26 @@ def _one_width(bench, width):
 def measure(bench):
     return {
         "sleep": bench.plan.wide_sleep,
-        "widths": [_one_width(bench, w) for w in bench.plan.wide_widths],
+        "widths": [_one_width(bench, w) for w in bench.plan.wide_widths]
+        + (
+            [_one_width(bench, w, "S3") for w in bench.plan.wide_s3_widths]
+            if bench.moto is not None
+            else []
+        ),
     }
+
+
+def _label(w):
+    """The width, and the datastore when it is not the local one."""
+    if w.get("datastore", "local") == "local":
+        return "%d" % w["width"]
+    return "%d (%s datastore)" % (w["width"], w["datastore"])
 
 
 def section(report, r):
     out = [
-        "`WideFlow`: start → foreach over *width* items → join → end, `@memoize` on "
-        "start, body and join; each body sleeps %g s. Per width: the first run memoized "
+        "`WideFlow`: start → foreach over *width* items → join → end, every step "
+        "`@memoize`d; each body sleeps %g s. Per width: the first run memoized "
         "and plain (once each), then interleaved: the unchanged re-run, `resume "
         "--origin-run-id <first>` (clone all), and a run with one new item appended "
         "(a new item each round, so each is a real append)." % r["sleep"],
@@ -95,9 +123,9 @@ def section(report, r):
     ]
     for w in r["widths"]:
         out.append(
-            "| %d | %s (%s / %s) | %s | %s | %s (%s) | %s | %s (%s) | %s |"
+            "| %s | %s (%s / %s) | %s | %s | %s (%s) | %s | %s (%s) | %s |"
             % (
-                w["width"],
+                _label(w),
                 fmt(w["first_ratio"], "x"),
                 fmt(w["first_s"], "s"),
                 fmt(w["plain_first_s"], "s"),
@@ -114,8 +142,8 @@ def section(report, r):
     out += ["", "| criterion | median | min – max | target | result |", "|---|---|---|---|---|"]
     for w in r["widths"]:
         for key, label, limit in (
-            ("ratio_resume", "width %d: unchanged re-run / resume" % w["width"], 1.0),
-            ("ratio_append", "width %d: append one item / unchanged re-run" % w["width"], 1.5),
+            ("ratio_resume", "width %s: unchanged re-run / resume" % _label(w), 1.0),
+            ("ratio_append", "width %s: append one item / unchanged re-run" % _label(w), 1.5),
         ):
             x = w[key]
             ok = x["median"] <= limit
