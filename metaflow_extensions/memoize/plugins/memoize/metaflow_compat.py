@@ -1153,7 +1153,7 @@ _launch_hook: dict[str, Any] = {"try_complete": None}
 
 #: Tasks checked side by side in the orchestrator, at most: each check is mostly
 #: waiting on the datastore and the metadata files (a resume clones in as many
-#: threads as the run has workers).
+#: threads as the run has workers). A task being checked holds a worker slot.
 COMPLETION_THREADS = 16
 
 
@@ -1167,10 +1167,11 @@ def install_launch_hook(try_complete) -> None:
     clones) and is handed to the runtime the way `resume` hands over its clones;
     when it returns False or raises, the task is launched as usual.
 
-    The runtime's ``_launch_workers`` pops as many queued tasks as it has free
-    workers and launches them one by one; here it only creates them, the tasks
-    are checked side by side in threads (``try_complete`` must be thread-safe),
-    and those it did not complete are launched, in the runtime's order.
+    The calls run in threads (``try_complete`` must be thread-safe) while the
+    runtime goes on: the runtime's ``_launch_workers`` creates the tasks its free
+    workers allow, and each is handed to a thread instead of a process; a task
+    being checked holds its worker slot. Each later call of ``_launch_workers``
+    first collects the checked tasks (see ``_Completions``).
     """
     from metaflow import runtime
 
@@ -1184,56 +1185,102 @@ def install_launch_hook(try_complete) -> None:
         try_complete = _launch_hook["try_complete"]
         if try_complete is None or self._clone_only:
             return original(self)
-        created = []
+        completions = _Completions.of(self)
+        completions.collect(wait=False)
+        launch = type(self)._launch_worker
 
-        def create_only(task):
-            created.append(task)
-            self._active_tasks[0] += 1  # so the loop stops at the free workers, as it would
+        def check_first(task):
+            if task.retries == 0 and task.ubf_context is None and not task.is_cloned:
+                completions.submit(task, try_complete)
+            else:
+                launch(self, task)
 
-        self._launch_worker = create_only  # shadows the method for this call only
-        failure = None
+        self._launch_worker = check_first  # for this call of the loop only
         try:
             original(self)
-        except Exception as err:  # launch what was created, then fail as Metaflow would
-            failure = err
         finally:
             del self._launch_worker
-            self._active_tasks[0] -= len(created)
-        for task, completed in zip(created, _try_complete_all(self, created, try_complete)):
-            if completed:
-                self._cloned_tasks.append(task)
-            else:
-                self._launch_worker(task)
-        if failure is not None:
-            raise failure
+        if not self._cloned_tasks and not self._workers:
+            # nothing else to do: _poll_workers would return at once, and the
+            # runtime's loop would spin
+            completions.collect(wait=True)
 
     launch_workers._memoize_hook = True
     runtime.NativeRuntime._launch_workers = launch_workers
 
 
-def _try_complete_all(runtime, tasks, try_complete) -> list[bool]:
-    """Whether each task was completed without a process, checked side by side."""
+class _Completions:
+    """The tasks of one runtime being checked in threads. Each counts as an active
+    task (the runtime's loop goes on while any is checked, and never starts more
+    than its workers); a finished check wakes the runtime's poll through a pipe
+    registered with it (``_poll_workers`` ignores descriptors that are not a
+    worker's), so that a check finishing while processes run is collected at once."""
 
-    def attempt(task) -> bool:
-        if task.retries != 0 or task.ubf_context is not None or task.is_cloned:
-            return False
+    @classmethod
+    def of(cls, runtime) -> _Completions:
+        if getattr(runtime, "_memoize_completions", None) is None:
+            runtime._memoize_completions = cls(runtime)
+        return runtime._memoize_completions
+
+    def __init__(self, runtime):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._runtime = runtime
+        self._pool = ThreadPoolExecutor(COMPLETION_THREADS, thread_name_prefix="memoize-check")
+        self._checking: dict[Any, Any] = {}  # future -> task, in the order they were created
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        runtime._poll.add(self._wake_read)
+
+    def submit(self, task, try_complete) -> None:
+        future = self._pool.submit(_try_complete, self._runtime, task, try_complete)
+        self._checking[future] = task
+        self._runtime._active_tasks[0] += 1
+        future.add_done_callback(self._wake)
+
+    def _wake(self, _future) -> None:
         try:
-            return bool(try_complete(LaunchingTask(runtime, task)))
-        except Exception as err:  # never lose a run to the fast path
-            print(
-                "[memoize] WARNING: %s: could not check the cache before launching "
-                "the task (%s); launching it" % (task.step, err),
-                file=sys.stderr,
-                flush=True,
-            )
-            return False
+            os.write(self._wake_write, b"\0")
+        except OSError:  # the pipe is full: the runtime has wake-ups waiting already
+            pass
 
-    if len(tasks) <= 1:
-        return [attempt(t) for t in tasks]
-    from concurrent.futures import ThreadPoolExecutor
+    def collect(self, wait: bool) -> None:
+        """Hand the checked tasks to the runtime: completed ones as clones, the others
+        launched (in the slot their check held). ``wait``: for one at least."""
+        if not self._checking:
+            return
+        if wait:
+            from concurrent.futures import FIRST_COMPLETED
+            from concurrent.futures import wait as wait_for
 
-    with ThreadPoolExecutor(max_workers=min(COMPLETION_THREADS, len(tasks))) as pool:
-        return list(pool.map(attempt, tasks))
+            wait_for(list(self._checking), return_when=FIRST_COMPLETED)
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        runtime = self._runtime
+        for future in [f for f in self._checking if f.done()]:
+            task = self._checking.pop(future)
+            runtime._active_tasks[0] -= 1
+            if future.result():
+                runtime._cloned_tasks.append(task)
+            else:
+                runtime._launch_worker(task)
+
+
+def _try_complete(runtime, task, try_complete) -> bool:
+    try:
+        return bool(try_complete(LaunchingTask(runtime, task)))
+    except Exception as err:  # never lose a run to the fast path
+        print(
+            "[memoize] WARNING: %s: could not check the cache before launching "
+            "the task (%s); launching it" % (task.step, err),
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
 
 
 class LaunchingTask:
@@ -1262,16 +1309,19 @@ class LaunchingTask:
             return None
 
     def open_inputs(self) -> list[Any] | None:
-        inputs = []
-        for path in self.input_paths:
-            parts = path.split("/")
-            if len(parts) != 3:
-                return None
-            ds = self.open_task(*parts)
-            if ds is None:
-                return None
-            inputs.append(ds)
-        return inputs
+        """The input tasks' datastores, in order; None when one cannot be opened.
+        A wide join's are opened side by side (one request each on S3)."""
+        paths = [path.split("/") for path in self.input_paths]
+        if any(len(parts) != 3 for parts in paths):
+            return None
+        if len(paths) <= 4:
+            inputs = [self.open_task(*parts) for parts in paths]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(COMPLETION_THREADS, len(paths))) as pool:
+                inputs = list(pool.map(lambda parts: self.open_task(*parts), paths))
+        return None if any(ds is None for ds in inputs) else inputs
 
     def expected_foreach_stack(self, first: dict[str, Any]) -> list[Any]:
         """The `_foreach_stack` the task would set (task.py's ``_init_foreach``), from

@@ -342,9 +342,13 @@ class Cache:
             pass  # the entry is published; pruning will read its manifest instead
 
     def record_use(self, flow: str, step: str, key: str) -> None:
-        """Mark an entry as used now: a tiny object, so LRU pruning never rewrites blobs."""
-        payload = json.dumps({"used": self.clock()}).encode()
-        self.store.put(self.used_key(flow, step, key), payload)
+        """Mark an entry as used now: a tiny object, so LRU pruning never rewrites blobs.
+        Only its modification time is read (``last_used``): where the store sets
+        that of an existing marker cheaply (a local file's mtime), nothing is rewritten."""
+        marker = self.used_key(flow, step, key)
+        if self.store.cheap_touch and self.store.touch(marker):
+            return
+        self.store.put(marker, json.dumps({"used": self.clock()}).encode())
 
     def remove_entry(self, flow: str, step: str, key: str) -> None:
         """Delete an entry: the manifest first, so a reader never sees an entry without its marker."""

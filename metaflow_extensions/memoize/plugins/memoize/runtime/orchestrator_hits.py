@@ -154,6 +154,7 @@ class OrchestratorHits:
         self._caches: dict[str, Cache] = {}
         self._failed_roots: set[str] = set()
         self._lists: dict[str, Any] = {}
+        self._bookkeeping: dict[tuple, dict[str, Any]] = {}  # foreach bookkeeping by hashes
         self._not_cloned: dict[str, int] = {}  # step -> tasks in a row not cloned
         self._code: dict[str, dict[str, str]] = {}  # step -> code components, once per run
         self._class_level: set[str] | None = None  # the flow's class-level artifact names
@@ -188,7 +189,7 @@ class OrchestratorHits:
         if not inputs:
             return False
         try:
-            first = mf.load_present(inputs[0], mf.FOREACH_BOOKKEEPING)
+            first = self._foreach_bookkeeping(inputs[0])
             frames = task.expected_foreach_stack(first)
             source = _FirstInput(inputs[0], first, self._lists, [f.var for f in frames], self._lock)
             components = task_components(
@@ -322,6 +323,21 @@ class OrchestratorHits:
             inputs[0], self._parameters, produced, manifest.transition, frames, self._saved
         )
         return "composed in the orchestrator, no task launched; %s" % moved.describe()
+
+    def _foreach_bookkeeping(self, first_input) -> dict[str, Any]:
+        """``mf.FOREACH_BOOKKEEPING`` of the task's first input, loaded once per
+        distinct value: every item of a foreach has the same parent."""
+        hashes = mf.artifact_hashes(first_input)
+        ident = tuple(hashes.get(name) for name in mf.FOREACH_BOOKKEEPING)
+        with self._lock:
+            known = self._bookkeeping.get(ident)
+        if known is None:
+            known = mf.load_present(first_input, mf.FOREACH_BOOKKEEPING)
+            with self._lock:
+                if len(self._bookkeeping) >= 4:
+                    self._bookkeeping.pop(next(iter(self._bookkeeping)))
+                self._bookkeeping[ident] = known
+        return known
 
     def _code_of(self, task) -> dict[str, str]:
         # the orchestrator's view of the flow's source is fixed when it imported it

@@ -81,6 +81,9 @@ class Store(ABC):
     #: whether ``list`` reports each object's MD5 (``ObjectInfo.md5``): then
     #: the cache keeps a listable index of its entries (see cache.py)
     lists_md5: bool = False
+    #: whether ``touch`` costs less than a ``put`` of a small object (one local
+    #: syscall, not a HEAD and a copy on a bucket)
+    cheap_touch: bool = False
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

@@ -16,6 +16,8 @@ from .base import ObjectInfo, Store, check_key
 
 
 class LocalStore(Store):
+    cheap_touch = True
+
     def __init__(self, root: str):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.url = self.root
