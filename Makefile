@@ -80,7 +80,7 @@ test-slow: install test-tools
 
 # The full-size reliability runs (20 writers killed mid-upload, 8 concurrent runs
 # x 10 keys, prune racing 4 runs, flaky S3 at 5% and 20% on the S3 datastore):
-# about 15 minutes; their small variants run in `make test`.
+# about 15 minutes; their small variants run in `make test` or `make test-slow`.
 test-stress: install test-tools
 	$(BIN)/python -m pytest -n 2 -q -m stress tests
 

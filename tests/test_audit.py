@@ -39,6 +39,7 @@ def test_a_deterministic_step_is_audited_without_mismatch(warmed):
     assert _status(runner, again.run_id, "det")["memoize_status"] == "hit"
 
 
+@pytest.mark.slow
 def test_a_nondeterministic_step_is_flagged_and_its_entry_set_aside(warmed):
     runner, first = warmed
     stored = runner.artifacts("AuditFlow", first.run_id)["rnd"][0]["noise"]

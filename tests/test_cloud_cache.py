@@ -87,6 +87,7 @@ def test_miss_hit_in_task_cloned_and_prune(request, tmp_path, kind):
     assert list(open_store(cloud.url("cache")).list("v1/blobs/")) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_stopped_emulator_fails_open_with_one_warning_per_task(request, tmp_path, kind):
     server = request.getfixturevalue("own_%s_server" % kind)

@@ -4,7 +4,7 @@ reported by `stats` and aborted by `prune` once older than the grace period.
 The first test makes the uploads the way a killed writer leaves them (a multipart
 upload of a blob name started, one part uploaded, never completed nor aborted);
 the others kill real runs' tasks with SIGKILL while they upload (2 in ``make
-test``, 20 in the stress variant, make test-stress).
+test-slow``, 20 in the stress variant, make test-stress).
 """
 
 from __future__ import annotations
@@ -250,6 +250,7 @@ def check_killed_uploads(runner, s3_env, fault, kills: int) -> None:
     assert fresh.count("start") == 0  # the re-run's entry was served
 
 
+@pytest.mark.slow
 def test_writers_killed_mid_upload_leave_nothing_after_prune(runner, s3_env, fault):
     check_killed_uploads(runner, s3_env, fault, 2)
 
