@@ -1355,11 +1355,12 @@ class LaunchingTask:
     def log(self, message: str) -> None:
         self._task.log("[memoize] %s" % message)
 
-    def clone_from(self, origin_run_id: str, origin, passed_down=None) -> None:
+    def clone_from(self, origin_run_id: str, origin, passed_down=None, metadata=None) -> None:
         """Complete this task as a copy of ``origin``, a finished task of the same step,
         the way `resume` does (clone_util.clone_task_helper): artifact references and
         metadata only, no artifact bytes. ``passed_down``: a datastore whose
-        ``PASSED_DOWN_ARTIFACTS`` replace the origin's (what this run passes down)."""
+        ``PASSED_DOWN_ARTIFACTS`` replace the origin's (what this run passes down);
+        ``metadata``: more fields to register with the task's own."""
         output = self._new_output()
         output._objects = dict(origin._objects)
         output._info = {k: dict(v) for k, v in origin._info.items()}
@@ -1370,7 +1371,10 @@ class LaunchingTask:
                     output._info[name] = dict(passed_down._info.get(name) or {})
         self._complete(
             output,
-            {"origin-task-id": str(origin.task_id), "origin-run-id": str(origin_run_id)},
+            dict(
+                metadata or {},
+                **{"origin-task-id": str(origin.task_id), "origin-run-id": str(origin_run_id)},
+            ),
         )
 
     def _new_output(self):
@@ -1393,9 +1397,6 @@ class LaunchingTask:
         self.metadata.register_metadata(self.run_id, self.step, self.task_id, data)
         output.done()
 
-    def register(self, fields: dict[str, Any]) -> None:
-        register_task_metadata(self.metadata, self.run_id, self.step, self.task_id, 0, fields)
-
     def parameters_task(self):
         """This run's ``_parameters`` task (read mode), or None when the run did not
         write it itself (a resume clones it from the origin run)."""
@@ -1413,6 +1414,7 @@ class LaunchingTask:
         transition: dict[str, Any],
         frames: list[Any],
         saved: dict[str, tuple[str, dict[str, Any]]],
+        metadata: dict[str, str] | None = None,
     ) -> None:
         """Complete this task with what the task itself would write on a hit
         (task.py's ``run_step`` with the body replaced by ``replay``): artifact
@@ -1428,7 +1430,8 @@ class LaunchingTask:
           datastore, and the bookkeeping this task sets (``task_bookkeeping``).
 
         ``saved``: value key -> (sha, info) of bookkeeping objects this run wrote
-        before (identical objects are written once).
+        before (identical objects are written once). ``metadata``: more fields to
+        register with the task's own.
         """
         is_join = node_type(self.graph, self.step) == "join"
         passed = passed_down_names(self.flow)
@@ -1460,7 +1463,10 @@ class LaunchingTask:
             for name, value in unsaved:
                 saved[_value_key(value)] = (output._objects[name], dict(output._info[name]))
         path = ",".join("%s:%s" % (f.step, f.index) for f in frames)
-        self._complete(output, {"foreach-execution-path": path} if path else {})
+        fields = dict(metadata or {})
+        if path:
+            fields["foreach-execution-path"] = path
+        self._complete(output, fields)
 
 
 def _value_key(value: Any) -> str:

@@ -22,7 +22,6 @@ or a miss, never a different result.
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
 
@@ -237,14 +236,9 @@ class OrchestratorHits:
         produced = {n: (a.sha, a.info) for n, a in manifest.artifacts.items()}
         produced.update(merged)
         parent_hashes = mf.artifact_hashes(inputs[0])
-        how = self._clone(task, inputs, frames, manifest, produced, parent_hashes)
-        if how is None:
-            how = self._compose(task, inputs, frames, manifest, produced, cache)
-        if how is None:
-            return False
         # The client API shows a clone the metadata of its origin for every field
         # the clone lacks: the origin's own miss reason would read as this task's.
-        # So every field `memoize explain` reads is written here.
+        # So every field `memoize explain` reads is written, with the task's own.
         fields = {
             "memoize_status": "hit",
             "memoize_key": key,
@@ -252,16 +246,16 @@ class OrchestratorHits:
             "memoize_saved_seconds": "%.3f" % manifest.body_seconds,
             # "true" for every task completed without a process; how, apart
             "memoize_cloned": "true",
-            "memoize_completed": how.split(" ", 1)[0],
             "memoize_entry": manifest.key,
             "memoize_compared": manifest.key,
             "memoize_reason": HIT_REASON,
             "memoize_changed_inputs": "",
         }
-        try:
-            task.register(fields)
-        except Exception as err:  # metadata is informative
-            print("[memoize] could not record task metadata: %s" % err, file=sys.stderr)
+        how = self._clone(task, inputs, frames, manifest, produced, parent_hashes, fields)
+        if how is None:
+            how = self._compose(task, inputs, frames, manifest, produced, cache, fields)
+        if how is None:
+            return False
         try:
             cache.record_use(task.flow.name, task.step, manifest.key)
         except CacheFault:
@@ -273,9 +267,10 @@ class OrchestratorHits:
         self.cloned.append(TaskOutcome(task.step, "hit", manifest.body_seconds))
         return True
 
-    def _clone(self, task, inputs, frames, manifest, produced, parent_hashes) -> str | None:
+    def _clone(self, task, inputs, frames, manifest, produced, parent_hashes, fields):
         """Complete the task as a copy of the entry's origin task, as `resume` does,
-        when that copy is exactly the hit (no object written): how, for the log; else None."""
+        when that copy is exactly the hit (no object written), with the metadata
+        ``fields``: how, for the log; else None."""
         origin = self._origin(task, manifest.origin)
         if origin is None:
             return None
@@ -299,10 +294,15 @@ class OrchestratorHits:
         wanted = {sha for sha, _info in produced.values()}
         if mf.DatastoreBlobs(origin_ds).existing(wanted) != wanted:
             return None
-        task.clone_from(origin_run, origin_ds, passed_down=inputs[0])
+        task.clone_from(
+            origin_run,
+            origin_ds,
+            passed_down=inputs[0],
+            metadata=dict(fields, memoize_completed="cloned"),
+        )
         return "cloned in the orchestrator, no task launched"
 
-    def _compose(self, task, inputs, frames, manifest, produced, cache) -> str | None:
+    def _compose(self, task, inputs, frames, manifest, produced, cache, fields) -> str | None:
         """Complete the task with exactly what a hit inside it would write: its
         input's artifacts, the entry's outputs (copied into the datastore first if
         they are not there) and this run's bookkeeping: how, for the log; else None.
@@ -320,7 +320,13 @@ class OrchestratorHits:
         except (CacheFault, OSError):
             return None
         task.compose(
-            inputs[0], self._parameters, produced, manifest.transition, frames, self._saved
+            inputs[0],
+            self._parameters,
+            produced,
+            manifest.transition,
+            frames,
+            self._saved,
+            metadata=dict(fields, memoize_completed="composed"),
         )
         return "composed in the orchestrator, no task launched; %s" % moved.describe()
 
