@@ -154,6 +154,7 @@ class OrchestratorHits:
         self._failed_roots: set[str] = set()
         self._lists: dict[str, Any] = {}
         self._bookkeeping: dict[tuple, dict[str, Any]] = {}  # foreach bookkeeping by hashes
+        self._stored_values: dict[tuple, tuple] = {}  # (name, hash) -> (JSON-like value,)
         self._not_cloned: dict[str, int] = {}  # step -> tasks in a row not cloned
         self._code: dict[str, dict[str, str]] = {}  # step -> code components, once per run
         self._class_level: set[str] | None = None  # the flow's class-level artifact names
@@ -412,5 +413,30 @@ class OrchestratorHits:
             origin_sha = origin_hashes.get("_foreach_values")
             if origin_sha is not None and origin_sha == parent_hashes.get("_foreach_values"):
                 expected.pop("_foreach_values", None)
-        values = mf.bookkeeping_values(origin_ds, expected)
-        return all(values[name] == value for name, value in expected.items())
+        return all(
+            value == expected[name]
+            for name, value in self._bookkeeping_of(origin_ds, origin_hashes, expected).items()
+        )
+
+    def _bookkeeping_of(self, origin_ds, origin_hashes, names) -> dict[str, Any]:
+        """``mf.bookkeeping_values`` of an origin task, each distinct stored object
+        loaded once per run: the tasks of a step share all their bookkeeping objects
+        but the foreach stack, and an object's hash names its content."""
+        values, to_load = {}, []
+        with self._lock:
+            for name in names:
+                known = self._stored_values.get((name, origin_hashes.get(name)))
+                if known is not None and origin_hashes.get(name) is not None:
+                    values[name] = known[0]
+                else:
+                    to_load.append(name)
+        loaded = mf.bookkeeping_values(origin_ds, to_load) if to_load else {}
+        with self._lock:
+            for name, value in loaded.items():
+                sha = origin_hashes.get(name)
+                if sha is not None:
+                    if len(self._stored_values) >= 1024:
+                        self._stored_values.pop(next(iter(self._stored_values)))
+                    self._stored_values[(name, sha)] = (value,)
+        values.update(loaded)
+        return values
