@@ -1,6 +1,9 @@
 """The cache commands on many entries (issue 15, point 9): `list` cuts, sorts and
 filters; `prune` and `invalidate` sum a long removal up per step; progress goes
-to stderr when it is a terminal, and nowhere otherwise.
+to stderr when it is a terminal, and nowhere otherwise. Issue 17: on S3, `list`
+and `stats` work from listings and index objects (a manifest is read only for a
+row shown, or where its index is missing, stale or not believed), and `plan` and
+`explain` list each step once, not once per task.
 
 Thousands of entries are written through the cache API (as test_maintenance.py
 does) rather than by running thousands of tasks; the commands run as
@@ -21,11 +24,13 @@ import pytest
 from test_cli import standalone
 from test_maintenance import key_of, manifest, sha_of
 
+from metaflow_extensions.memoize.plugins.memoize.cache import entries
 from metaflow_extensions.memoize.plugins.memoize.cache import maintenance as mt
 from metaflow_extensions.memoize.plugins.memoize.cache.entries import Cache
 from metaflow_extensions.memoize.plugins.memoize.cache.stores import ObjectInfo
 from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
 from metaflow_extensions.memoize.plugins.memoize.cli import report
+from metaflow_extensions.memoize.plugins.memoize.runtime.explain import explain_task
 
 FLOW = "BigFlow"
 STEPS = ("a", "b", "c")
@@ -304,3 +309,184 @@ def test_twenty_thousand_entries(tmp_path):
     assert len(pruned) == 6
     assert len(json.loads(timed("list --json", "list", "--json"))) == 10_000
     print("\n20,000 entries: " + ", ".join("%s %.1fs" % kv for kv in timings.items()))
+
+
+# -- issue 17: what a command asks the store for --------------------------------------
+# The command runs in a subprocess with the store classes' reads and listings
+# counted (in that process only): what each command asked the store for.
+COUNTING_COMMAND = """
+import atexit, json, runpy, sys
+import metaflow
+from metaflow_extensions.memoize.plugins.memoize.cache.stores.local import LocalStore
+
+calls = []
+
+def count(cls, name):
+    original = getattr(cls, name)
+
+    def counted(self, key="", *args, **kwargs):
+        calls.append((name, key))
+        return original(self, key, *args, **kwargs)
+
+    setattr(cls, name, counted)
+
+for cls in (LocalStore, S3Store):
+    for name in ("get", "get_dated", "list"):
+        count(cls, name)
+atexit.register(lambda: sys.stderr.write("\\nSTORE CALLS " + json.dumps(calls) + "\\n"))
+if sys.argv[1] == "metaflow-memoize":
+    from metaflow_extensions.memoize.plugins.memoize.cli.standalone import main
+    main(sys.argv[2:])
+else:  # a flow file and its arguments
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+class Counted:
+    """A command's output and the store calls it made: ``calls`` is [(op, key)]."""
+
+    def __init__(self, proc):
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        self.stdout = proc.stdout
+        head, _, tail = proc.stderr.rpartition("STORE CALLS ")
+        self.calls = [tuple(c) for c in json.loads(tail.splitlines()[0])]
+
+    def manifest_reads(self):
+        return [
+            key
+            for op, key in self.calls
+            if op in ("get", "get_dated") and Cache.parse_manifest_key(key)
+        ]
+
+    def listings(self, prefix):
+        return [key for op, key in self.calls if op == "list" and key == prefix]
+
+
+def counted(args, cwd=None, env=None):
+    proc = subprocess.run(
+        [sys.executable, "-c", COUNTING_COMMAND, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    return Counted(proc)
+
+
+def counted_command(root, *args, env=None):
+    return counted(["metaflow-memoize", "--root", root, "--flow", FLOW, *args], env=env)
+
+
+# -- issue 17: plan and explain list each step once ----------------------------------
+WIDE_FLOW = """
+from metaflow import FlowSpec, memoize, step
+
+
+class WideFlow(FlowSpec):
+    @memoize
+    @step
+    def start(self):
+        self.items = list(range(%d))
+        self.next(self.body, foreach="items")
+
+    @memoize
+    @step
+    def body(self):
+        self.out = self.input * 2
+        self.next(self.join)
+
+    @memoize
+    @step
+    def join(self, inputs):
+        self.total = sum(i.out for i in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    WideFlow()
+"""
+
+
+def test_plan_after_a_body_edit_lists_each_step_once(runner):
+    """Before: every task that would miss listed its step's entries again and read
+    up to 8 of them (tasks x entries: 1,713 s for 5,000 items on S3)."""
+    width = 6
+    flow = runner.add_flow("wide_flow.py", WIDE_FLOW % width)
+    runner.run("wide_flow.py")
+    flow.write_text(flow.read_text().replace("self.input * 2", "self.input * 3"))
+
+    plan = counted(
+        ["wide_flow.py", "--no-pylint", "memoize", "plan", "--json"],
+        cwd=runner.workdir,
+        env=runner.env(),
+    )
+    doc = json.loads(plan.stdout[plan.stdout.index("{") :])
+    by_step = {s["step"]: s for s in doc["steps"]}
+    assert by_step["start"]["verdict"] == "hit"
+    assert [t["verdict"] for t in by_step["body"]["tasks"]] == ["run"] * width
+    assert all("code changed" in t["reason"] for t in by_step["body"]["tasks"])
+    assert by_step["join"]["verdict"] == "maybe"
+
+    assert len(plan.listings(Cache.entry_prefix("WideFlow", "body"))) == 1
+    body_reads = [k for k in plan.manifest_reads() if Cache.parse_manifest_key(k)[1] == "body"]
+    # one lookup per task, and the step's newest entries read once
+    assert len(body_reads) <= width + entries.LATEST_READS
+
+
+def test_explaining_many_tasks_lists_their_step_once(tmp_path):
+    """`explain` of tasks that did not record what they were compared with (older
+    versions) finds the step's latest entry: one listing for all of them."""
+    store = CountingLocalStore(str(tmp_path / "cache"))
+    cache = Cache(store)
+    stored = []
+    for i in range(40):
+        m = manifest(FLOW, "a", key_of("x%d" % i), {"x": b"%d" % i}, time.time() - 1000 + i)
+        m.components = {"code": {"step": "version %d" % i}}
+        cache.publish(m)
+        stored.append(m)
+    recent = entries.RecentEntries(cache)
+    store.calls.clear()
+    explained = [
+        explain_task(
+            cache,
+            FLOW,
+            "a",
+            "%s/1/a/%d" % (FLOW, i),
+            {"memoize_status": "miss", "memoize_key": m.key},
+            recent,
+        )
+        for i, m in enumerate(stored)
+    ]
+    assert [op for op, key in store.calls if op == "list"] == ["list"]
+    # one lookup of each task's own entry, and the step's newest entries once
+    assert len([1 for op, _ in store.calls if op == "get"]) <= len(stored) + entries.LATEST_READS
+    # each compared with the newest entry created before its own
+    assert explained[-1].compared_with == stored[-2].origin
+    assert explained[-1].components["code"] == "changed"
+
+
+class CountingLocalStore(LocalStore):
+    """A local store that records its reads and listings."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.calls = []
+
+    def get(self, key):
+        self.calls.append(("get", key))
+        return super().get(key)
+
+    def get_dated(self, key):
+        self.calls.append(("get", key))
+        return super().get_dated(key)
+
+    def list(self, prefix=""):
+        self.calls.append(("list", prefix))
+        return super().list(prefix)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import config
 from .. import metaflow_compat as mf
-from ..cache.entries import Cache
+from ..cache.entries import Cache, RecentEntries
 from ..cache.stores import open_store
 from ..exceptions import CacheFault
 from ..key.components import diff_components, diff_other_item, input_id, key_of
@@ -156,6 +156,8 @@ class Planner:
         self.flow_datastore = flow_datastore
         self.decorators = decorators  # step -> MemoizeDecorator
         self._caches: dict[str, Cache] = {}
+        # per root: each step's newest entries, listed once for the whole plan
+        self._recent: dict[str, RecentEntries] = {}
         self._records: dict[str, Any] = {}  # sha -> ArtifactRecord seen in manifests
         self.mode = config.mode()
         self.refresh_all, self.refresh_steps = config.refresh_request()
@@ -164,7 +166,12 @@ class Planner:
         root = deco.cache_root()
         if root not in self._caches:
             self._caches[root] = Cache(open_store(root), signing_key=config.signing_key())
+            self._recent[root] = RecentEntries(self._caches[root])
         return self._caches[root]
+
+    def recent_for(self, deco) -> RecentEntries:
+        self.cache_for(deco)
+        return self._recent[deco.cache_root()]
 
     # -- the walk -----------------------------------------------------------
     def plan(self, parameter_hashes: dict[str, str]) -> PlanResult:
@@ -250,7 +257,7 @@ class Planner:
             last = found.first  # what the step produced last time, if it had an entry
             if found.status == "absent":
                 try:
-                    previous = cache.latest_entry(
+                    previous = self.recent_for(deco).latest(
                         self.flow.name,
                         step,
                         prefer=lambda m: m.components.get("foreach") == components.get("foreach"),
