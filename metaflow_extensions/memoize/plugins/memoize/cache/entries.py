@@ -15,12 +15,12 @@ Layout under the cache root (see docs/concepts.md):
 Blobs are written before the manifest that references them, and the manifest
 is published with put-if-absent (first writer wins) unless refreshing.
 
-The index exists so that garbage collection can list instead of reading every
-manifest (one GET each: minutes for 10,000 entries). It is written after the
-manifest, only on stores whose listings carry each object's MD5 (S3), and an
-index object is believed only while its ``md5`` equals the listed MD5 of the
-entry's manifest: a stale, missing or unverifiable index just means that
-manifest is read, as it would be without an index.
+The index exists so that garbage collection, `stats` and `list` can list instead
+of reading every manifest (one GET each: minutes for 10,000 entries). It is
+written after the manifest, only on stores whose listings carry each object's
+MD5 (S3), and an index object is believed only while its ``md5`` equals the
+listed MD5 of the entry's manifest: a stale, missing or unverifiable index just
+means that manifest is read, as it would be without an index.
 """
 
 from __future__ import annotations

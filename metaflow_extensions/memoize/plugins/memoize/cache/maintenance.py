@@ -14,8 +14,9 @@ it exists, so every entry left behind is complete. Only objects under
 ``v1/entries``, ``v1/used``, ``v1/index`` and ``v1/blobs`` are ever deleted.
 
 On S3 a full scan reads no manifest that has a verified index object (see
-cache.py): what pruning needs (times, blob references) is in the index names,
-and blob sizes come from the blob listing.
+entries.py): what pruning needs (times, blob references) is in the index names,
+and blob sizes come from the blob listing. `stats` and `list` scan the same way
+(``scan(indexed=True)``); `list` then reads the manifests of the rows it shows.
 
 The long phases (reading manifests, deleting) report how far they got to a
 ``progress`` callable, ``progress(label, total)``: a context manager whose value
@@ -422,16 +423,29 @@ def scan(
     step: str | None = None,
     full: bool = False,
     progress: Progress = no_progress,
+    indexed: bool = False,
+    blob_sizes: bool = True,
 ) -> Inventory:
     """Read the entries (and markers) in scope: the target's flow (or all), one step (or all).
 
-    ``full``: also list every blob and read every manifest under the root,
+    ``full``: also list every blob and know every manifest under the root,
     whatever the scope: garbage collection needs to know all references.
+
+    ``indexed`` (implied by ``full``): on a store whose listings carry MD5s, an
+    entry with a verified index object is known from it and its manifest is not
+    read (``index_or_read``): what `stats` and the order of `list` need
+    (creation, expiry, blob references) is in the index name, and blob sizes
+    come from the blob listing. Such entries have no ``manifest``: read the few
+    that are shown with ``read_manifests``. ``blob_sizes=False`` skips the blob
+    listing when nothing but the manifests read later will show a size (their
+    ``size`` is 0 until then). Other stores read every manifest.
     """
     cache, flow = target.cache, target.flow
     # a step name alone is no prefix (v1/entries/<Flow>/<step>): filter instead;
     # garbage collection needs every entry under the root
     scope = (None, None) if full else (flow, step if flow else None)
+    use_index = (full or indexed) and cache.store.lists_md5
+    list_all_blobs = full or (use_index and blob_sizes)
 
     def in_scope(ident: tuple[str, str, str]) -> bool:
         return (flow is None or ident[0] == flow) and (step is None or ident[1] == step)
@@ -440,14 +454,16 @@ def scan(
     # 1,000 keys is a round trip, and parsing one overlaps fetching another)
     with ThreadPoolExecutor(max_workers=4) as pool:
         listing = pool.submit(lambda: list(cache.store.list(Cache.entry_prefix(*scope))))
+        # listed whatever the store: invalidate removes the index objects of its entries
         indexing = pool.submit(list_index, cache, *scope)
         marking = pool.submit(list_markers, cache, flow, step if flow else None)
         recording = pool.submit(list_records, cache, flow, step if flow else None)
-        blobbing = pool.submit(list_blobs, cache) if full else None
-        listed, index, markers = listing.result(), indexing.result(), marking.result()
+        blobbing = pool.submit(list_blobs, cache) if list_all_blobs else None
+        listed, markers = listing.result(), marking.result()
+        index = indexing.result()
         records = recording.result()
         blobs = blobbing.result() if blobbing else None
-    if full and cache.store.lists_md5:
+    if use_index:
         entries, stale = index_or_read(cache, listed, index, progress)
     else:
         entries, stale = read_entries(cache, listed, progress), []
@@ -463,21 +479,83 @@ def scan(
     for entry in inventory.entries:
         marker = inventory.markers.get(entry.ident)
         entry.last_used = marker.modified if marker else None
-    if full:
-        inventory.blobs = blobs
+    if blobs is not None:
         sizes: dict[str, int] = {}
-        for sha, info in inventory.blobs.items():
+        for sha, info in blobs.items():
             sizes[blob_ref(sha)] = sizes.get(blob_ref(sha), 0) + info.size
-        outside: set[str] = set()
         for entry in entries:
             if entry.index is not None:
                 entry.index_sizes = {r: sizes.get(r, 0) for r in entry.refs}
+    if full:
+        inventory.blobs = blobs
+        outside: set[str] = set()
+        for entry in entries:
             if not in_scope(entry.ident):
                 outside |= entry.refs
         inventory.outside_refs = frozenset(outside)
         inventory.manifests_seen = {info.key: info for info in listed}
         inventory.stale_index = stale
     return inventory
+
+
+def read_manifests(
+    cache: Cache, entries: Sequence[EntryInfo], progress: Progress = no_progress
+) -> None:
+    """Read the manifests of the entries a scan knew from their index alone, in place:
+    what only a manifest says (origin, artifacts, parameters) for the rows shown.
+
+    A manifest that no longer parses makes its entry corrupt, as a scan that read
+    it would have; one deleted since the scan leaves its entry as the index told it.
+    """
+    unread = [e for e in entries if e.manifest is None and e.index is not None]
+    read = {
+        e.object.key: e
+        for e in read_entries(cache, [e.object for e in unread], progress, "Reading entries shown")
+    }
+    for entry in unread:
+        found = read.get(entry.object.key)
+        if found is None:
+            continue
+        entry.manifest, entry.error, entry.refs = found.manifest, found.error, found.refs
+        if found.manifest is None:
+            entry.index, entry.index_sizes = None, {}
+
+
+def list_entries(
+    targets: Sequence[Target],
+    step: str | None,
+    now: float,
+    order: str = "created",
+    since: float | None = None,
+    limit: int | None = None,
+    progress: Progress = no_progress,
+) -> tuple[list[tuple[str, EntryInfo]], list[tuple[str, EntryInfo]]]:
+    """`memoize list`: (rows to show, every row that matched), each (root, entry),
+    as ``select_listing`` orders and cuts them.
+
+    Entries are selected from listings and index objects (``scan(indexed=True)``);
+    only the manifests of the rows shown are read, for what only they say.
+    """
+    rows = []
+    for target in targets:
+        inventory = scan(target, step, progress=progress, indexed=True, blob_sizes=order == "size")
+        rows += [(target.root, e) for e in inventory.entries]
+    shown, matched = select_listing(rows, now, order, since, limit)
+    for target in targets:
+        read_manifests(target.cache, [e for root, e in shown if root == target.root], progress)
+    return shown, matched
+
+
+def summarize_targets(
+    targets: Sequence[Target], step: str | None, now: float, progress: Progress = no_progress
+) -> list[tuple[str, StepStats, list[StepStats]]]:
+    """`memoize stats`: (root, totals, per flow/step) for each target, from listings
+    and index objects where the store allows (``scan(indexed=True)``)."""
+    out = []
+    for target in targets:
+        inventory = scan(target, step, progress=progress, indexed=True)
+        out.append((target.root, *summarize(inventory, now)))
+    return out
 
 
 def find_entries(target: Target, prefix: str) -> list[EntryInfo]:
