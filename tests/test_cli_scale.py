@@ -618,3 +618,18 @@ class CountingLocalStore(LocalStore):
     def list(self, prefix=""):
         self.calls.append(("list", prefix))
         return super().list(prefix)
+
+
+def test_a_split_listing_finds_what_one_listing_finds(s3_env, tmp_path):
+    """Store.list_split (one listing per first character, side by side on S3) lists
+    exactly the objects of one listing whose names start with those characters."""
+    names = ["v1/blobs/%s%s/%s" % (c, c, (c * 40)) for c in "0123456789abcdef"]
+    names += ["v1/blobs/zz/not-a-blob", "v1/blobs/0a/" + "0a" * 20, "v1/blobs-other/00/x"]
+    for store in (S3Store(s3_env.url("split")), LocalStore(str(tmp_path / "split"))):
+        for name in names:
+            store.put(name, b"x")
+        whole = [i for i in store.list("v1/blobs/") if i.key[len("v1/blobs/")] != "z"]
+        split = store.list_split("v1/blobs/", entries.HEX_DIGITS)
+        assert sorted(split) == sorted(whole) and len(split) == 17
+        zeros = store.list_split("v1/blobs", "0")
+        assert sorted(zeros) == sorted(i for i in whole if i.key.startswith("v1/blobs/0"))

@@ -115,6 +115,9 @@ class Lookup:
 
 #: how many of a step's newest manifests are read to explain a miss
 LATEST_READS = 8
+#: the first character of every key and sha: a long listing of entries, index
+#: objects, markers or blobs is split on it (Store.list_split)
+HEX_DIGITS = "0123456789abcdef"
 
 
 class RecentEntries:
@@ -314,7 +317,7 @@ class Cache:
 
         infos = [
             i
-            for i in self.store.list(self.entry_prefix(flow, step))
+            for i in self.store.list_split(self.entry_prefix(flow, step), HEX_DIGITS)
             if self.parse_manifest_key(i.key)
         ]
         infos.sort(key=lambda i: i.modified, reverse=True)

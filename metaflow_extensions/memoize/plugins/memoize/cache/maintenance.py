@@ -35,7 +35,7 @@ from typing import Any, ContextManager, TypeVar
 
 from ..durations import format_duration
 from ..exceptions import CorruptEntry, MemoizeCliError, StoreUnavailable
-from .entries import LAYOUT, MARKER, Cache, IndexRecord, blob_ref
+from .entries import HEX_DIGITS, LAYOUT, MARKER, Cache, IndexRecord, blob_ref
 from .manifest import Manifest
 from .stores import ObjectInfo, UploadInfo, check_key, open_store
 from .stores.local import LocalStore
@@ -324,9 +324,18 @@ def read_entries(
     return [e for e in found if e is not None]
 
 
+def _list_keyed(cache: Cache, prefix: str, step: str | None) -> list[ObjectInfo]:
+    """The objects under a flow's (or a step's) prefix of entries, index objects or
+    markers. Under a step every name starts with a key: an object store lists it
+    in parts, side by side (Store.list_split)."""
+    if step:
+        return cache.store.list_split(prefix, HEX_DIGITS)
+    return list(cache.store.list(prefix))
+
+
 def list_markers(cache: Cache, flow: str | None, step: str | None) -> dict[tuple, ObjectInfo]:
     out = {}
-    for info in cache.store.list(Cache.used_prefix(flow, step)):
+    for info in _list_keyed(cache, Cache.used_prefix(flow, step), flow and step):
         parsed = Cache.parse_used_key(info.key)
         if parsed is not None:
             out[parsed] = info
@@ -337,7 +346,7 @@ def list_index(
     cache: Cache, flow: str | None, step: str | None
 ) -> dict[tuple[str, str, str], list[tuple[IndexRecord, ObjectInfo]]]:
     out: dict[tuple[str, str, str], list[tuple[IndexRecord, ObjectInfo]]] = {}
-    for info in cache.store.list(Cache.index_prefix(flow, step)):
+    for info in _list_keyed(cache, Cache.index_prefix(flow, step), flow and step):
         record = Cache.parse_index_key(info.key)
         if record is not None:
             out.setdefault((record.flow, record.step, record.key), []).append((record, info))
@@ -411,7 +420,7 @@ def select_stale_records(
 
 def list_blobs(cache: Cache) -> dict[str, ObjectInfo]:
     out = {}
-    for info in cache.store.list(Cache.blob_prefix()):
+    for info in cache.store.list_split(Cache.blob_prefix(), HEX_DIGITS):
         sha = Cache.parse_blob_key(info.key)
         if sha is not None:
             out[sha] = info
@@ -425,6 +434,8 @@ def scan(
     progress: Progress = no_progress,
     indexed: bool = False,
     blob_sizes: bool = True,
+    last_used: bool = True,
+    records: bool = True,
 ) -> Inventory:
     """Read the entries (and markers) in scope: the target's flow (or all), one step (or all).
 
@@ -439,6 +450,11 @@ def scan(
     that are shown with ``read_manifests``. ``blob_sizes=False`` skips the blob
     listing when nothing but the manifests read later will show a size (their
     ``size`` is 0 until then). Other stores read every manifest.
+
+    ``last_used=False`` skips the listing of last-use markers (``last_used``
+    stays None: ``read_last_used`` reads those of the rows shown), and
+    ``records=False`` that of audit records and suspect markers, which only
+    removals act on. On S3 each listing is a round trip per 1,000 objects.
     """
     cache, flow = target.cache, target.flow
     # a step name alone is no prefix (v1/entries/<Flow>/<step>): filter instead;
@@ -453,15 +469,19 @@ def scan(
     # the listings are independent: run them side by side (on S3 each page of
     # 1,000 keys is a round trip, and parsing one overlaps fetching another)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        listing = pool.submit(lambda: list(cache.store.list(Cache.entry_prefix(*scope))))
+        listing = pool.submit(_list_keyed, cache, Cache.entry_prefix(*scope), scope[0] and scope[1])
         # listed whatever the store: invalidate removes the index objects of its entries
         indexing = pool.submit(list_index, cache, *scope)
-        marking = pool.submit(list_markers, cache, flow, step if flow else None)
-        recording = pool.submit(list_records, cache, flow, step if flow else None)
+        marking = (
+            pool.submit(list_markers, cache, flow, step if flow else None) if last_used else None
+        )
+        recording = (
+            pool.submit(list_records, cache, flow, step if flow else None) if records else None
+        )
         blobbing = pool.submit(list_blobs, cache) if list_all_blobs else None
-        listed, markers = listing.result(), marking.result()
-        index = indexing.result()
-        records = recording.result()
+        listed, index = listing.result(), indexing.result()
+        markers = marking.result() if marking else {}
+        found_records = recording.result() if recording else {}
         blobs = blobbing.result() if blobbing else None
     if use_index:
         entries, stale = index_or_read(cache, listed, index, progress)
@@ -474,7 +494,7 @@ def scan(
         [e for e in entries if in_scope(e.ident)],
         {i: m for i, m in markers.items() if in_scope(i)},
         {i: [o for _, o in objs] for i, objs in index.items() if in_scope(i)},
-        records={i: objs for i, objs in records.items() if in_scope(i)},
+        records={i: objs for i, objs in found_records.items() if in_scope(i)},
     )
     for entry in inventory.entries:
         marker = inventory.markers.get(entry.ident)
@@ -521,6 +541,16 @@ def read_manifests(
             entry.index, entry.index_sizes = None, {}
 
 
+def read_last_used(cache: Cache, entries: Sequence[EntryInfo]) -> None:
+    """The last use of each entry, from its marker (one HEAD each, in parallel), in
+    place: for the rows `list` shows when it did not list every marker."""
+    if not entries:
+        return
+    with ThreadPoolExecutor(max_workers=min(READ_PARALLELISM, len(entries))) as pool:
+        for entry, used in zip(entries, pool.map(lambda e: cache.last_used(*e.ident), entries)):
+            entry.last_used = used
+
+
 def list_entries(
     targets: Sequence[Target],
     step: str | None,
@@ -537,12 +567,24 @@ def list_entries(
     only the manifests of the rows shown are read, for what only they say.
     """
     rows = []
+    by_use = order == "last-used"  # every marker is needed only to sort by last use
     for target in targets:
-        inventory = scan(target, step, progress=progress, indexed=True, blob_sizes=order == "size")
+        inventory = scan(
+            target,
+            step,
+            progress=progress,
+            indexed=True,
+            blob_sizes=order == "size",
+            last_used=by_use,
+            records=False,
+        )
         rows += [(target.root, e) for e in inventory.entries]
     shown, matched = select_listing(rows, now, order, since, limit)
     for target in targets:
-        read_manifests(target.cache, [e for root, e in shown if root == target.root], progress)
+        here = [e for root, e in shown if root == target.root]
+        read_manifests(target.cache, here, progress)
+        if not by_use:
+            read_last_used(target.cache, here)
     return shown, matched
 
 
@@ -553,7 +595,9 @@ def summarize_targets(
     and index objects where the store allows (``scan(indexed=True)``)."""
     out = []
     for target in targets:
-        inventory = scan(target, step, progress=progress, indexed=True)
+        inventory = scan(
+            target, step, progress=progress, indexed=True, last_used=False, records=False
+        )
         out.append((target.root, *summarize(inventory, now)))
     return out
 

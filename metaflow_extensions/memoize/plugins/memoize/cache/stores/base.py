@@ -113,6 +113,14 @@ class Store(ABC):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix`` (a directory-like prefix ending in /)."""
 
+    def list_split(self, prefix: str, first_chars: str) -> list[ObjectInfo]:
+        """The objects under ``prefix`` (as ``list``) whose name after it starts with
+        one of ``first_chars`` (e.g. the 16 hex digits, for names memoize makes from
+        hashes). An object store lists one part per character side by side; this
+        default filters one listing."""
+        start = len(prefix.rstrip("/")) + 1 if prefix else 0
+        return [i for i in self.list(prefix) if i.key[start : start + 1] in set(first_chars)]
+
     @abstractmethod
     def delete(self, keys: Iterable[str]) -> int:
         """Delete the keys that exist; return how many were requested. Missing keys are fine."""

@@ -40,6 +40,7 @@ OPERATIONS = (
     "head",
     "exists",
     "list",
+    "list_split",
     "delete",
     "put_file",
     "get_file",
