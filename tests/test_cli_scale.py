@@ -622,7 +622,8 @@ class CountingLocalStore(LocalStore):
 
 def test_a_split_listing_finds_what_one_listing_finds(s3_env, tmp_path):
     """Store.list_split (one listing per first character, side by side on S3) lists
-    exactly the objects of one listing whose names start with those characters."""
+    exactly the objects of one listing whose names start with those characters;
+    Store.list_folders (one request on S3) names the folders one listing shows."""
     names = ["v1/blobs/%s%s/%s" % (c, c, (c * 40)) for c in "0123456789abcdef"]
     names += ["v1/blobs/zz/not-a-blob", "v1/blobs/0a/" + "0a" * 20, "v1/blobs-other/00/x"]
     for store in (S3Store(s3_env.url("split")), LocalStore(str(tmp_path / "split"))):
@@ -633,3 +634,6 @@ def test_a_split_listing_finds_what_one_listing_finds(s3_env, tmp_path):
         assert sorted(split) == sorted(whole) and len(split) == 17
         zeros = store.list_split("v1/blobs", "0")
         assert sorted(zeros) == sorted(i for i in whole if i.key.startswith("v1/blobs/0"))
+        # the folders directly under a prefix: every name's first part (not "other")
+        assert store.list_folders("v1/blobs/") == sorted({n.split("/")[2] for n in names[:-1]})
+        assert store.list_folders("v1/") == ["blobs", "blobs-other"]

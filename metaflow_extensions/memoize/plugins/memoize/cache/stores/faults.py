@@ -41,6 +41,7 @@ OPERATIONS = (
     "exists",
     "list",
     "list_split",
+    "list_folders",
     "delete",
     "put_file",
     "get_file",

@@ -229,6 +229,7 @@ def _transfer():
 
 class S3Store(Store):
     lists_md5 = True
+    lists_in_parts = True
 
     def __init__(self, url: str):
         self.bucket, self.prefix = parse_s3_url(url)
@@ -380,6 +381,23 @@ class S3Store(Store):
 
         with ThreadPoolExecutor(max_workers=len(first_chars) or 1) as pool:
             return [info for listed in pool.map(part, first_chars) for info in listed]
+
+    def list_folders(self, prefix: str) -> list[str]:
+        # one request per 1,000 folders: S3 groups the keys on "/" (CommonPrefixes)
+        sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
+        names = []
+        with self._errors("list", prefix or "/"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root + sub, Delimiter="/")
+            for page in pages:
+                for folder in page.get("CommonPrefixes", ()):
+                    name = folder["Prefix"][len(self._root + sub) :].rstrip("/")
+                    try:
+                        check_key(name)
+                    except ValueError:
+                        continue  # written by something else; we could not address it
+                    names.append(name)
+        return sorted(names)
 
     def _listed(self, start: str, shown: str) -> Iterator[ObjectInfo]:
         """Every object whose key (under the root) starts with ``start``."""
