@@ -637,3 +637,14 @@ def test_a_split_listing_finds_what_one_listing_finds(s3_env, tmp_path):
         # the folders directly under a prefix: every name's first part (not "other")
         assert store.list_folders("v1/blobs/") == sorted({n.split("/")[2] for n in names[:-1]})
         assert store.list_folders("v1/") == ["blobs", "blobs-other"]
+
+
+def test_stats_and_list_of_an_s3_root_without_entries(s3_env, no_signing_key):
+    """A marked root with no entry has no flow folder to list in parts."""
+    root = s3_env.url("empty")
+    Cache(S3Store(root)).ensure_marker(recheck=True)
+    target = mt.open_target(root)
+    ((listed_root, total, steps),) = mt.summarize_targets([target], None, time.time())
+    assert (listed_root, total.entries, steps) == (root, 0, [])
+    assert mt.list_entries([target], None, time.time()) == ([], [])
+    assert mt.plan_prune(target, mt.PruneCriteria(expired=True), time.time(), 0).empty

@@ -338,8 +338,8 @@ def _list_keyed(cache: Cache, flow: str | None, step: str | None, prefix: str) -
     prefixes = [prefix]
     for _ in range(2 - bool(flow) - bool(flow and step)):  # the folders not named
         prefixes = [p + name + "/" for p in prefixes for name in store.list_folders(p)]
-    if len(prefixes) == 1:
-        return store.list_split(prefixes[0], HEX_DIGITS)
+    if len(prefixes) <= 1:  # no folder at all: nothing to list
+        return store.list_split(prefixes[0], HEX_DIGITS) if prefixes else []
     with ThreadPoolExecutor(max_workers=min(4, len(prefixes))) as pool:
         parts = pool.map(lambda p: store.list_split(p, HEX_DIGITS), prefixes)
         return [info for part in parts for info in part]
