@@ -317,7 +317,9 @@ class Cache:
 
         infos = [
             i
-            for i in self.store.list_split(self.entry_prefix(flow, step), HEX_DIGITS)
+            # one listing, not list_split: a task's miss asks this too (latest_entry),
+            # and most steps have fewer entries than one page holds
+            for i in self.store.list(self.entry_prefix(flow, step))
             if self.parse_manifest_key(i.key)
         ]
         infos.sort(key=lambda i: i.modified, reverse=True)
