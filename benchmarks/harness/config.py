@@ -48,6 +48,9 @@ class Plan:
             self.wide_s3_widths = [4]
             self.wide_reps = 1
             self.wide_sleep = 0.0
+            self.commands_entries = [200]
+            self.commands_width = 4
+            self.commands_reps = 1
         else:
             self.hit_sizes = [1.0, 100.0, 1024.0]
             self.hit_reps = {1.0: 7, 100.0: 7, 1024.0: 7}
@@ -78,6 +81,10 @@ class Plan:
             self.wide_s3_widths = _widths(os.environ.get("BENCH_WIDE_S3_WIDTHS", "100"))
             self.wide_reps = 3
             self.wide_sleep = 0.0
+            # target 8: entries in the cache root; foreach width of the planned flow
+            self.commands_entries = [1000, 10000]
+            self.commands_width = 20
+            self.commands_reps = 2
         assert self.miss_mb in self.hit_sizes and self.s3_mb in self.hit_sizes
         assert all(s in self.hit_sizes for s in self.copy_local_sizes)
         assert self.s3_mb <= S3_OBJECT_CAP_MB

@@ -15,12 +15,12 @@ Layout under the cache root (see docs/concepts.md):
 Blobs are written before the manifest that references them, and the manifest
 is published with put-if-absent (first writer wins) unless refreshing.
 
-The index exists so that garbage collection can list instead of reading every
-manifest (one GET each: minutes for 10,000 entries). It is written after the
-manifest, only on stores whose listings carry each object's MD5 (S3), and an
-index object is believed only while its ``md5`` equals the listed MD5 of the
-entry's manifest: a stale, missing or unverifiable index just means that
-manifest is read, as it would be without an index.
+The index exists so that garbage collection, `stats` and `list` can list instead
+of reading every manifest (one GET each: minutes for 10,000 entries). It is
+written after the manifest, only on stores whose listings carry each object's
+MD5 (S3), and an index object is believed only while its ``md5`` equals the
+listed MD5 of the entry's manifest: a stale, missing or unverifiable index just
+means that manifest is read, as it would be without an index.
 """
 
 from __future__ import annotations
@@ -111,6 +111,48 @@ class Lookup:
     status: str  # "found", "absent", "expired", "unsigned", "suspect"
     manifest: Manifest | None = None
     detail: str = ""
+
+
+#: how many of a step's newest manifests are read to explain a miss
+LATEST_READS = 8
+#: the first character of every key and sha: a long listing of entries, index
+#: objects, markers or blobs is split on it (Store.list_split)
+HEX_DIGITS = "0123456789abcdef"
+
+
+class RecentEntries:
+    """Each step's newest entries, listed once and read at most ``limit`` per step.
+
+    Explaining a miss compares with the step's latest entry. ``memoize plan`` and
+    ``explain`` ask that once per task of a step: asking the store each time
+    lists the whole step prefix per task (tasks x entries: half an hour for a
+    5,000-item foreach on S3). One of these, kept for the length of a command,
+    answers every task of a step from one listing and the same few manifests.
+    Only for commands: a long-lived process would not see entries written since.
+    """
+
+    def __init__(self, cache: Cache, limit: int = LATEST_READS):
+        self.cache = cache
+        self.limit = limit
+        self._newest: dict[tuple[str, str], list[Manifest]] = {}
+
+    def newest(self, flow: str, step: str) -> list[Manifest]:
+        """The step's ``limit`` newest readable manifests, newest first. A store
+        fault is raised, and not remembered: the next task asks again."""
+        if (flow, step) not in self._newest:
+            self._newest[(flow, step)] = self.cache.newest_manifests(flow, step, self.limit)
+        return self._newest[(flow, step)]
+
+    def latest(
+        self, flow: str, step: str, prefer: Callable[[Manifest], bool] | None = None
+    ) -> Manifest | None:
+        """Among the newest manifests, the newest that ``prefer`` accepts, else the newest."""
+        manifests = self.newest(flow, step)
+        if prefer is not None:
+            for manifest in manifests:
+                if prefer(manifest):
+                    return manifest
+        return manifests[0] if manifests else None
 
 
 class Cache:
@@ -255,25 +297,35 @@ class Cache:
             except CacheFault as err:
                 yield info, None, str(err)
 
-    def latest_entry(self, flow: str, step: str, prefer=None, limit: int = 8) -> Manifest | None:
+    def latest_entry(
+        self, flow: str, step: str, prefer=None, limit: int = LATEST_READS
+    ) -> Manifest | None:
         """The most recent readable entry of a step, to explain a miss.
 
         Reads at most ``limit`` of the newest manifests, in parallel (a foreach
         step may have thousands, and this runs on every miss); among them the
         newest one that ``prefer(manifest)`` accepts (e.g. same foreach item)
-        wins, else the newest.
+        wins, else the newest. A command that asks for many tasks of one step
+        keeps a ``RecentEntries`` instead, which lists and reads once.
         """
+        return RecentEntries(self, limit).latest(flow, step, prefer)
+
+    def newest_manifests(self, flow: str, step: str, limit: int = LATEST_READS) -> list[Manifest]:
+        """The ``limit`` most recently written entries of a step that can be read,
+        newest first: one listing of the step, at most ``limit`` GETs."""
         from concurrent.futures import ThreadPoolExecutor
 
         infos = [
             i
+            # one listing, not list_split: a task's miss asks this too (latest_entry),
+            # and most steps have fewer entries than one page holds
             for i in self.store.list(self.entry_prefix(flow, step))
             if self.parse_manifest_key(i.key)
         ]
         infos.sort(key=lambda i: i.modified, reverse=True)
         infos = infos[:limit]
         if not infos:
-            return None
+            return []
 
         def read(info):
             try:
@@ -282,12 +334,7 @@ class Cache:
                 return None
 
         with ThreadPoolExecutor(max_workers=min(8, len(infos))) as pool:
-            manifests = [m for m in pool.map(read, infos) if m is not None]
-        if prefer is not None:
-            for manifest in manifests:
-                if prefer(manifest):
-                    return manifest
-        return manifests[0] if manifests else None
+            return [m for m in pool.map(read, infos) if m is not None]
 
     def last_used(self, flow: str, step: str, key: str) -> float | None:
         info = self.store.head(self.used_key(flow, step, key))

@@ -14,8 +14,9 @@ it exists, so every entry left behind is complete. Only objects under
 ``v1/entries``, ``v1/used``, ``v1/index`` and ``v1/blobs`` are ever deleted.
 
 On S3 a full scan reads no manifest that has a verified index object (see
-cache.py): what pruning needs (times, blob references) is in the index names,
-and blob sizes come from the blob listing.
+entries.py): what pruning needs (times, blob references) is in the index names,
+and blob sizes come from the blob listing. `stats` and `list` scan the same way
+(``scan(indexed=True)``); `list` then reads the manifests of the rows it shows.
 
 The long phases (reading manifests, deleting) report how far they got to a
 ``progress`` callable, ``progress(label, total)``: a context manager whose value
@@ -34,7 +35,7 @@ from typing import Any, ContextManager, TypeVar
 
 from ..durations import format_duration
 from ..exceptions import CorruptEntry, MemoizeCliError, StoreUnavailable
-from .entries import LAYOUT, MARKER, Cache, IndexRecord, blob_ref
+from .entries import HEX_DIGITS, LAYOUT, MARKER, Cache, IndexRecord, blob_ref
 from .manifest import Manifest
 from .stores import ObjectInfo, UploadInfo, check_key, open_store
 from .stores.local import LocalStore
@@ -323,9 +324,30 @@ def read_entries(
     return [e for e in found if e is not None]
 
 
+def _list_keyed(cache: Cache, flow: str | None, step: str | None, prefix: str) -> list[ObjectInfo]:
+    """The objects under the prefix of entries, index objects or markers of a step,
+    a flow or all flows (``prefix``). Below the flow and step folders every name
+    starts with a key: an object store finds the folders (one request each level)
+    and lists each step in 16 parts by the key's first digit, side by side
+    (Store.list_split). On S3 one listing of 10,000 entries is ten requests one
+    after the other, and moto sorts every key of the prefix for each of them.
+    """
+    store = cache.store
+    if not store.lists_in_parts:
+        return list(store.list(prefix))
+    prefixes = [prefix]
+    for _ in range(2 - bool(flow) - bool(flow and step)):  # the folders not named
+        prefixes = [p + name + "/" for p in prefixes for name in store.list_folders(p)]
+    if len(prefixes) <= 1:  # no folder at all: nothing to list
+        return store.list_split(prefixes[0], HEX_DIGITS) if prefixes else []
+    with ThreadPoolExecutor(max_workers=min(4, len(prefixes))) as pool:
+        parts = pool.map(lambda p: store.list_split(p, HEX_DIGITS), prefixes)
+        return [info for part in parts for info in part]
+
+
 def list_markers(cache: Cache, flow: str | None, step: str | None) -> dict[tuple, ObjectInfo]:
     out = {}
-    for info in cache.store.list(Cache.used_prefix(flow, step)):
+    for info in _list_keyed(cache, flow, step, Cache.used_prefix(flow, step)):
         parsed = Cache.parse_used_key(info.key)
         if parsed is not None:
             out[parsed] = info
@@ -336,7 +358,7 @@ def list_index(
     cache: Cache, flow: str | None, step: str | None
 ) -> dict[tuple[str, str, str], list[tuple[IndexRecord, ObjectInfo]]]:
     out: dict[tuple[str, str, str], list[tuple[IndexRecord, ObjectInfo]]] = {}
-    for info in cache.store.list(Cache.index_prefix(flow, step)):
+    for info in _list_keyed(cache, flow, step, Cache.index_prefix(flow, step)):
         record = Cache.parse_index_key(info.key)
         if record is not None:
             out.setdefault((record.flow, record.step, record.key), []).append((record, info))
@@ -410,7 +432,7 @@ def select_stale_records(
 
 def list_blobs(cache: Cache) -> dict[str, ObjectInfo]:
     out = {}
-    for info in cache.store.list(Cache.blob_prefix()):
+    for info in cache.store.list_split(Cache.blob_prefix(), HEX_DIGITS):
         sha = Cache.parse_blob_key(info.key)
         if sha is not None:
             out[sha] = info
@@ -422,16 +444,36 @@ def scan(
     step: str | None = None,
     full: bool = False,
     progress: Progress = no_progress,
+    indexed: bool = False,
+    blob_sizes: bool = True,
+    last_used: bool = True,
+    records: bool = True,
 ) -> Inventory:
     """Read the entries (and markers) in scope: the target's flow (or all), one step (or all).
 
-    ``full``: also list every blob and read every manifest under the root,
+    ``full``: also list every blob and know every manifest under the root,
     whatever the scope: garbage collection needs to know all references.
+
+    ``indexed`` (implied by ``full``): on a store whose listings carry MD5s, an
+    entry with a verified index object is known from it and its manifest is not
+    read (``index_or_read``): what `stats` and the order of `list` need
+    (creation, expiry, blob references) is in the index name, and blob sizes
+    come from the blob listing. Such entries have no ``manifest``: read the few
+    that are shown with ``read_manifests``. ``blob_sizes=False`` skips the blob
+    listing when nothing but the manifests read later will show a size (their
+    ``size`` is 0 until then). Other stores read every manifest.
+
+    ``last_used=False`` skips the listing of last-use markers (``last_used``
+    stays None: ``read_last_used`` reads those of the rows shown), and
+    ``records=False`` that of audit records and suspect markers, which only
+    removals act on. On S3 each listing is a round trip per 1,000 objects.
     """
     cache, flow = target.cache, target.flow
     # a step name alone is no prefix (v1/entries/<Flow>/<step>): filter instead;
     # garbage collection needs every entry under the root
     scope = (None, None) if full else (flow, step if flow else None)
+    use_index = (full or indexed) and cache.store.lists_md5
+    list_all_blobs = full or (use_index and blob_sizes)
 
     def in_scope(ident: tuple[str, str, str]) -> bool:
         return (flow is None or ident[0] == flow) and (step is None or ident[1] == step)
@@ -439,15 +481,21 @@ def scan(
     # the listings are independent: run them side by side (on S3 each page of
     # 1,000 keys is a round trip, and parsing one overlaps fetching another)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        listing = pool.submit(lambda: list(cache.store.list(Cache.entry_prefix(*scope))))
+        listing = pool.submit(_list_keyed, cache, *scope, Cache.entry_prefix(*scope))
+        # listed whatever the store: invalidate removes the index objects of its entries
         indexing = pool.submit(list_index, cache, *scope)
-        marking = pool.submit(list_markers, cache, flow, step if flow else None)
-        recording = pool.submit(list_records, cache, flow, step if flow else None)
-        blobbing = pool.submit(list_blobs, cache) if full else None
-        listed, index, markers = listing.result(), indexing.result(), marking.result()
-        records = recording.result()
+        marking = (
+            pool.submit(list_markers, cache, flow, step if flow else None) if last_used else None
+        )
+        recording = (
+            pool.submit(list_records, cache, flow, step if flow else None) if records else None
+        )
+        blobbing = pool.submit(list_blobs, cache) if list_all_blobs else None
+        listed, index = listing.result(), indexing.result()
+        markers = marking.result() if marking else {}
+        found_records = recording.result() if recording else {}
         blobs = blobbing.result() if blobbing else None
-    if full and cache.store.lists_md5:
+    if use_index:
         entries, stale = index_or_read(cache, listed, index, progress)
     else:
         entries, stale = read_entries(cache, listed, progress), []
@@ -458,26 +506,112 @@ def scan(
         [e for e in entries if in_scope(e.ident)],
         {i: m for i, m in markers.items() if in_scope(i)},
         {i: [o for _, o in objs] for i, objs in index.items() if in_scope(i)},
-        records={i: objs for i, objs in records.items() if in_scope(i)},
+        records={i: objs for i, objs in found_records.items() if in_scope(i)},
     )
     for entry in inventory.entries:
         marker = inventory.markers.get(entry.ident)
         entry.last_used = marker.modified if marker else None
-    if full:
-        inventory.blobs = blobs
+    if blobs is not None:
         sizes: dict[str, int] = {}
-        for sha, info in inventory.blobs.items():
+        for sha, info in blobs.items():
             sizes[blob_ref(sha)] = sizes.get(blob_ref(sha), 0) + info.size
-        outside: set[str] = set()
         for entry in entries:
             if entry.index is not None:
                 entry.index_sizes = {r: sizes.get(r, 0) for r in entry.refs}
+    if full:
+        inventory.blobs = blobs
+        outside: set[str] = set()
+        for entry in entries:
             if not in_scope(entry.ident):
                 outside |= entry.refs
         inventory.outside_refs = frozenset(outside)
         inventory.manifests_seen = {info.key: info for info in listed}
         inventory.stale_index = stale
     return inventory
+
+
+def read_manifests(
+    cache: Cache, entries: Sequence[EntryInfo], progress: Progress = no_progress
+) -> None:
+    """Read the manifests of the entries a scan knew from their index alone, in place:
+    what only a manifest says (origin, artifacts, parameters) for the rows shown.
+
+    A manifest that no longer parses makes its entry corrupt, as a scan that read
+    it would have; one deleted since the scan leaves its entry as the index told it.
+    """
+    unread = [e for e in entries if e.manifest is None and e.index is not None]
+    read = {
+        e.object.key: e
+        for e in read_entries(cache, [e.object for e in unread], progress, "Reading entries shown")
+    }
+    for entry in unread:
+        found = read.get(entry.object.key)
+        if found is None:
+            continue
+        entry.manifest, entry.error, entry.refs = found.manifest, found.error, found.refs
+        if found.manifest is None:
+            entry.index, entry.index_sizes = None, {}
+
+
+def read_last_used(cache: Cache, entries: Sequence[EntryInfo]) -> None:
+    """The last use of each entry, from its marker (one HEAD each, in parallel), in
+    place: for the rows `list` shows when it did not list every marker."""
+    if not entries:
+        return
+    with ThreadPoolExecutor(max_workers=min(READ_PARALLELISM, len(entries))) as pool:
+        for entry, used in zip(entries, pool.map(lambda e: cache.last_used(*e.ident), entries)):
+            entry.last_used = used
+
+
+def list_entries(
+    targets: Sequence[Target],
+    step: str | None,
+    now: float,
+    order: str = "created",
+    since: float | None = None,
+    limit: int | None = None,
+    progress: Progress = no_progress,
+) -> tuple[list[tuple[str, EntryInfo]], list[tuple[str, EntryInfo]]]:
+    """`memoize list`: (rows to show, every row that matched), each (root, entry),
+    as ``select_listing`` orders and cuts them.
+
+    Entries are selected from listings and index objects (``scan(indexed=True)``);
+    only the manifests of the rows shown are read, for what only they say.
+    """
+    rows = []
+    by_use = order == "last-used"  # every marker is needed only to sort by last use
+    for target in targets:
+        inventory = scan(
+            target,
+            step,
+            progress=progress,
+            indexed=True,
+            blob_sizes=order == "size",
+            last_used=by_use,
+            records=False,
+        )
+        rows += [(target.root, e) for e in inventory.entries]
+    shown, matched = select_listing(rows, now, order, since, limit)
+    for target in targets:
+        here = [e for root, e in shown if root == target.root]
+        read_manifests(target.cache, here, progress)
+        if not by_use:
+            read_last_used(target.cache, here)
+    return shown, matched
+
+
+def summarize_targets(
+    targets: Sequence[Target], step: str | None, now: float, progress: Progress = no_progress
+) -> list[tuple[str, StepStats, list[StepStats]]]:
+    """`memoize stats`: (root, totals, per flow/step) for each target, from listings
+    and index objects where the store allows (``scan(indexed=True)``)."""
+    out = []
+    for target in targets:
+        inventory = scan(
+            target, step, progress=progress, indexed=True, last_used=False, records=False
+        )
+        out.append((target.root, *summarize(inventory, now)))
+    return out
 
 
 def find_entries(target: Target, prefix: str) -> list[EntryInfo]:

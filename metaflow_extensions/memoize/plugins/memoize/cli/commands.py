@@ -256,11 +256,10 @@ def list_entries(scope, targets, step, order, since, limit, as_json):
     resolved = targets()
     if step is not None:
         _check_listed_step(scope, step, resolved)
-    rows = [(t.root, e) for t in resolved for e in mt.scan(t, step, progress=_progress).entries]
     now = time.time()
     if limit is None and not as_json:
         limit = report.TABLE_ROWS
-    shown, matched = mt.select_listing(rows, now, order, since_s, limit)
+    shown, matched = mt.list_entries(resolved, step, now, order, since_s, limit, _progress)
     if as_json:
         _echo(report.to_json([report.entry_dict(e, root, now) for root, e in shown]))
         return
@@ -296,9 +295,7 @@ def stats(scope, targets, step, as_json):
     resolved = targets()
     if step is not None:
         _check_listed_step(scope, step, resolved)
-    inventories = [mt.scan(t, step, progress=_progress) for t in resolved]
-    now = time.time()
-    per_root = [(t.root, *mt.summarize(inv, now)) for t, inv in zip(resolved, inventories)]
+    per_root = mt.summarize_targets(resolved, step, time.time(), _progress)
     uploads = [mt.incomplete_uploads(t) for t in resolved]
     audits = [report.audit_rows(t.cache.audit_counts(t.flow), step) for t in resolved]
     if as_json:

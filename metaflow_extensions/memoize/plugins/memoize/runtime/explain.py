@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cache.entries import Cache
+from ..cache.entries import Cache, RecentEntries
 from ..exceptions import CacheFault, MemoizeCliError
 from ..key.components import diff_components
 from ..key.deps import diff_observed
@@ -47,12 +47,18 @@ def _entry(cache: Cache, flow: str, step: str, key: str | None):
 
 
 def explain_task(
-    cache: Cache, flow: str, step: str, pathspec: str, metadata: dict
+    cache: Cache,
+    flow: str,
+    step: str,
+    pathspec: str,
+    metadata: dict,
+    recent: RecentEntries | None = None,
 ) -> TaskExplanation:
     """The decision a task recorded when it made it (``memoize_compared``: the
     entry it compared with), diffed component by component when both entries
     still exist. Tasks of versions that did not record it are explained by
-    reconstruction (``_reconstructed``)."""
+    reconstruction (``_reconstructed``), from ``recent`` (shared by the tasks of
+    a step, so that the step is listed once, not once per task)."""
     status = metadata.get("memoize_status") or "not memoized"
     key = metadata.get("memoize_key")
     recorded = metadata.get("memoize_compared")
@@ -73,7 +79,7 @@ def explain_task(
             out.components = {part: "same" for part in COMPONENTS}
         return out
     if recorded is None:
-        return _reconstructed(cache, flow, step, metadata, out)
+        return _reconstructed(cache, recent or RecentEntries(cache), flow, step, metadata, out)
     if recorded == NOTHING_COMPARED:
         return out
     try:
@@ -100,7 +106,9 @@ NOTHING_COMPARED = "none"
 NO_ENTRY_FOR_ITEM = "no entry for this foreach item"
 
 
-def _reconstructed(cache, flow, step, metadata, out: TaskExplanation) -> TaskExplanation:
+def _reconstructed(
+    cache, recent: RecentEntries, flow, step, metadata, out: TaskExplanation
+) -> TaskExplanation:
     """For tasks that did not record what they compared with: the newest entry
     of the same foreach item created before the task's own."""
     key = out.key
@@ -112,7 +120,7 @@ def _reconstructed(cache, flow, step, metadata, out: TaskExplanation) -> TaskExp
         components = own.components if own is not None else None
         if components is None:
             return out
-        previous = cache.latest_entry(
+        previous = recent.latest(
             flow,
             step,
             prefer=lambda m: (
@@ -158,8 +166,10 @@ def explain_step(
         tasks = list(run[step])
     except (MetaflowNotFound, KeyError):
         raise MemoizeCliError("run %s has no step %r" % (run.pathspec, step))
+    recent = RecentEntries(cache)
     explanations = [
-        explain_task(cache, flow_name, step, task.pathspec, task.metadata_dict) for task in tasks
+        explain_task(cache, flow_name, step, task.pathspec, task.metadata_dict, recent)
+        for task in tasks
     ]
     explanations.sort(key=lambda e: e.pathspec)
     if flow_spec is not None and graph is not None:

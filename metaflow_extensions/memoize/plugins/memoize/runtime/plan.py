@@ -16,12 +16,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import config
 from .. import metaflow_compat as mf
-from ..cache.entries import Cache
+from ..cache.entries import Cache, RecentEntries
 from ..cache.stores import open_store
 from ..exceptions import CacheFault
 from ..key.components import diff_components, diff_other_item, input_id, key_of
@@ -156,6 +157,10 @@ class Planner:
         self.flow_datastore = flow_datastore
         self.decorators = decorators  # step -> MemoizeDecorator
         self._caches: dict[str, Cache] = {}
+        # per root: each step's newest entries, listed once for the whole plan
+        self._recent: dict[str, RecentEntries] = {}
+        # per root: lookups made ahead for a step's tasks (_prepare)
+        self._lookups: dict[str, _PrefetchedLookups] = {}
         self._records: dict[str, Any] = {}  # sha -> ArtifactRecord seen in manifests
         self.mode = config.mode()
         self.refresh_all, self.refresh_steps = config.refresh_request()
@@ -164,7 +169,13 @@ class Planner:
         root = deco.cache_root()
         if root not in self._caches:
             self._caches[root] = Cache(open_store(root), signing_key=config.signing_key())
+            self._recent[root] = RecentEntries(self._caches[root])
+            self._lookups[root] = _PrefetchedLookups(self._caches[root])
         return self._caches[root]
+
+    def recent_for(self, deco) -> RecentEntries:
+        self.cache_for(deco)
+        return self._recent[deco.cache_root()]
 
     # -- the walk -----------------------------------------------------------
     def plan(self, parameter_hashes: dict[str, str]) -> PlanResult:
@@ -174,8 +185,9 @@ class Planner:
         for step in mf.sorted_steps(self.graph):
             plan = StepPlan(step)
             plans.append(plan)
-            for inputs, frames in self._tasks(step, incoming[step]):
-                verdict, outputs = self._evaluate(step, inputs, frames)
+            tasks = self._tasks(step, incoming[step])
+            for (inputs, frames), components in zip(tasks, self._prepare(step, tasks)):
+                verdict, outputs = self._evaluate(step, inputs, frames, components)
                 plan.tasks.append(verdict)
                 for child, ctx in outputs:
                     incoming.setdefault(child, []).append(ctx)
@@ -196,10 +208,56 @@ class Planner:
             groups.setdefault(group, []).append(c)
         return [(members, frames) for frames, members in groups.items()]
 
+    def _refreshing(self, step, deco) -> bool:
+        return (
+            self.mode == "refresh"
+            or deco.args["refresh"]
+            or self.refresh_all
+            or step in self.refresh_steps
+        )
+
+    def _components(self, step, inputs: list[Context], frames, deco):
+        """A task's key components, as the task would compute them (raises
+        UnidentifiableInput)."""
+        return components_for(
+            self.flow,
+            self.graph,
+            step,
+            [(c.parent, c.frames[-1].index if c.frames else None, c.visible) for c in inputs],
+            [{"step": f.step, "var": f.var, "item": f.item} for f in frames],
+            [f.var for f in frames],
+            deco.args,
+            deco._env_component,
+        )
+
+    def _prepare(self, step, tasks) -> list:
+        """Each task's key components (or the UnidentifiableInput that stops them;
+        None where no key is needed), with the lookups of their keys made ahead,
+        in parallel: a foreach step of thousands of tasks would otherwise wait
+        for two round trips to the store per task, one task after the other."""
+        deco = self.decorators.get(step)
+        if deco is None or self.mode == "off" or self._refreshing(step, deco):
+            return [None] * len(tasks)
+        prepared: list = []
+        for inputs, frames in tasks:
+            if any(c.visible is None for c in inputs):
+                prepared.append(None)
+                continue
+            try:
+                prepared.append(self._components(step, inputs, frames, deco))
+            except UnidentifiableInput as err:
+                prepared.append(err)
+        keys = {key_of(c) for c in prepared if isinstance(c, dict)}
+        if len(keys) > 1:
+            self.cache_for(deco)
+            self._lookups[deco.cache_root()].prefetch(self.flow.name, step, keys)
+        return prepared
+
     def _unknown_children(self, step):
         return [(child, Context(step, None)) for child in mf.out_funcs(self.graph, step)]
 
-    def _evaluate(self, step, inputs: list[Context], frames):
+    def _evaluate(self, step, inputs: list[Context], frames, prepared=None):
+        """``prepared``: the task's components (or why it has none) from ``_prepare``."""
         deco = self.decorators.get(step)
         index = [f.index for f in frames]
         assumes = tuple(dict.fromkeys(s for c in inputs for s in c.assumes))
@@ -216,31 +274,23 @@ class Planner:
                 RUN, "METAFLOW_MEMOIZE_MODE=off", foreach_index=index
             ), self._unknown_children(step)
         try:
-            components = components_for(
-                self.flow,
-                self.graph,
-                step,
-                [(c.parent, c.frames[-1].index if c.frames else None, c.visible) for c in inputs],
-                [{"step": f.step, "var": f.var, "item": f.item} for f in frames],
-                [f.var for f in frames],
-                deco.args,
-                deco._env_component,
-            )
+            if isinstance(prepared, UnidentifiableInput):
+                raise prepared
+            components = prepared or self._components(step, inputs, frames, deco)
         except UnidentifiableInput as err:
             return TaskVerdict(UNKNOWN, str(err), foreach_index=index), self._unknown_children(step)
         key = key_of(components)
-        if (
-            self.mode == "refresh"
-            or deco.args["refresh"]
-            or self.refresh_all
-            or step in self.refresh_steps
-        ):
+        if self._refreshing(step, deco):
             verdict = TaskVerdict(RUN, "refresh requested", key, foreach_index=index)
             return verdict, self._unknown_children(step)
         cache = self.cache_for(deco)
         try:
             found = verified_lookup(
-                cache, self.flow.name, step, key, self._dep_context(step, inputs, frames)
+                self._lookups[deco.cache_root()],
+                self.flow.name,
+                step,
+                key,
+                self._dep_context(step, inputs, frames),
             )
         except CacheFault as err:
             verdict = TaskVerdict(RUN, "cache unreadable: %s" % err, key, foreach_index=index)
@@ -250,7 +300,7 @@ class Planner:
             last = found.first  # what the step produced last time, if it had an entry
             if found.status == "absent":
                 try:
-                    previous = cache.latest_entry(
+                    previous = self.recent_for(deco).latest(
                         self.flow.name,
                         step,
                         prefer=lambda m: m.components.get("foreach") == components.get("foreach"),
@@ -379,6 +429,39 @@ class Planner:
                 if hashlib.sha1(raw).hexdigest() == sha:
                     return pickle.loads(raw)
         return mf.load_from_datastore(self.flow_datastore, sha)
+
+
+class _PrefetchedLookups:
+    """What verified_lookup asks of a Cache (``lookup``), answered from lookups made
+    ahead in parallel where there is one: each answers once, as the store did when
+    asked (a fault included); anything else is asked of the store then."""
+
+    #: parallel lookups (each a GET, and a HEAD when absent); the S3 store's pool size
+    PARALLEL = 16
+
+    def __init__(self, cache: Cache):
+        self.cache = cache
+        self._made: dict[tuple[str, str, str], Any] = {}
+
+    def prefetch(self, flow: str, step: str, keys) -> None:
+        def ask(key):
+            try:
+                return key, self.cache.lookup(flow, step, key)
+            except CacheFault as err:
+                return key, err
+
+        keys = sorted(keys)
+        with ThreadPoolExecutor(max_workers=min(self.PARALLEL, len(keys))) as pool:
+            for key, answer in pool.map(ask, keys):
+                self._made[(flow, step, key)] = answer
+
+    def lookup(self, flow: str, step: str, key: str):
+        answer = self._made.pop((flow, step, key), None)
+        if answer is None:
+            return self.cache.lookup(flow, step, key)
+        if isinstance(answer, CacheFault):
+            raise answer
+        return answer
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,9 @@ class Store(ABC):
 
     #: the root URL, as given by the user (used in messages and manifests)
     url: str
+    #: whether ``list_split`` and ``list_folders`` list side by side, one request
+    #: each (object stores); elsewhere they filter one listing, so callers just list
+    lists_in_parts: bool = False
     #: whether ``list`` reports each object's MD5 (``ObjectInfo.md5``): then
     #: the cache keeps a listable index of its entries (see cache.py)
     lists_md5: bool = False
@@ -115,6 +118,21 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix`` (a directory-like prefix ending in /)."""
+
+    def list_split(self, prefix: str, first_chars: str) -> list[ObjectInfo]:
+        """The objects under ``prefix`` (as ``list``) whose name after it starts with
+        one of ``first_chars`` (e.g. the 16 hex digits, for names memoize makes from
+        hashes). An object store lists one part per character side by side; this
+        default filters one listing."""
+        start = len(prefix.rstrip("/")) + 1 if prefix else 0
+        return [i for i in self.list(prefix) if i.key[start : start + 1] in set(first_chars)]
+
+    def list_folders(self, prefix: str) -> list[str]:
+        """The names of the folders directly under ``prefix`` (sorted): the first name
+        part after it of every object below it. This default reads one listing."""
+        start = len(prefix.rstrip("/")) + 1 if prefix else 0
+        below = (i.key[start:] for i in self.list(prefix))
+        return sorted({rest.split("/", 1)[0] for rest in below if "/" in rest})
 
     @abstractmethod
     def delete(self, keys: Iterable[str]) -> int:

@@ -40,6 +40,8 @@ OPERATIONS = (
     "head",
     "exists",
     "list",
+    "list_split",
+    "list_folders",
     "delete",
     "put_file",
     "get_file",

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +35,10 @@ BODY_BACKOFF = 0.2  # seconds, doubled after each failed read
 # One pool per client is shared by all threads, including the transfer
 # manager's workers: it must be at least MAX_CONCURRENCY or they queue.
 MAX_POOL_CONNECTIONS = 16
+#: the part listings of ``list_split`` under way at once, in the whole process: half
+#: the pool, so that they and the plain listings made beside them (a scan makes
+#: four) never want more connections than it keeps
+_SPLIT_LISTINGS = threading.BoundedSemaphore(MAX_POOL_CONNECTIONS // 2)
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
@@ -224,6 +229,7 @@ def _transfer():
 
 class S3Store(Store):
     lists_md5 = True
+    lists_in_parts = True
 
     def __init__(self, url: str):
         self.bucket, self.prefix = parse_s3_url(url)
@@ -361,9 +367,43 @@ class S3Store(Store):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Directory semantics as in LocalStore: "a" and "a/" both mean a/.
         sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
+        yield from self._listed(sub, prefix or "/")
+
+    def list_split(self, prefix: str, first_chars: str) -> list[ObjectInfo]:
+        # One listing per first character, side by side: the pages of one listing
+        # come one after the other (a round trip each), and a server that sorts
+        # all of a prefix's keys for every page sorts far fewer per listing.
+        sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
+
+        def part(char: str) -> list[ObjectInfo]:
+            with _SPLIT_LISTINGS:
+                return list(self._listed(sub + char, prefix))
+
+        with ThreadPoolExecutor(max_workers=len(first_chars) or 1) as pool:
+            return [info for listed in pool.map(part, first_chars) for info in listed]
+
+    def list_folders(self, prefix: str) -> list[str]:
+        # one request per 1,000 folders: S3 groups the keys on "/" (CommonPrefixes)
+        sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
+        names = []
         with self._errors("list", prefix or "/"):
             paginator = self.client.get_paginator("list_objects_v2")
-            pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root + sub)
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root + sub, Delimiter="/")
+            for page in pages:
+                for folder in page.get("CommonPrefixes", ()):
+                    name = folder["Prefix"][len(self._root + sub) :].rstrip("/")
+                    try:
+                        check_key(name)
+                    except ValueError:
+                        continue  # written by something else; we could not address it
+                    names.append(name)
+        return sorted(names)
+
+    def _listed(self, start: str, shown: str) -> Iterator[ObjectInfo]:
+        """Every object whose key (under the root) starts with ``start``."""
+        with self._errors("list", shown or "/"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root + start)
             for page in pages:
                 for obj in page.get("Contents", ()):
                     rel = obj["Key"][len(self._root) :]
