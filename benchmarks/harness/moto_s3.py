@@ -102,3 +102,28 @@ def serve_bucket() -> Moto:
         os.environ.pop(name, None)
     moto.client().create_bucket(Bucket=BUCKET)
     return moto
+
+
+def read_every_object(bench, prefix, suffix=""):
+    """Seconds plain boto3 takes to list ``prefix`` and GET every object under it whose
+    key ends with ``suffix``, 16 at a time (the maintenance module's parallelism):
+    the least a command that reads every manifest pays."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=bench.moto.endpoint,
+        region_name="us-east-1",
+        config=Config(max_pool_connections=16),
+    )
+    started = time.perf_counter()
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", ()) if o["Key"].endswith(suffix)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read(), keys))
+    return time.perf_counter() - started

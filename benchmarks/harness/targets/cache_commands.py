@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import PY, BenchError
 from ..flows import FlowDir, settle
 from ..markdown import fmt, rng, verdict
-from ..moto_s3 import BUCKET, empty_prefix, s3_url
+from ..moto_s3 import empty_prefix, read_every_object, s3_url
 from ..product import product
 from ..stats import summary
 
@@ -68,26 +68,9 @@ def _timed(cmd, cwd, env):
 
 
 def _floor_scan(bench, prefix):
-    """Plain boto3: list the entries and GET every manifest, 16 at a time: the least
-    a command that reads every manifest pays (what `stats` and `list` did before)."""
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=bench.moto.endpoint,
-        region_name="us-east-1",
-        config=Config(max_pool_connections=16),
-    )
-    started = time.perf_counter()
-    keys = []
-    for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=BUCKET, Prefix=prefix + "/v1/entries/"
-    ):
-        keys += [o["Key"] for o in page.get("Contents", ())]
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read(), keys))
-    return time.perf_counter() - started
+    """Plain boto3: list the entries and GET every manifest: the least a command that
+    reads every manifest pays (what `stats` and `list` did before)."""
+    return read_every_object(bench, prefix + "/v1/entries/")
 
 
 def _one(bench, where, n):

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..markdown import fmt, rng, verdict
-from ..moto_s3 import BUCKET, empty_prefix, s3_url
+from ..moto_s3 import BUCKET, empty_prefix, read_every_object, s3_url
 from ..product import product
 from ..stats import summary
 
@@ -110,30 +110,8 @@ def measure(bench):
 
 def _floor_scan(bench, prefix):
     """Plain boto3, the least any prune that reads every manifest must do: list the
-    prefix, GET every manifest with 16 threads (the maintenance module's parallelism).
-    Read-only: the product prune then runs on the same objects."""
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=bench.moto.endpoint,
-        region_name="us-east-1",
-        config=Config(max_pool_connections=16),
-    )
-    started = time.perf_counter()
-    keys = []
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix + "/"):
-        keys += [o["Key"] for o in page.get("Contents", ())]
-    manifests = [k for k in keys if k.endswith(".json")]
-
-    def get(key):
-        return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(get, manifests))
-    return time.perf_counter() - started
+    prefix, GET every manifest. Read-only: the product prune then runs on the same objects."""
+    return read_every_object(bench, prefix + "/", ".json")
 
 
 def _write_entries(bench, client, prefix, n, signing_key=None):
