@@ -1264,15 +1264,22 @@ class _Completions:
         for future in [f for f in self._checking if f.done()]:
             task = self._checking.pop(future)
             runtime._active_tasks[0] -= 1
-            if future.result():
+            completed, logged = future.result()
+            # printed here, by the runtime's thread: Metaflow's logger writes a line
+            # in several pieces, and lines from two threads would mix
+            for line in logged:
+                task.log(line)
+            if completed:
                 runtime._cloned_tasks.append(task)
             else:
                 runtime._launch_worker(task)
 
 
-def _try_complete(runtime, task, try_complete) -> bool:
+def _try_complete(runtime, task, try_complete) -> tuple[bool, list[str]]:
+    """(completed, the lines it logged for the task): the runtime prints them."""
+    launching = LaunchingTask(runtime, task)
     try:
-        return bool(try_complete(LaunchingTask(runtime, task)))
+        return bool(try_complete(launching)), launching.logged
     except Exception as err:  # never lose a run to the fast path
         print(
             "[memoize] WARNING: %s: could not check the cache before launching "
@@ -1280,7 +1287,7 @@ def _try_complete(runtime, task, try_complete) -> bool:
             file=sys.stderr,
             flush=True,
         )
-        return False
+        return False, launching.logged
 
 
 class LaunchingTask:
@@ -1300,6 +1307,7 @@ class LaunchingTask:
         self.flow_datastore = runtime._flow_datastore
         self.metadata = runtime._metadata
         self.pathspec = "%s/%s/%s/%s" % (self.flow.name, self.run_id, self.step, self.task_id)
+        self.logged: list[str] = []  # lines for the task's log (see log)
 
     def open_task(self, run_id: str, step: str, task_id: str):
         """A finished task's datastore (read mode), or None when it is not there."""
@@ -1353,7 +1361,8 @@ class LaunchingTask:
         return self.step in self.graph[self.step].out_funcs
 
     def log(self, message: str) -> None:
-        self._task.log("[memoize] %s" % message)
+        """Kept for the runtime to print in its own thread (``_Completions.collect``)."""
+        self.logged.append("[memoize] %s" % message)
 
     def clone_from(self, origin_run_id: str, origin, passed_down=None, metadata=None) -> None:
         """Complete this task as a copy of ``origin``, a finished task of the same step,
