@@ -20,6 +20,9 @@ LONG_FIRST = (
     "test_multipart.py::test_writers_killed_mid_upload_leave_nothing_after_prune",
     "test_audit.py::test_a_nondeterministic_step_is_flagged_and_its_entry_set_aside",
     "test_cloud_cache.py::test_miss_hit_in_task_cloned_and_prune",
+    "test_cli_scale.py::test_list_and_stats_on_s3_read_only_the_manifests_they_show",
+    "test_composed_hits.py::test_appending_one_item_runs_one_body_and_writes_what_an_uncached_run_writes",
+    "test_card.py::test_card_shows_every_decision_of_the_run",
 )
 
 

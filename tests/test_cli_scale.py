@@ -421,6 +421,7 @@ def no_signing_key(monkeypatch):
     monkeypatch.delenv("METAFLOW_MEMOIZE_SIGNING_KEY", raising=False)
 
 
+@pytest.mark.slow  # about 90 s: thousands of entries through moto
 def test_list_and_stats_on_s3_read_only_the_manifests_they_show(s3_env, no_signing_key):
     """Before: one GET per manifest for both (64-75 s at 5,000 entries on S3).
     Now `stats` reads none and `list` only those of the rows it shows, and both

@@ -34,7 +34,10 @@ def _entries(cloud):
     return sorted(i.key for i in open_store(cloud.url("cache")).list("v1/entries/"))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+# the flows on GCS in make test-slow: the store contract suite checks GCS in make test
+@pytest.mark.parametrize(
+    "kind", [pytest.param("gcs", marks=pytest.mark.slow), pytest.param("azure")]
+)
 def test_miss_hit_in_task_cloned_and_prune(request, tmp_path, kind):
     cloud = request.getfixturevalue(kind + "_env")
     env = dict(cloud.env, METAFLOW_MEMOIZE_ROOT=cloud.url("cache"))

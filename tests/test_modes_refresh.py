@@ -237,6 +237,7 @@ def test_expired_entry_is_replaced_by_a_fresh_one(runner):
     assert step_status(t, "middle") == "hit"
 
 
+@pytest.mark.slow
 def test_an_ignored_unsigned_entry_is_replaced_by_a_signed_one(runner):
     runner.add_flow("t2_linear_flow.py")
     run_tasks(runner)

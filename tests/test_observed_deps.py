@@ -476,6 +476,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # 5 runs; the join tests of test_join_passdown.py run in make test
 def test_a_join_is_keyed_by_what_it_reads_from_its_inputs(runner):
     """A join reads `value` from each input and the `scale` parameter: `--note`
     and an input artifact it never reads (`debug`) do not re-run it, a read
