@@ -109,6 +109,37 @@ def _split(mapping: dict[str, str]) -> dict[str, str]:
     return {n: s for n, s in mapping.items() if n not in skip}
 
 
+_ABSENT = object()
+
+
+class _Memo:
+    """A few values by content key, shared by the checking threads: the oldest is
+    dropped past ``size``. Two threads may compute the same value; either is kept."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._values: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key, compute):
+        with self._lock:
+            value = self._values.get(key, _ABSENT)
+        if value is _ABSENT:
+            value = compute()
+            self.put(key, value)
+        return value
+
+    def known(self, key):
+        with self._lock:
+            return self._values.get(key, _ABSENT)
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            if key not in self._values and len(self._values) >= self._size:
+                self._values.pop(next(iter(self._values)))
+            self._values[key] = value
+
+
 class _FirstInput:
     """The task's first input datastore, read without repeating reads: its foreach
     bookkeeping comes from the one read already made, and the foreach lists from
@@ -116,12 +147,11 @@ class _FirstInput:
     orchestrator checks them one after the other. Only lists are kept there, the
     last few, so a per-task artifact never pushes a shared list out."""
 
-    def __init__(self, datastore, loaded: dict[str, Any], lists: dict[str, Any], names, lock):
+    def __init__(self, datastore, loaded: dict[str, Any], lists: _Memo, names):
         self._ds = datastore
         self._loaded = loaded
         self._lists = lists
         self._list_names = set(names)
-        self._lock = lock
 
     def __getattr__(self, name):
         return getattr(self._ds, name)
@@ -132,15 +162,7 @@ class _FirstInput:
         sha = mf.artifact_hashes(self._ds).get(name)
         if name not in self._list_names or sha is None:
             return self._ds[name]
-        with self._lock:
-            value = self._lists.get(sha)
-        if value is None:
-            value = self._ds[name]
-            with self._lock:
-                if len(self._lists) >= 4:
-                    self._lists.pop(next(iter(self._lists)))
-                self._lists[sha] = value
-        return value
+        return self._lists.get(sha, lambda: self._ds[name])
 
 
 class OrchestratorHits:
@@ -152,9 +174,9 @@ class OrchestratorHits:
         self._lock = threading.Lock()
         self._caches: dict[str, Cache] = {}
         self._failed_roots: set[str] = set()
-        self._lists: dict[str, Any] = {}
-        self._bookkeeping: dict[tuple, dict[str, Any]] = {}  # foreach bookkeeping by hashes
-        self._stored_values: dict[tuple, tuple] = {}  # (name, hash) -> (JSON-like value,)
+        self._lists = _Memo(4)  # foreach lists by hash
+        self._bookkeeping = _Memo(4)  # a foreach parent's bookkeeping, by its hashes
+        self._stored_values = _Memo(1024)  # (name, hash) -> JSON-like bookkeeping value
         self._not_cloned: dict[str, int] = {}  # step -> tasks in a row not cloned
         self._code: dict[str, dict[str, str]] = {}  # step -> code components, once per run
         self._class_level: set[str] | None = None  # the flow's class-level artifact names
@@ -191,7 +213,7 @@ class OrchestratorHits:
         try:
             first = self._foreach_bookkeeping(inputs[0])
             frames = task.expected_foreach_stack(first)
-            source = _FirstInput(inputs[0], first, self._lists, [f.var for f in frames], self._lock)
+            source = _FirstInput(inputs[0], first, self._lists, [f.var for f in frames])
             components = task_components(
                 task.flow,
                 task.graph,
@@ -336,15 +358,9 @@ class OrchestratorHits:
         distinct value: every item of a foreach has the same parent."""
         hashes = mf.artifact_hashes(first_input)
         ident = tuple(hashes.get(name) for name in mf.FOREACH_BOOKKEEPING)
-        with self._lock:
-            known = self._bookkeeping.get(ident)
-        if known is None:
-            known = mf.load_present(first_input, mf.FOREACH_BOOKKEEPING)
-            with self._lock:
-                if len(self._bookkeeping) >= 4:
-                    self._bookkeeping.pop(next(iter(self._bookkeeping)))
-                self._bookkeeping[ident] = known
-        return known
+        return self._bookkeeping.get(
+            ident, lambda: mf.load_present(first_input, mf.FOREACH_BOOKKEEPING)
+        )
 
     def _code_of(self, task) -> dict[str, str]:
         # the orchestrator's view of the flow's source is fixed when it imported it
@@ -423,20 +439,20 @@ class OrchestratorHits:
         loaded once per run: the tasks of a step share all their bookkeeping objects
         but the foreach stack, and an object's hash names its content."""
         values, to_load = {}, []
-        with self._lock:
-            for name in names:
-                known = self._stored_values.get((name, origin_hashes.get(name)))
-                if known is not None and origin_hashes.get(name) is not None:
-                    values[name] = known[0]
-                else:
-                    to_load.append(name)
+        for name in names:
+            # an absent object (no hash) reads as Metaflow's default: not memoized
+            known = (
+                _ABSENT
+                if name not in origin_hashes
+                else self._stored_values.known((name, origin_hashes[name]))
+            )
+            if known is _ABSENT:
+                to_load.append(name)
+            else:
+                values[name] = known
         loaded = mf.bookkeeping_values(origin_ds, to_load) if to_load else {}
-        with self._lock:
-            for name, value in loaded.items():
-                sha = origin_hashes.get(name)
-                if sha is not None:
-                    if len(self._stored_values) >= 1024:
-                        self._stored_values.pop(next(iter(self._stored_values)))
-                    self._stored_values[(name, sha)] = (value,)
+        for name, value in loaded.items():
+            if name in origin_hashes:
+                self._stored_values.put((name, origin_hashes[name]), value)
         values.update(loaded)
         return values
