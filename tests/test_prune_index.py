@@ -8,6 +8,7 @@ that a remaining entry needs.
 """
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,13 +39,25 @@ T0 = time.time() - 7200
 
 
 class CountingS3Store(S3Store):
-    """An S3 store that counts object reads (GETs)."""
+    """An S3 store that counts object reads (GETs) and notes the prefixes it lists."""
 
     gets = 0
+
+    def __init__(self, url):
+        super().__init__(url)
+        self.listed = []
 
     def get(self, key):
         self.gets += 1
         return super().get(key)
+
+    def list(self, prefix=""):
+        self.listed.append(prefix)
+        return super().list(prefix)
+
+    def list_split(self, prefix, first_chars):
+        self.listed.append(prefix)
+        return super().list_split(prefix, first_chars)
 
 
 def publish(cache, flow, step, name, blobs, created=T0, expires=None):
@@ -75,9 +88,26 @@ def test_an_index_name_round_trips_what_pruning_needs():
     assert record.created == pytest.approx(m.created, abs=1e-3)
     assert record.expires == pytest.approx(m.expires, abs=1e-3)
     assert record.refs == {blob_ref(sha_of(b"1")), blob_ref(sha_of(b"2"))}
+    # each blob once, with the stored size the manifest records
+    assert dict(record.sizes) == {blob_ref(sha_of(b"1")): 1, blob_ref(sha_of(b"2")): 1}
     never = manifest("F", "s", key_of("k"), {}, T0)
     assert Cache.parse_index_key(Cache.index_key(never, "0" * 32)).expires is None
     assert Cache.parse_index_key(Cache.index_key(never, "0" * 32)).refs == frozenset()
+    assert Cache.parse_index_key(Cache.index_key(never, "0" * 32)).sizes == ()
+
+
+def without_sizes(index_name):
+    """The name as versions before sizes wrote it: each reference alone."""
+    return re.sub(r"=[0-9]+", "", index_name)
+
+
+def test_a_name_without_sizes_still_names_its_blobs():
+    m = manifest("F", "s", key_of("k"), {"a": b"12", "b": b"345"}, T0)
+    old = Cache.parse_index_key(without_sizes(Cache.index_key(m, "0" * 32)))
+    assert old.refs == {blob_ref(sha_of(b"12")), blob_ref(sha_of(b"345"))}
+    assert old.sizes is None  # unknown: a reader lists the blobs for them
+    m.artifacts["a"].stored_size = None  # a size the manifest does not record
+    assert Cache.parse_index_key(Cache.index_key(m, "0" * 32)).sizes is None
 
 
 @pytest.mark.parametrize(
@@ -115,6 +145,39 @@ def test_publishing_on_s3_writes_one_index_object_and_a_local_store_none(s3_cach
     publish(local, "F", "s", "e", {"x": b"payload"})
     assert index_names(local.store) == set()
     assert names(local.store, Cache.entry_prefix()) != set()
+
+
+# -- stats and list with the index ---------------------------------------------
+def blob_listings(store):
+    return [p for p in store.listed if p.startswith(Cache.blob_prefix())]
+
+
+def test_sizes_come_from_the_index_names_without_listing_blobs(s3_cache):
+    shared = b"shared by all"
+    for i in range(5):
+        publish(s3_cache, "F", "s", "e%d" % i, {"own": b"own %d" % i, "s": shared})
+    target = mt.Target(s3_cache, "F")
+    read = mt.scan(target)  # every manifest read: the sizes they record
+    s3_cache.store.listed, s3_cache.store.gets = [], 0
+    indexed = mt.scan(target, indexed=True)
+    assert s3_cache.store.gets == 0 and blob_listings(s3_cache.store) == []
+    sizes = {e.key: (e.size, e.blob_sizes()) for e in indexed.entries}
+    assert sizes == {e.key: (e.size, e.blob_sizes()) for e in read.entries}
+    assert {size for size, _ in sizes.values()} == {len(b"own 0") + len(shared)}
+    now = time.time()
+    assert mt.summarize(indexed, now)[0] == mt.summarize(read, now)[0]
+
+
+def test_index_names_written_before_sizes_make_the_scan_list_blobs(s3_cache):
+    for i in range(3):
+        publish(s3_cache, "F", "s", "e%d" % i, {"own": b"own %d" % i})
+    for name in index_names(s3_cache.store):
+        s3_cache.store.delete([name])
+        s3_cache.store.put(without_sizes(name), b"")
+    s3_cache.store.listed = []
+    indexed = mt.scan(mt.Target(s3_cache, "F"), indexed=True)
+    assert s3_cache.store.gets == 0 and blob_listings(s3_cache.store) != []
+    assert {e.size for e in indexed.entries} == {len(b"own 0")}
 
 
 # -- pruning with the index ----------------------------------------------------

@@ -81,8 +81,9 @@ class Plan:
             self.wide_s3_widths = _widths(os.environ.get("BENCH_WIDE_S3_WIDTHS", "100"))
             self.wide_reps = 3
             self.wide_sleep = 0.0
-            # target 8: entries in the cache root; foreach width of the planned flow
-            self.commands_entries = [1000, 10000]
+            # target 8: entries in the cache root (BENCH_COMMANDS_ENTRIES=10000 for
+            # one size); foreach width of the planned flow
+            self.commands_entries = _widths(os.environ.get("BENCH_COMMANDS_ENTRIES", "1000,10000"))
             self.commands_width = 20
             self.commands_reps = 2
         assert self.miss_mb in self.hit_sizes and self.s3_mb in self.hit_sizes

@@ -54,9 +54,12 @@ _BLOB_RE = re.compile(r"^%s/blobs/([0-9a-f]{2})/(%s)$" % (LAYOUT, _SHA))
 # audit.py: entries set aside, and one record per audited hit
 _SUSPECT_RE = re.compile(r"^%s/suspect/(%s)/(%s)/(%s)\.json$" % (LAYOUT, _NAME, _NAME, _KEY))
 _AUDIT_RE = re.compile(r"^%s/audits/(%s)/(%s)/(%s)_[a-z]+_[0-9]+$" % (LAYOUT, _NAME, _NAME, _KEY))
+# each reference may carry its blob's stored size ("<ref>=<bytes>"): names written
+# before sizes were added have none
+_INDEX_REF = r"[0-9a-f]{%d}(?:=[0-9]+)?" % 16
 _INDEX_RE = re.compile(
-    r"^%s/index/(%s)/(%s)/(%s)/([0-9a-f]{32})_([0-9]+)_([0-9]+|never)_((?:[0-9a-f]{%d})"
-    r"(?:\.[0-9a-f]{%d})*|-)(?:_([0-9a-f]{32}))?$" % (LAYOUT, _NAME, _NAME, _KEY, 16, 16)
+    r"^%s/index/(%s)/(%s)/(%s)/([0-9a-f]{32})_([0-9]+)_([0-9]+|never)_(%s(?:\.%s)*|-)"
+    r"(?:_([0-9a-f]{32}))?$" % (LAYOUT, _NAME, _NAME, _KEY, _INDEX_REF, _INDEX_REF)
 )
 # partial files of killed writers (stores/local.py: ".tmp-" and 16 hex digits, or
 # mkstemp's ".tmp-" and 8 letters, digits or underscores), only in memoize's folders
@@ -97,6 +100,9 @@ class IndexRecord:
     # HMAC of the rest of the name (with a signing key): see Cache.index_key
     signature: str | None = None
     signed: str = ""  # the part of the name the signature covers
+    # blob_ref -> the stored size the manifest records; None when the name does not
+    # give every reference's size (written before sizes were, or a size unknown)
+    sizes: tuple[tuple[str, int], ...] | None = None
 
     def signature_valid(self, secret: str) -> bool:
         return bool(self.signature) and hmac.compare_digest(
@@ -223,7 +229,15 @@ class Cache:
         With a signing key the name ends in an HMAC of the rest: a reader with the key
         believes only signed index objects (a forged one could claim an entry expired,
         or that it references no blob)."""
-        refs = ".".join(sorted({blob_ref(sha) for sha in manifest.blob_shas})) or "-"
+        # with each blob's stored size, so that `stats` need not list the blobs
+        sizes = {blob_ref(a.sha): a.stored_size for a in manifest.artifacts.values()}
+        refs = (
+            ".".join(
+                ref if size is None else "%s=%d" % (ref, size)
+                for ref, size in sorted(sizes.items())
+            )
+            or "-"
+        )
         expires = "never" if manifest.expires is None else "%d" % round(manifest.expires * 1000)
         name = "%s/%s_%d_%s_%s" % (
             Cache.index_prefix(manifest.flow, manifest.step, manifest.key).rstrip("/"),
@@ -243,6 +257,10 @@ class Cache:
         if match is None:
             return None
         flow, step, key, md5, created, expires, refs, signature = match.groups()
+        named = [r.partition("=") for r in refs.split(".") if r and r != "-"]
+        sizes = None
+        if all(size for _, _, size in named):
+            sizes = tuple(sorted((ref, int(size)) for ref, _, size in named))
         return IndexRecord(
             flow,
             step,
@@ -250,9 +268,10 @@ class Cache:
             md5,
             int(created) / 1000.0,
             None if expires == "never" else int(expires) / 1000.0,
-            frozenset(r for r in refs.split(".") if r and r != "-"),
+            frozenset(ref for ref, _, _ in named),
             signature,
             object_key[: -len(signature) - 1] if signature else object_key,
+            sizes,
         )
 
     # -- reading -------------------------------------------------------------

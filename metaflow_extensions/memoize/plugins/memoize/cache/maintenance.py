@@ -390,7 +390,7 @@ def index_or_read(
             and (not cache.signing_key or r.signature_valid(cache.signing_key))
         ]
         # two index objects that describe the same manifest differently: one is forged
-        if len({(r.created, r.expires, r.refs) for r, _ in matches}) != 1:
+        if len({(r.created, r.expires, r.refs, r.sizes) for r, _ in matches}) != 1:
             to_read.append(info)
             continue
         record, obj = matches[0]
@@ -439,6 +439,16 @@ def list_blobs(cache: Cache) -> dict[str, ObjectInfo]:
     return out
 
 
+def _sizes_unnamed(index: dict, in_scope: Callable[[tuple[str, str, str]], bool]) -> bool:
+    """Whether an index object in scope names its blobs without their sizes."""
+    return any(
+        record.sizes is None
+        for ident, objects in index.items()
+        if in_scope(ident)
+        for record, _ in objects
+    )
+
+
 def scan(
     target: Target,
     step: str | None = None,
@@ -457,11 +467,13 @@ def scan(
     ``indexed`` (implied by ``full``): on a store whose listings carry MD5s, an
     entry with a verified index object is known from it and its manifest is not
     read (``index_or_read``): what `stats` and the order of `list` need
-    (creation, expiry, blob references) is in the index name, and blob sizes
-    come from the blob listing. Such entries have no ``manifest``: read the few
-    that are shown with ``read_manifests``. ``blob_sizes=False`` skips the blob
-    listing when nothing but the manifests read later will show a size (their
-    ``size`` is 0 until then). Other stores read every manifest.
+    (creation, expiry, blob references and their sizes) is in the index name.
+    Such entries have no ``manifest``: read the few that are shown with
+    ``read_manifests``. Blobs are listed for their sizes only when an index name
+    in scope does not give them (written before names did). ``blob_sizes=False``
+    means no size is wanted: nothing but the manifests read later will show one
+    (an index-known entry's ``size`` is 0 until then). Other stores read every
+    manifest.
 
     ``last_used=False`` skips the listing of last-use markers (``last_used``
     stays None: ``read_last_used`` reads those of the rows shown), and
@@ -473,7 +485,6 @@ def scan(
     # garbage collection needs every entry under the root
     scope = (None, None) if full else (flow, step if flow else None)
     use_index = (full or indexed) and cache.store.lists_md5
-    list_all_blobs = full or (use_index and blob_sizes)
 
     def in_scope(ident: tuple[str, str, str]) -> bool:
         return (flow is None or ident[0] == flow) and (step is None or ident[1] == step)
@@ -490,8 +501,10 @@ def scan(
         recording = (
             pool.submit(list_records, cache, flow, step if flow else None) if records else None
         )
-        blobbing = pool.submit(list_blobs, cache) if list_all_blobs else None
+        blobbing = pool.submit(list_blobs, cache) if full else None
         listed, index = listing.result(), indexing.result()
+        if blobbing is None and use_index and blob_sizes and _sizes_unnamed(index, in_scope):
+            blobbing = pool.submit(list_blobs, cache)
         markers = marking.result() if marking else {}
         found_records = recording.result() if recording else {}
         blobs = blobbing.result() if blobbing else None
@@ -511,13 +524,16 @@ def scan(
     for entry in inventory.entries:
         marker = inventory.markers.get(entry.ident)
         entry.last_used = marker.modified if marker else None
-    if blobs is not None:
-        sizes: dict[str, int] = {}
-        for sha, info in blobs.items():
-            sizes[blob_ref(sha)] = sizes.get(blob_ref(sha), 0) + info.size
-        for entry in entries:
-            if entry.index is not None:
-                entry.index_sizes = {r: sizes.get(r, 0) for r in entry.refs}
+    listed_sizes: dict[str, int] = {}
+    for sha, info in (blobs or {}).items():
+        listed_sizes[blob_ref(sha)] = listed_sizes.get(blob_ref(sha), 0) + info.size
+    for entry in entries:
+        if entry.index is None:
+            continue
+        if entry.index.sizes is not None:
+            entry.index_sizes = dict(entry.index.sizes)
+        elif blobs is not None:
+            entry.index_sizes = {r: listed_sizes.get(r, 0) for r in entry.refs}
     if full:
         inventory.blobs = blobs
         outside: set[str] = set()
