@@ -15,6 +15,7 @@ def runner(tmp_path):
 #: of them left to the end keeps the run going on one worker while the other idles.
 LONG_FIRST = (
     "test_oracle.py::test_quick_subset_finds_no_unlisted_false_hit",
+    "test_oracle.py::test_the_case_that_was_a_false_hit_is_none_now",
     "test_faults.py::test_flaky_s3_never_fails_a_run",
     "test_observed_deps.py::test_a_join_is_keyed_by_what_it_reads_from_its_inputs",
     "test_multipart.py::test_writers_killed_mid_upload_leave_nothing_after_prune",
@@ -26,8 +27,19 @@ LONG_FIRST = (
 )
 
 
+#: Module-scoped fixtures that run flows for many seconds, and the xdist group of
+#: the tests that use them: with `--dist loadgroup` (the Makefile) those tests run
+#: in one worker, which makes the fixture once, instead of once in each worker.
+SHARED_SETUP_GROUPS = {"card_runs": "card-runs", "cached": "cli-seed"}
+
+
 def pytest_collection_modifyitems(config, items):
     def long(item):
         return any(name in item.nodeid for name in LONG_FIRST)
 
     items[:] = [i for i in items if long(i)] + [i for i in items if not long(i)]
+    for item in items:
+        for fixture, group in SHARED_SETUP_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break

@@ -34,10 +34,10 @@ def _entries(cloud):
     return sorted(i.key for i in open_store(cloud.url("cache")).list("v1/entries/"))
 
 
-# the flows on GCS in make test-slow: the store contract suite checks GCS in make test
-@pytest.mark.parametrize(
-    "kind", [pytest.param("gcs", marks=pytest.mark.slow), pytest.param("azure")]
-)
+# whole flows on GCS and Azure run in make test-slow; make test checks both stores
+# with the contract suite and the prune and server-side copy tests below
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gcs", "azure"])
 def test_miss_hit_in_task_cloned_and_prune(request, tmp_path, kind):
     cloud = request.getfixturevalue(kind + "_env")
     env = dict(cloud.env, METAFLOW_MEMOIZE_ROOT=cloud.url("cache"))

@@ -17,8 +17,20 @@ def test_examples_are_discovered():
             assert list(directory.glob("*_flow.py")), directory
 
 
+#: the longest examples run in make test-slow (make test keeps the rest)
+SLOW_EXAMPLES = {"foreach_training"}
+
+
 @pytest.mark.parametrize(
-    "flow_file", FLOW_FILES, ids=[p.parent.name + "/" + p.name for p in FLOW_FILES]
+    "flow_file",
+    [
+        pytest.param(
+            p,
+            id=p.parent.name + "/" + p.name,
+            marks=[pytest.mark.slow] if p.parent.name in SLOW_EXAMPLES else [],
+        )
+        for p in FLOW_FILES
+    ],
 )
 def test_example_hits_on_its_second_run(runner, flow_file):
     # a copy of the example's directory, so runs never write into the repository

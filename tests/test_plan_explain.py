@@ -33,6 +33,8 @@ def _assert_agrees(plan, statuses):
     return checked
 
 
+# make test plans a foreach after a body edit (test_cli_scale.py)
+@pytest.mark.slow
 def test_plan_agrees_with_run_through_every_shape(runner):
     runner.add_flow(FLOW)
     empty = _plan(runner)

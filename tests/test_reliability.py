@@ -752,6 +752,7 @@ def test_eight_concurrent_runs_without_lock(runner, fault):
     fault(observed="all 8 succeeded; 1 entry; body ran %d time(s)" % bodies)
 
 
+@pytest.mark.slow
 def test_eight_concurrent_runs_with_lock(runner, fault):
     fault(
         area=CONCURRENCY,

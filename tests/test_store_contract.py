@@ -25,12 +25,12 @@ from metaflow_extensions.memoize.plugins.memoize.exceptions import (
 
 ROOT = "cache/root"
 UNSAFE_KEYS = ["../x", "/abs", "a/../b", "a//b", ""]
-MANY = 1050  # past one list/delete page (1000)
+MANY = 1050  # past a thousand (a local store has no pages)
 BIG = 20 * 1024 * 1024  # past the 16 MB multipart threshold
 
 
-# The emulators serve one request at a time (~5-10 ms each): past one page and
-# one delete batch with fewer objects, by making the stores' pages smaller.
+# moto and the emulators answer a request in ~5-10 ms: past one page and one
+# delete batch with fewer objects, by making the object stores' pages smaller.
 SMALL_PAGE = 50
 
 
@@ -39,14 +39,14 @@ def store(request, tmp_path):
     if request.param == "local":
         return LocalStore(str(tmp_path / "store"))
     if request.param == "s3":
-        s3_env = request.getfixturevalue("s3_env")
-        return S3Store(s3_env.url(ROOT))
-    from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
+        store = S3Store(request.getfixturevalue("s3_env").url(ROOT))
+    else:
+        from metaflow_extensions.memoize.plugins.memoize.cache.stores import open_store
 
-    cloud = request.getfixturevalue(request.param + "_env")
-    store = open_store(cloud.url(ROOT))
+        store = open_store(request.getfixturevalue(request.param + "_env").url(ROOT))
+    # pages of a few objects, so that paging is exercised without thousands of them
     store.list_page_size = SMALL_PAGE
-    if request.param == "azure":
+    if request.param in ("s3", "azure"):
         store.delete_batch = SMALL_PAGE
     return store
 

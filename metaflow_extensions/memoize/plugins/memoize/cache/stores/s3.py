@@ -46,6 +46,7 @@ COPY_OBJECT_LIMIT = 5 * 1024**3  # larger objects are copied in parts
 MAX_CONCURRENCY = 8
 
 DELETE_BATCH = 1000  # the DeleteObjects limit on AWS
+LIST_PAGE_SIZE = 1000  # the most S3 returns per ListObjectsV2 request
 
 _NOT_FOUND_CODES = frozenset(("NoSuchKey", "404", "NotFound"))
 _PRECONDITION_CODES = frozenset(("PreconditionFailed", "412"))
@@ -238,6 +239,9 @@ class S3Store(Store):
         self._root = self.prefix + "/" if self.prefix else ""
         self._client = None
         self._bucket_checked = False
+        # smaller in the contract tests, so that paging is exercised on few objects
+        self.list_page_size = LIST_PAGE_SIZE
+        self.delete_batch = DELETE_BATCH
 
     @property
     def client(self):
@@ -388,7 +392,12 @@ class S3Store(Store):
         names = []
         with self._errors("list", prefix or "/"):
             paginator = self.client.get_paginator("list_objects_v2")
-            pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root + sub, Delimiter="/")
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self._root + sub,
+                Delimiter="/",
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
             for page in pages:
                 for folder in page.get("CommonPrefixes", ()):
                     name = folder["Prefix"][len(self._root + sub) :].rstrip("/")
@@ -403,7 +412,11 @@ class S3Store(Store):
         """Every object whose key (under the root) starts with ``start``."""
         with self._errors("list", shown or "/"):
             paginator = self.client.get_paginator("list_objects_v2")
-            pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root + start)
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self._root + start,
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
             for page in pages:
                 for obj in page.get("Contents", ()):
                     rel = obj["Key"][len(self._root) :]
@@ -423,8 +436,8 @@ class S3Store(Store):
         # Validate everything first: an unsafe key must not leave a half-done
         # deletion behind.
         fulls = [self._full(key) for key in keys]
-        for start in range(0, len(fulls), DELETE_BATCH):
-            batch = fulls[start : start + DELETE_BATCH]
+        for start in range(0, len(fulls), self.delete_batch):
+            batch = fulls[start : start + self.delete_batch]
             with self._errors("delete", batch[0][len(self._root) :]):
                 response = self.client.delete_objects(
                     Bucket=self.bucket,
