@@ -14,6 +14,7 @@ def runner(tmp_path):
 #: started first: with pytest-xdist handing out tests in collection order, one
 #: of them left to the end keeps the run going on one worker while the other idles.
 LONG_FIRST = (
+    "test_bench_harness.py::",  # its module fixture runs the quick benchmarks
     "test_oracle.py::test_quick_subset_finds_no_unlisted_false_hit",
     "test_oracle.py::test_the_case_that_was_a_false_hit_is_none_now",
     "test_faults.py::test_flaky_s3_never_fails_a_run",
@@ -30,7 +31,11 @@ LONG_FIRST = (
 #: Module-scoped fixtures that run flows for many seconds, and the xdist group of
 #: the tests that use them: with `--dist loadgroup` (the Makefile) those tests run
 #: in one worker, which makes the fixture once, instead of once in each worker.
-SHARED_SETUP_GROUPS = {"card_runs": "card-runs", "cached": "cli-seed"}
+SHARED_SETUP_GROUPS = {
+    "card_runs": "card-runs",
+    "cached": "cli-seed",
+    "quick_report": "bench-quick",  # the whole quick benchmark run: about 5 minutes
+}
 
 
 def pytest_collection_modifyitems(config, items):
