@@ -48,24 +48,9 @@ def without_meta(tasks):
     }
 
 
-def test_unchanged_rerun_of_every_shape_launches_no_task_and_equals_the_first(runner):
-    runner.add_flow("shapes_flow.py")
-    first = runner.run("shapes_flow.py")
-    counts = runner.executions()
-    second = runner.run("shapes_flow.py")
-
-    assert runner.executions() == counts, "a step body ran on an unchanged re-run"
-    assert second.launched_steps() == set(), second.output
-    before = tasks_of(runner, "ShapesFlow", first.run_id)
-    after = tasks_of(runner, "ShapesFlow", second.run_id)
-    # same tasks, same foreach positions, same artifact values
-    assert without_meta(after) == without_meta(before)
-    metas = [row["meta"] for rows in after.values() for row in rows]
-    assert metas and all(m.get("memoize_status") == "hit" for m in metas)
-    # every one a copy of its origin: composing is for what cannot be cloned
-    assert all(m.get("memoize_completed") == "cloned" for m in metas), metas
-    assert "%d hits, 0 misses" % len(metas) in second.output
-
+# An unchanged re-run of every shape launching no task and equal to the first:
+# test_shapes.py's test_every_shape_is_restored_exactly_on_the_second_run checks
+# it on the same two runs of shapes_flow.py it already makes.
 
 FOREACH_DUPLICATES = """
     from _counter import record

@@ -160,6 +160,17 @@ def test_every_shape_is_restored_exactly_on_the_second_run(runner):
     assert counts(runner, SHAPE_COUNTS) == SHAPE_COUNTS
     assert second.output.count("[memoize] hit") == sum(SHAPE_COUNTS.values())
     assert "[memoize] miss" not in second.output
+    # completed in the orchestrator: no task launched, each task a clone of its
+    # origin (composing is for what cannot be cloned), at the same foreach position
+    from test_orchestrator_hits import tasks_of, without_meta
+
+    assert second.launched_steps() == set(), second.output
+    before = tasks_of(runner, "ShapesFlow", first.run_id)
+    after = tasks_of(runner, "ShapesFlow", second.run_id)
+    assert without_meta(after) == without_meta(before)
+    metas = [row["meta"] for rows in after.values() for row in rows]
+    assert metas and all(m.get("memoize_completed") == "cloned" for m in metas), metas
+    assert "%d hits, 0 misses" % len(metas) in second.output
 
     # every artifact of every task is what the first run produced
     assert runner.artifacts("ShapesFlow", second.run_id) == runner.artifacts(
