@@ -231,6 +231,49 @@ def test_a_step_with_task_side_output_is_launched(runner):
     assert second.launched_steps() == {"start"}
 
 
+_REGISTRATION_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from metaflow import Flow, namespace
+    namespace(None)
+    out = {}
+    for step in Flow(sys.argv[1])[sys.argv[2]]:
+        out[step.id] = [
+            {
+                "runtime": sum(1 for m in task.metadata if m.name == "runtime"),
+                "user": task.metadata_dict.get("user"),
+                "completed": task.metadata_dict.get("memoize_completed"),
+                "ok": task.successful,
+            }
+            for task in step
+        ]
+    print(json.dumps(out))
+    """
+)
+
+
+def test_every_task_is_registered_once_whether_completed_or_launched(runner):
+    # The orchestrator registers a task's metadata in the check's thread, not when
+    # the runtime creates the task; each task must still be registered (listed by
+    # the client, with its system metadata), a launched one before it starts, and
+    # a completed one only once: registering it again repeated the system fields.
+    runner.add_flow("card_flow.py", CARD_FLOW)
+    runner.run("card_flow.py")
+    second = runner.run("card_flow.py")
+    assert second.launched_steps() == {"start"}
+
+    tasks = runner.client_json(_REGISTRATION_SCRIPT, "CardFlow", second.run_id)
+    assert sorted(tasks) == ["end", "start"]
+    for step in ("start", "end"):
+        assert len(tasks[step]) == 1, tasks
+        (task,) = tasks[step]
+        assert task["ok"] and task["user"], (step, task)
+    # the launched task registers itself as well (Metaflow's task.py)
+    assert tasks["start"][0]["runtime"] >= 1 and tasks["start"][0]["completed"] is None
+    assert tasks["end"][0]["completed"] == "cloned"
+    assert tasks["end"][0]["runtime"] == 1, tasks["end"]
+
+
 # -- the comparison itself --------------------------------------------------------
 @pytest.mark.parametrize(
     "origin, parent, produced, expected",

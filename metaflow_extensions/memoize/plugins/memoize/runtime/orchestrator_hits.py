@@ -261,7 +261,9 @@ class OrchestratorHits:
         parent_hashes = mf.artifact_hashes(inputs[0])
         # The client API shows a clone the metadata of its origin for every field
         # the clone lacks: the origin's own miss reason would read as this task's.
-        # So every field `memoize explain` reads is written, with the task's own.
+        # So every field `memoize explain` reads is written, with the task's own,
+        # unless the origin's can only be the same. Each field is a file (an object
+        # on S3): an unchanged wide foreach writes thousands of them.
         fields = {
             "memoize_status": "hit",
             "memoize_key": key,
@@ -269,12 +271,15 @@ class OrchestratorHits:
             "memoize_saved_seconds": "%.3f" % manifest.body_seconds,
             # "true" for every task completed without a process; how, apart
             "memoize_cloned": "true",
-            "memoize_entry": manifest.key,
             "memoize_compared": manifest.key,
             "memoize_reason": HIT_REASON,
-            "memoize_changed_inputs": "",
         }
-        how = self._clone(task, inputs, frames, manifest, produced, parent_hashes, fields)
+        if manifest.key != key:
+            # else explain's fallback (the key) is the entry; an origin that
+            # recorded one recorded where it stored this entry
+            fields["memoize_entry"] = manifest.key
+        cloned_fields = dict(fields, memoize_changed_inputs="")  # a miss's, masked
+        how = self._clone(task, inputs, frames, manifest, produced, parent_hashes, cloned_fields)
         if how is None:
             how = self._compose(task, inputs, frames, manifest, produced, cache, fields)
         if how is None:
