@@ -1389,6 +1389,17 @@ class _Completions:
                 runtime._launch_worker(task)
 
 
+#: what the runtime loads from every finished task (runtime.py: ``finished_id``,
+#: ``_queue_tasks``, the foreach and join bookkeeping)
+RUNTIME_READS = (
+    "_transition",
+    "_foreach_stack",
+    "_iteration_stack",
+    "_foreach_num_splits",
+    "_foreach_var",
+)
+
+
 class _SmallBlobCache:
     """Keeps the small artifacts the orchestrator loads, decompressed, in memory.
 
@@ -1589,7 +1600,7 @@ class LaunchingTask:
         # what the runtime reads back from the task (`_foreach_stack` and the rest of
         # finished_id, its transition), read from what was just written: opening the
         # task again looks for its attempts and data file, a few requests on S3
-        self._task._results_ds = self.flow_datastore.get_task_datastore(
+        results = self.flow_datastore.get_task_datastore(
             self.run_id,
             self.step,
             self.task_id,
@@ -1597,6 +1608,17 @@ class LaunchingTask:
             data_metadata={"objects": dict(output._objects), "info": dict(output._info)},
             mode="r",
         )
+        self._task._results_ds = results
+        if getattr(self.flow_datastore, "TYPE", "local") != "local":
+            # the runtime reads these back one task after another in its one
+            # thread, a GET each: fetched here, in this check's thread, they are in
+            # the orchestrator's blob cache when it does (_SmallBlobCache)
+            names = [n for n in RUNTIME_READS if n in results._objects]
+            try:
+                for _ in results.load_artifacts(names):
+                    pass
+            except Exception:
+                pass  # the runtime will read them itself, and say what is wrong
 
     def parameters_task(self):
         """This run's ``_parameters`` task (read mode), or None when the run did not
