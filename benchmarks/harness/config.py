@@ -45,7 +45,9 @@ class Plan:
             self.prune_entries = 200
             self.prune_reps = 1
             self.wide_widths = [4]
-            self.wide_s3_widths = [4]
+            # each task process on the S3 datastore (moto) takes seconds: the
+            # smallest foreach that still has siblings
+            self.wide_s3_widths = [2]
             self.wide_reps = 1
             self.wide_sleep = 0.0
             self.commands_entries = [200]
