@@ -6,6 +6,7 @@ the store's client is built on that client's loaded models. Only the models are
 shared: the store keeps its own session, endpoint, timeouts and retries.
 """
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -61,3 +62,32 @@ def test_without_metaflow_client_the_store_builds_its_own(s3_env, fresh_clients)
     store = S3Store(s3_env.url("own"))
     store.put("x", b"1")
     assert store.get("x") == b"1"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-12-03T07:25:43.000Z",  # a listing's LastModified
+        "2026-12-03T07:25:43Z",
+        "2026-12-03T07:25:43.123456Z",
+        "Thu, 03 Dec 2026 07:25:43 GMT",  # a HEAD or GET response's header
+        "1796280000",  # epoch seconds, which botocore also accepts
+    ],
+)
+def test_timestamps_parse_as_botocore_parses_them(value):
+    from botocore.utils import parse_timestamp
+
+    ours = s3._parse_timestamp(value)
+    assert ours.timestamp() == parse_timestamp(value).timestamp()
+    assert ours.utcoffset().total_seconds() == 0
+
+
+def test_the_store_client_parses_listing_times_with_the_fast_parser(s3_env, fresh_clients):
+    store = S3Store(s3_env.url("parser"))
+    store.put("v1/x", b"1")
+    listed = list(store.list("v1/"))
+    assert [info.key for info in listed] == ["v1/x"]
+    # botocore parses responses with the endpoint's parser factory
+    defaults = store.client._endpoint._response_parser_factory._defaults
+    assert defaults["timestamp_parser"] is s3._parse_timestamp
+    assert abs(listed[0].modified - time.time()) < 120

@@ -9,6 +9,7 @@ datastore (MinIO, moto, ...). Every failure other than "not found" becomes
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
@@ -208,11 +209,31 @@ def _client_for(endpoint_url: str | None, region: str):
             if _loaded_models is not None:
                 # after the session set up its own loader: nothing of the donor changes
                 session._session.register_component("data_loader", _loaded_models)
+            # this session's own parser factory (botocore makes one per session)
+            parsers = session._session.get_component("response_parser_factory")
+            parsers.set_parser_defaults(timestamp_parser=_parse_timestamp)
             client = session.client(
                 "s3", endpoint_url=endpoint_url, region_name=region, config=config
             )
             _clients[key] = client
     return client
+
+
+def _parse_timestamp(value):
+    """botocore's timestamp parser, fast for the form S3 listings use.
+
+    Every object of a listing page has a LastModified (``2026-12-03T07:25:43.000Z``),
+    which botocore's default parser reads through dateutil: about 0.3 ms each, most
+    of the client's time in listing 20,000 keys (`stats` on 10,000 entries). Any
+    other form (HTTP dates in headers) goes to botocore's parser."""
+    if isinstance(value, str) and value.endswith("Z") and "T" in value:
+        try:
+            return datetime.datetime.fromisoformat(value[:-1] + "+00:00")
+        except ValueError:
+            pass
+    from botocore.utils import parse_timestamp
+
+    return parse_timestamp(value)
 
 
 def _transfer():
