@@ -11,6 +11,9 @@ Layout under the cache root (see docs/concepts.md):
     v1/suspect/<Flow>/<step>/<key>.json    an entry an audit set aside (audit.py)
     v1/audits/<Flow>/<step>/<key>_<outcome>_<ms>
                                            one tiny record per audited hit
+    v1/catalog/<Flow>/<step>.json.gz       the step's index names in one object
+                                           (catalog.py): what `stats` and `list`
+                                           would otherwise list the index for
 
 Blobs are written before the manifest that references them, and the manifest
 is published with put-if-absent (first writer wins) unless refreshing.
@@ -54,6 +57,7 @@ _BLOB_RE = re.compile(r"^%s/blobs/([0-9a-f]{2})/(%s)$" % (LAYOUT, _SHA))
 # audit.py: entries set aside, and one record per audited hit
 _SUSPECT_RE = re.compile(r"^%s/suspect/(%s)/(%s)/(%s)\.json$" % (LAYOUT, _NAME, _NAME, _KEY))
 _AUDIT_RE = re.compile(r"^%s/audits/(%s)/(%s)/(%s)_[a-z]+_[0-9]+$" % (LAYOUT, _NAME, _NAME, _KEY))
+_CATALOG_RE = re.compile(r"^%s/catalog/(%s)/(%s)\.json\.gz$" % (LAYOUT, _NAME, _NAME))
 # each reference may carry its blob's stored size ("<ref>=<bytes>"): names written
 # before sizes were added have none
 _INDEX_REF = r"[0-9a-f]{%d}(?:=[0-9]+)?" % 16
@@ -476,6 +480,20 @@ class Cache:
         return check_key("/".join(parts)) + "/"
 
     @staticmethod
+    def catalog_key(flow: str, step: str) -> str:
+        return check_key("%s/catalog/%s/%s.json.gz" % (LAYOUT, flow, step))
+
+    @staticmethod
+    def catalog_prefix(flow: str | None = None) -> str:
+        return check_key("/".join([LAYOUT, "catalog"] + ([flow] if flow else []))) + "/"
+
+    @staticmethod
+    def parse_catalog_key(object_key: str) -> tuple[str, str] | None:
+        """(flow, step) for a catalog object name, None for anything else."""
+        match = _CATALOG_RE.match(object_key)
+        return match.groups() if match else None
+
+    @staticmethod
     def parse_record_key(object_key: str) -> tuple[str, str, str] | None:
         """(flow, step, key) for a suspect marker or an audit record, None otherwise."""
         match = _SUSPECT_RE.match(object_key) or _AUDIT_RE.match(object_key)
@@ -503,6 +521,7 @@ class Cache:
             )
             or Cache.is_temporary(object_key)
             or Cache.parse_record_key(object_key) is not None
+            or Cache.parse_catalog_key(object_key) is not None
         )
 
     @staticmethod

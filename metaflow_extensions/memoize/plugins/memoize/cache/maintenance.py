@@ -10,13 +10,14 @@ Two halves, kept apart:
 Deletion order makes an interrupted prune harmless: manifests first, then
 last-use markers and index objects, then blobs that no manifest anywhere under
 the root references. A blob is never deleted while a manifest that references
-it exists, so every entry left behind is complete. Only objects under
-``v1/entries``, ``v1/used``, ``v1/index`` and ``v1/blobs`` are ever deleted.
+it exists, so every entry left behind is complete. Only names memoize writes
+(``Cache.is_own``) are ever deleted.
 
 On S3 a full scan reads no manifest that has a verified index object (see
 entries.py): what pruning needs (times, blob references) is in the index names,
 and blob sizes come from the blob listing. `stats` and `list` scan the same way
-(``scan(indexed=True)``); `list` then reads the manifests of the rows it shows.
+(``scan(indexed=True)``), from each step's catalog when it has one (catalog.py):
+then they list the manifests alone. `list` reads the manifests of the rows it shows.
 
 The long phases (reading manifests, deleting) report how far they got to a
 ``progress`` callable, ``progress(label, total)``: a context manager whose value
@@ -35,6 +36,7 @@ from typing import Any, ContextManager, TypeVar
 
 from ..durations import format_duration
 from ..exceptions import CorruptEntry, MemoizeCliError, StoreUnavailable
+from . import catalog
 from .entries import HEX_DIGITS, LAYOUT, MARKER, Cache, IndexRecord, blob_ref
 from .manifest import Manifest
 from .stores import ObjectInfo, UploadInfo, check_key, open_store
@@ -143,6 +145,7 @@ class Inventory:
     outside_refs: frozenset[str] = frozenset()  # blob_refs named by entries out of scope
     manifests_seen: dict[str, ObjectInfo] = field(default_factory=dict)  # every manifest listed
     stale_index: list[ObjectInfo] = field(default_factory=list)  # describe no current manifest
+    catalogs: list[ObjectInfo] = field(default_factory=list)  # every step's (catalog.py)
     # audit records and suspect markers (audit.py) in scope, by the entry they are about
     records: dict[tuple[str, str, str], list[ObjectInfo]] = field(default_factory=dict)
 
@@ -430,6 +433,10 @@ def select_stale_records(
     return out
 
 
+def list_catalogs(cache: Cache) -> list[ObjectInfo]:
+    return [i for i in cache.store.list(Cache.catalog_prefix()) if Cache.parse_catalog_key(i.key)]
+
+
 def list_blobs(cache: Cache) -> dict[str, ObjectInfo]:
     out = {}
     for info in cache.store.list_split(Cache.blob_prefix(), HEX_DIGITS):
@@ -437,6 +444,38 @@ def list_blobs(cache: Cache) -> dict[str, ObjectInfo]:
         if sha is not None:
             out[sha] = info
     return out
+
+
+def _known_from_catalogs(
+    cache: Cache,
+    scope: tuple[str | None, str | None],
+    listed: list[ObjectInfo],
+    catalogs: dict[tuple[str, str], catalog.Names],
+    progress: Progress,
+) -> tuple[list[EntryInfo], dict]:
+    """(entries, index listed): the listed manifests known from their step's
+    catalog; the others read, or (many) known from the index as ``index_or_read``
+    knows them. Each step's catalog is then rewritten if what is known changed."""
+    named, uncovered = catalog.split(cache, listed, catalogs)
+    entries = [EntryInfo(*ident, info, refs=r.refs, index=r) for ident, info, r in named]
+    index: dict = {}
+    if catalog.read_instead_of_listing(len(uncovered), len(listed)):
+        entries += read_entries(cache, uncovered, progress)
+    else:
+        index = list_index(cache, *scope)
+        entries += index_or_read(cache, uncovered, index, progress)[0]
+    known: dict[tuple[str, str], catalog.Names] = {}
+    for entry in entries:
+        if entry.index is not None:
+            name = catalog.name_of(entry.index)
+        elif entry.manifest is not None:
+            name = catalog.name_for_manifest(cache, entry.object, entry.manifest)
+        else:
+            continue  # corrupt: read again next time
+        if name is not None:
+            known.setdefault((entry.flow, entry.step), {})[entry.key] = name
+    catalog.save(cache, known, catalogs)
+    return entries, index
 
 
 def _sizes_unnamed(index: dict, in_scope: Callable[[tuple[str, str, str]], bool]) -> bool:
@@ -485,6 +524,9 @@ def scan(
     # garbage collection needs every entry under the root
     scope = (None, None) if full else (flow, step if flow else None)
     use_index = (full or indexed) and cache.store.lists_md5
+    # `stats` and `list` know entries from the steps' catalogs, listing the index
+    # only when a catalog leaves many manifests uncovered (catalog.py)
+    use_catalog = use_index and not full
 
     def in_scope(ident: tuple[str, str, str]) -> bool:
         return (flow is None or ident[0] == flow) and (step is None or ident[1] == step)
@@ -493,8 +535,10 @@ def scan(
     # 1,000 keys is a round trip, and parsing one overlaps fetching another)
     with ThreadPoolExecutor(max_workers=4) as pool:
         listing = pool.submit(_list_keyed, cache, *scope, Cache.entry_prefix(*scope))
-        # listed whatever the store: invalidate removes the index objects of its entries
-        indexing = pool.submit(list_index, cache, *scope)
+        # listed whatever the store (but for a catalog): invalidate removes the
+        # index objects of its entries
+        indexing = None if use_catalog else pool.submit(list_index, cache, *scope)
+        cataloging = pool.submit(catalog.load, cache, *scope) if use_catalog else None
         marking = (
             pool.submit(list_markers, cache, flow, step if flow else None) if last_used else None
         )
@@ -502,15 +546,25 @@ def scan(
             pool.submit(list_records, cache, flow, step if flow else None) if records else None
         )
         blobbing = pool.submit(list_blobs, cache) if full else None
-        listed, index = listing.result(), indexing.result()
-        if blobbing is None and use_index and blob_sizes and _sizes_unnamed(index, in_scope):
+        catalogs = pool.submit(list_catalogs, cache) if full else None
+        listed = listing.result()
+        if cataloging is not None:
+            entries, index = _known_from_catalogs(
+                cache, scope, listed, cataloging.result(), progress
+            )
+            stale: list[ObjectInfo] = []
+            unnamed = any(e.index is not None and e.index.sizes is None for e in entries)
+        else:
+            index = indexing.result()
+            unnamed = _sizes_unnamed(index, in_scope)
+        if blobbing is None and use_index and blob_sizes and unnamed:
             blobbing = pool.submit(list_blobs, cache)
         markers = marking.result() if marking else {}
         found_records = recording.result() if recording else {}
         blobs = blobbing.result() if blobbing else None
-    if use_index:
+    if use_index and not use_catalog:
         entries, stale = index_or_read(cache, listed, index, progress)
-    else:
+    elif not use_index:
         entries, stale = read_entries(cache, listed, progress), []
     inventory = Inventory(
         target.root,
@@ -543,6 +597,7 @@ def scan(
         inventory.outside_refs = frozenset(outside)
         inventory.manifests_seen = {info.key: info for info in listed}
         inventory.stale_index = stale
+        inventory.catalogs = catalogs.result() if catalogs else []
     return inventory
 
 
@@ -820,6 +875,8 @@ class Plan:
     uploads: list[UploadInfo] = field(default_factory=list)
     # audit records and suspect markers (audit.py) of removed entries, and stale ones
     records: list[ObjectInfo] = field(default_factory=list)
+    # the catalogs of steps left without an entry (catalog.py)
+    catalogs: list[ObjectInfo] = field(default_factory=list)
     # every manifest the scan read: one not in here at deletion time is new
     seen: dict[str, ObjectInfo] = field(default_factory=dict)
 
@@ -832,6 +889,7 @@ class Plan:
             + sum(t.size for t in self.temporaries)
             + sum(lock.size for lock in self.locks)
             + sum(r.size for r in self.records)
+            + sum(c.size for c in self.catalogs)
         )
 
     @property
@@ -844,6 +902,7 @@ class Plan:
             or self.locks
             or self.uploads
             or self.records
+            or self.catalogs
         )
 
 
@@ -870,6 +929,15 @@ def plan_removal(
     plan.records += select_stale_records(
         {i: objs for i, objs in inventory.records.items() if i not in removed}, live, now, grace
     )
+    # every manifest under the root was listed: a step out of scope keeps its catalog
+    steps_left = {
+        ident[:2]
+        for key in inventory.manifests_seen
+        if (ident := Cache.parse_manifest_key(key)) is not None and ident not in removed
+    }
+    plan.catalogs = [
+        o for o in inventory.catalogs if Cache.parse_catalog_key(o.key) not in steps_left
+    ]
     plan.markers += select_orphan_markers(
         {i: m for i, m in inventory.markers.items() if i not in removed}, live, now, grace
     )
@@ -1074,6 +1142,7 @@ _OWN_NAMES = {
     "locks": Cache.parse_lock_key,
     "temporaries": lambda key: key if Cache.is_temporary(key) else None,
     "records": Cache.parse_record_key,
+    "catalogs": Cache.parse_catalog_key,
 }
 
 
@@ -1118,12 +1187,13 @@ def execute(target: Target, plan: Plan, progress: Progress = no_progress) -> Out
     temporaries = _deletable([t.key for t in plan.temporaries], "temporaries")
     lock_keys = _deletable([lock.key for lock in plan.locks], "locks")
     record_keys = _deletable([r.key for r in plan.records], "records")
+    catalog_keys = _deletable([c.key for c in plan.catalogs], "catalogs")
     if not plan.empty:
         # an older root without a marker passed check_root: adopt it
         target.cache.ensure_marker(recheck=True)
     total = sum(
         map(len, (manifest_keys, marker_keys, index_keys, plan.blobs, temporaries, lock_keys))
-    ) + len(record_keys)
+    ) + len(record_keys + catalog_keys)
     with progress("Deleting", total) as bar:
 
         def delete(keys: list[str]) -> None:
@@ -1142,6 +1212,9 @@ def execute(target: Target, plan: Plan, progress: Progress = no_progress) -> Out
             out.bytes_freed += sum(m.size for m in plan.markers)
         if index_keys:
             delete(index_keys)
+        if catalog_keys:
+            delete(catalog_keys)
+            out.bytes_freed += sum(c.size for c in plan.catalogs)
         blobs = plan.blobs
         if blobs:
             protected = _new_references(target.cache, plan.seen)
