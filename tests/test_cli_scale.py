@@ -621,23 +621,43 @@ class CountingLocalStore(LocalStore):
         return super().list(prefix)
 
 
-def test_a_split_listing_finds_what_one_listing_finds(s3_env, tmp_path):
-    """Store.list_split (one listing per first character, side by side on S3) lists
-    exactly the objects of one listing whose names start with those characters;
-    Store.list_folders (one request on S3) names the folders one listing shows."""
+def s3_list_requests(store):
+    """Count the ListObjectsV2 requests an S3 store's client sends (a botocore event hook)."""
+    sent = []
+    store.client.meta.events.register(
+        "before-call.s3.ListObjectsV2", lambda **kw: sent.append(kw["params"].get("Prefix"))
+    )
+    return sent
+
+
+@pytest.mark.parametrize("page_size", [1000, 3])
+def test_a_split_listing_finds_what_one_listing_finds(s3_env, tmp_path, page_size):
+    """Store.list_split (on S3: a first page, then one listing per first character
+    still to come, side by side) lists exactly the objects of one listing whose
+    names start with those characters; Store.list_folders (one request on S3) names
+    the folders one listing shows. ``page_size`` 3: the first page ends inside the
+    "0" names, and the rest is listed in parts."""
     names = ["v1/blobs/%s%s/%s" % (c, c, (c * 40)) for c in "0123456789abcdef"]
     names += ["v1/blobs/zz/not-a-blob", "v1/blobs/0a/" + "0a" * 20, "v1/blobs-other/00/x"]
-    for store in (S3Store(s3_env.url("split")), LocalStore(str(tmp_path / "split"))):
+    names += ["v1/blobs/00/%s" % ("0" * 39 + c) for c in "12"]  # more "0" names
+    s3 = S3Store(s3_env.url("split-%d" % page_size))
+    s3.list_page_size = page_size
+    for store in (s3, LocalStore(str(tmp_path / "split"))):
         for name in names:
             store.put(name, b"x")
         whole = [i for i in store.list("v1/blobs/") if i.key[len("v1/blobs/")] != "z"]
         split = store.list_split("v1/blobs/", entries.HEX_DIGITS)
-        assert sorted(split) == sorted(whole) and len(split) == 17
+        assert sorted(split) == sorted(whole) and len(split) == 19
+        assert len(set(split)) == len(split)  # the first page and the parts do not overlap
         zeros = store.list_split("v1/blobs", "0")
         assert sorted(zeros) == sorted(i for i in whole if i.key.startswith("v1/blobs/0"))
         # the folders directly under a prefix: every name's first part (not "other")
         assert store.list_folders("v1/blobs/") == sorted({n.split("/")[2] for n in names[:-1]})
         assert store.list_folders("v1/") == ["blobs", "blobs-other"]
+    # a prefix of one page costs one request, not one per character
+    sent = s3_list_requests(s3)
+    assert len(s3.list_split("v1/blobs-other/", entries.HEX_DIGITS)) == 1
+    assert len(sent) == 1
 
 
 def test_stats_and_list_of_an_s3_root_without_entries(s3_env, no_signing_key):

@@ -13,8 +13,8 @@ from .config import PY, BenchError
 BUCKET = "memoize-bench"
 
 
-def s3_url(prefix):
-    return "s3://%s/%s" % (BUCKET, prefix)
+def s3_url(prefix, bucket=BUCKET):
+    return "s3://%s/%s" % (bucket, prefix)
 
 
 _MOTO_SCRIPT = textwrap.dedent(
@@ -77,13 +77,13 @@ class Moto:
                 self.proc.wait(timeout=10)
 
 
-def empty_prefix(client, prefix):
+def empty_prefix(client, prefix, bucket=BUCKET):
     paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix):
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
         for start in range(0, len(keys), 1000):
             client.delete_objects(
-                Bucket=BUCKET, Delete={"Objects": keys[start : start + 1000], "Quiet": True}
+                Bucket=bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True}
             )
 
 
@@ -104,7 +104,7 @@ def serve_bucket() -> Moto:
     return moto
 
 
-def read_every_object(bench, prefix, suffix=""):
+def read_every_object(bench, prefix, suffix="", bucket=BUCKET):
     """Seconds plain boto3 takes to list ``prefix`` and GET every object under it whose
     key ends with ``suffix``, 16 at a time (the maintenance module's parallelism):
     the least a command that reads every manifest pays."""
@@ -122,8 +122,8 @@ def read_every_object(bench, prefix, suffix=""):
     )
     started = time.perf_counter()
     keys = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", ()) if o["Key"].endswith(suffix)]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read(), keys))
+        list(pool.map(lambda k: client.get_object(Bucket=bucket, Key=k)["Body"].read(), keys))
     return time.perf_counter() - started

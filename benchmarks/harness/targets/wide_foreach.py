@@ -18,6 +18,13 @@ JUDGE_APPEND_FROM = 1000
 TITLE = "Target 7: wide foreach (first run, re-run, append one item)"
 
 
+def _rounds(by_width, width):
+    """Interleaved rounds at ``width``: those of the smallest width listed at or above
+    it, else 3 (1 for a quick run, which lists none)."""
+    fitting = [w for w in sorted(by_width) if width <= w]
+    return by_width[fitting[0]] if fitting else (3 if by_width else 1)
+
+
 def _starts(result, step):
     """Task processes the runtime started for ``step``."""
     return sum(
@@ -72,7 +79,7 @@ def _one_width(bench, width, datastore="local"):
         appended["starts"] = sum(_starts(r, s) for s in ("start", "body", "join", "end"))
         return r.wall
 
-    reps = bench.plan.wide_reps
+    reps = _rounds(bench.plan.wide_reps, width)
     bench.log(
         "target 7: width %d, %s datastore: %d rounds of re-run, resume, append"
         % (width, datastore, reps)

@@ -395,17 +395,34 @@ class S3Store(Store):
         yield from self._listed(sub, prefix or "/")
 
     def list_split(self, prefix: str, first_chars: str) -> list[ObjectInfo]:
-        # One listing per first character, side by side: the pages of one listing
-        # come one after the other (a round trip each), and a server that sorts
-        # all of a prefix's keys for every page sorts far fewer per listing.
+        # A first page; when there is more, one listing per first character still
+        # to come, side by side: the pages of one listing come one after the other
+        # (a round trip each), and a server that sorts all of a prefix's keys for
+        # every page sorts far fewer per listing. A prefix of one page (most steps)
+        # costs one request, not one per character: moto walks every key of the
+        # bucket for each request.
         sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
+        at = len(sub)
+        wanted = set(first_chars)
+        with self._errors("list", prefix or "/"):
+            response = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self._root + sub, MaxKeys=self.list_page_size
+            )
+        page = response.get("Contents", ())
+        found = [i for i in map(self._object_info, page) if i and i.key[at : at + 1] in wanted]
+        if not response.get("IsTruncated") or not page:
+            return found
+        last = page[-1]["Key"][len(self._root) :]
+        reached = last[at : at + 1]  # every name starting with an earlier character was listed
 
         def part(char: str) -> list[ObjectInfo]:
             with _SPLIT_LISTINGS:
-                return list(self._listed(sub + char, prefix))
+                after = last if char == reached else None
+                return list(self._listed(sub + char, prefix, start_after=after))
 
-        with ThreadPoolExecutor(max_workers=len(first_chars) or 1) as pool:
-            return [info for listed in pool.map(part, first_chars) for info in listed]
+        rest = sorted(c for c in wanted if c >= reached)
+        with ThreadPoolExecutor(max_workers=len(rest) or 1) as pool:
+            return found + [info for listed in pool.map(part, rest) for info in listed]
 
     def list_folders(self, prefix: str) -> list[str]:
         # one request per 1,000 folders: S3 groups the keys on "/" (CommonPrefixes)
@@ -429,29 +446,35 @@ class S3Store(Store):
                     names.append(name)
         return sorted(names)
 
-    def _listed(self, start: str, shown: str) -> Iterator[ObjectInfo]:
-        """Every object whose key (under the root) starts with ``start``."""
+    def _listed(
+        self, start: str, shown: str, start_after: str | None = None
+    ) -> Iterator[ObjectInfo]:
+        """Every object whose key (under the root) starts with ``start`` (and sorts
+        after ``start_after``)."""
         with self._errors("list", shown or "/"):
             paginator = self.client.get_paginator("list_objects_v2")
+            after = {"StartAfter": self._root + start_after} if start_after else {}
             pages = paginator.paginate(
                 Bucket=self.bucket,
                 Prefix=self._root + start,
                 PaginationConfig={"PageSize": self.list_page_size},
+                **after,
             )
             for page in pages:
                 for obj in page.get("Contents", ()):
-                    rel = obj["Key"][len(self._root) :]
-                    try:
-                        check_key(rel)
-                    except ValueError:
-                        # written by something else; we could not address it
-                        continue
-                    yield ObjectInfo(
-                        rel,
-                        int(obj["Size"]),
-                        obj["LastModified"].timestamp(),
-                        _etag_md5(obj.get("ETag")),
-                    )
+                    info = self._object_info(obj)
+                    if info is not None:
+                        yield info
+
+    def _object_info(self, obj: dict) -> ObjectInfo | None:
+        rel = obj["Key"][len(self._root) :]
+        try:
+            check_key(rel)
+        except ValueError:
+            return None  # written by something else; we could not address it
+        return ObjectInfo(
+            rel, int(obj["Size"]), obj["LastModified"].timestamp(), _etag_md5(obj.get("ETag"))
+        )
 
     def delete(self, keys: Iterable[str]) -> int:
         # Validate everything first: an unsafe key must not leave a half-done
