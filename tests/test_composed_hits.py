@@ -203,3 +203,26 @@ def test_hits_inside_tasks_after_an_append_inherit_this_runs_item_list(runner):
     assert all_artifacts(runner, "ItemsFlow", appended.run_id) == all_artifacts(
         runner, "ItemsFlow", truth.run_id
     )
+
+
+def _manifest_sizes(runner, step):
+    entries = runner.workdir / ".metaflow" / "memoize-cache" / "v1" / "entries" / "ItemsFlow"
+    return {p.name: p.stat().st_size for p in (entries / step).glob("*.json")}
+
+
+def test_a_foreach_childs_entry_does_not_grow_with_the_item_list(runner):
+    # issue 17: each child's manifest used to record the whole inherited item
+    # list, so a foreach's cache metadata grew as N^2; it records what the step
+    # set, and its size is the same at 2 items and at 24
+    runner.add_flow("items_flow.py", ITEMS_FLOW)
+    long_item = "item-%02d-" + "x" * 60  # 24 of them: about 1.7 KB of item list
+    runner.run("items_flow.py", "--items", ",".join(long_item % i for i in range(2)))
+    narrow = {step: _manifest_sizes(runner, step) for step in ("body", "post")}
+
+    runner.run("items_flow.py", "--items", ",".join(long_item % i for i in range(50, 74)))
+
+    for step in ("body", "post"):
+        wide = {n: s for n, s in _manifest_sizes(runner, step).items() if n not in narrow[step]}
+        assert len(narrow[step]) == 2 and len(wide) == 24, (step, narrow, wide)
+        # a few bytes of slack: numbers (split index, sizes, times) of other widths
+        assert max(wide.values()) <= max(narrow[step].values()) + 32, (step, narrow, wide)
