@@ -1,6 +1,10 @@
 """The orchestrator's I/O helpers in metaflow_compat: the small-blob cache the runtime
 reads completed tasks through, and how many threads check tasks."""
 
+import json
+
+import pytest
+
 from metaflow_extensions.memoize.plugins.memoize import metaflow_compat as mf
 
 
@@ -60,3 +64,79 @@ def test_checks_use_the_cores_on_the_local_datastore_and_more_threads_elsewhere(
     monkeypatch.setattr(mf.os, "cpu_count", lambda: 64)
     assert mf.completion_threads(Local()) == mf.COMPLETION_THREADS
     assert mf.completion_threads(S3()) == mf.COMPLETION_THREADS
+
+
+# -- metadata files written in the check threads -----------------------------------
+def _metaflows_file(tmp_path, name, data, allow_overwrite=False):
+    from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
+
+    assert not getattr(mf._quick_metadata, "on", False)  # Metaflow's own writer
+    path = tmp_path / "metaflow" / name
+    path.parent.mkdir(exist_ok=True)
+    LocalMetadataProvider._dump_json_to_file(str(path), data, allow_overwrite=allow_overwrite)
+    return path
+
+
+def _quick_file(tmp_path, name, data, allow_overwrite=False):
+    path = tmp_path / "quick" / name
+    path.parent.mkdir(exist_ok=True)
+    mf._write_json_file(str(path), data, allow_overwrite)
+    return path
+
+
+DATUM = {
+    "field_name": "memoize_status",
+    "value": "hit",
+    "type": "memoize_status",
+    "user": "me",
+    "ts_epoch": 1796316786033,
+    "tags": ["attempt_id:0", "é"],
+}
+
+
+def test_a_quick_metadata_file_is_the_file_metaflow_writes(tmp_path):
+    mf._install_quick_metadata_files()
+    theirs = _metaflows_file(tmp_path, "sysmeta_memoize_status_1.json", DATUM)
+    ours = _quick_file(tmp_path, "sysmeta_memoize_status_1.json", DATUM)
+    assert ours.read_bytes() == theirs.read_bytes()
+    assert oct(ours.stat().st_mode & 0o777) == oct(theirs.stat().st_mode & 0o777)
+    # nothing else is left in the directory (the temporary file was renamed)
+    assert [p.name for p in ours.parent.iterdir()] == [ours.name]
+
+
+def test_a_quick_metadata_file_is_kept_unless_overwriting_is_allowed(tmp_path):
+    for write in (_metaflows_file, _quick_file):
+        path = write(tmp_path, "_self.json", {"v": 1})
+        write(tmp_path, "_self.json", {"v": 2})
+        assert json.loads(path.read_text()) == {"v": 1}, write
+        write(tmp_path, "_self.json", {"v": 3}, allow_overwrite=True)
+        assert json.loads(path.read_text()) == {"v": 3}, write
+
+
+def test_a_failed_quick_write_leaves_no_temporary_file(tmp_path):
+    with pytest.raises(TypeError):
+        _quick_file(tmp_path, "bad.json", {"not json": object()})
+    (tmp_path / "quick" / "a_directory.json").mkdir()
+    with pytest.raises(OSError):  # the rename fails: a directory is in the way
+        _quick_file(tmp_path, "a_directory.json", {"a": 1}, allow_overwrite=True)
+    assert [p.name for p in (tmp_path / "quick").iterdir()] == ["a_directory.json"]
+
+
+def test_quick_writes_are_used_in_check_threads_only(tmp_path, monkeypatch):
+    from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
+
+    mf._install_quick_metadata_files()
+    installed = LocalMetadataProvider.__dict__["_dump_json_to_file"]
+    mf._install_quick_metadata_files()  # a second run in this process: not wrapped twice
+    assert LocalMetadataProvider.__dict__["_dump_json_to_file"] is installed
+    calls = []
+    monkeypatch.setattr(mf, "_write_json_file", lambda *a: calls.append(a[0]))
+    outside = tmp_path / "outside.json"
+    LocalMetadataProvider._dump_json_to_file(str(outside), {"a": 1})
+    assert outside.exists() and calls == []
+    mf._quick_metadata.on = True
+    try:
+        LocalMetadataProvider._dump_json_to_file(str(tmp_path / "inside.json"), {"a": 1})
+    finally:
+        mf._quick_metadata.on = False
+    assert calls == [str(tmp_path / "inside.json")]
