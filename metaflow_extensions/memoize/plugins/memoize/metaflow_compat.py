@@ -18,6 +18,10 @@ version strings. What we rely on:
   how ``resume`` completes a task without launching it, used for hits decided in
   the orchestrator (see ``install_launch_hook``); task.py's rules for
   ``_foreach_stack`` (``expected_foreach_stack``).
+* ``LocalMetadataProvider._dump_json_to_file(cls, filepath, data,
+  allow_overwrite)``: one JSON file per metadata field, which the threads that
+  complete tasks in the orchestrator write faster, the same bytes (see
+  ``_install_quick_metadata_files``; another signature, and Metaflow's runs).
 * ``LazyPluginCommandCollection._lazy_load`` and the ``argo-workflows`` /
   ``step-functions`` CLI groups (``create``), the compilers ``ArgoWorkflows`` /
   ``StepFunctions`` and their module-level ``flow_decorators`` (see
