@@ -114,10 +114,15 @@ def _one(bench, where, n):
         "plan": [PY, fd.flow_file, "--no-pylint", "memoize", "plan", "--width", str(width)],
     }
     # the first `stats` after the entries were published has no catalog to start
-    # from (on S3 it lists the index too, and writes the catalogs the others use)
-    first_s, out = _timed(commands["stats"], fd.root, env)
-    if ("%d entries" % n) not in out:
-        raise BenchError("stats did not count %d entries:\n%s" % (n, out[-2000:]))
+    # from (on S3 it lists the index too, and writes the catalogs the others use);
+    # repeated with the catalogs removed before each
+    firsts = []
+    for _ in range(bench.plan.commands_reps):
+        store.delete([info.key for info in store.list(P.Cache.catalog_prefix(FLOW))])
+        wall, out = _timed(commands["stats"], fd.root, env)
+        if ("%d entries" % n) not in out:
+            raise BenchError("stats did not count %d entries:\n%s" % (n, out[-2000:]))
+        firsts.append(wall)
     times = {c: [] for c in COMMANDS}
     for rep in range(bench.plan.commands_reps):
         for command in COMMANDS:
@@ -134,7 +139,7 @@ def _one(bench, where, n):
         "n": n,
         "width": width,
         "setup_s": setup_s,
-        "stats_first_s": first_s,
+        "stats_first_s": summary(firsts),
         **{c + "_s": summary(t) for c, t in times.items()},
     }
     if where == "S3":
@@ -151,6 +156,16 @@ def measure(bench):
         for where in ("local", "S3"):
             rows.append(_one(bench, where, n))
     return {"width": bench.plan.commands_width, "rows": rows}
+
+
+def _first_summary(row):
+    """The first stats' times (one number in results saved before it was repeated)."""
+    first = row["stats_first_s"]
+    return first if isinstance(first, dict) else summary([first])
+
+
+def _first(row):
+    return fmt(_first_summary(row)["median"], "s") if "stats_first_s" in row else "–"
 
 
 def section(report, r):
@@ -181,7 +196,7 @@ def section(report, r):
             % (
                 row["where"],
                 row["n"],
-                fmt(row["stats_first_s"], "s") if "stats_first_s" in row else "–",
+                _first(row),
                 fmt(row["stats_s"]["median"], "s"),
                 fmt(row["list_s"]["median"], "s"),
                 fmt(row["plan_s"]["median"], "s"),
@@ -190,10 +205,14 @@ def section(report, r):
         )
     out += ["", "| criterion | median | min – max | target | result |", "|---|---|---|---|---|"]
     for row in r["rows"]:
-        for command in COMMANDS:
-            s = row[command + "_s"]
+        where = "%d entries, %s" % (row["n"], row["where"])
+        timed = [("`%s`, %s" % (c, where), row[c + "_s"]) for c in COMMANDS]
+        if "stats_first_s" in row:
+            # a scan without a catalog is what a user meets after many new entries
+            # too (more than one in catalog.READ_SHARE uncovered): judged the same
+            timed.insert(0, ("first `stats` (no catalog), %s" % where, _first_summary(row)))
+        for label, s in timed:
             ok = s["median"] <= LIMIT_S if row["n"] >= JUDGED_AT else None
-            label = "`%s`, %d entries, %s" % (command, row["n"], row["where"])
             out.append(
                 "| %s | %s | %s | ≤ %g s | %s |"
                 % (
