@@ -660,43 +660,6 @@ def test_a_split_listing_finds_what_one_listing_finds(s3_env, tmp_path, page_siz
     assert len(sent) == 1
 
 
-def test_a_split_listing_of_hash_names_costs_about_a_request_a_page(s3_env):
-    """Names that start with hashes are evenly spread: the rest after the first page
-    is cut where about one page of names each falls (s3._hex_bounds), not into a
-    part per hex digit (17 requests for any listing of more than a page: moto walks
-    every key of the bucket for each). Whatever the cuts, every name once."""
-    import hashlib
-
-    names = ["v1/entries/F/s/%s.json" % hashlib.sha1(b"%d" % i).hexdigest() for i in range(200)]
-    s3 = S3Store(s3_env.url("split-hashes"))
-    s3.list_page_size = 25
-    for name in names:
-        s3.put(name, b"x")
-    sent = s3_list_requests(s3)
-
-    split = s3.list_split("v1/entries/F/s/", entries.HEX_DIGITS)
-
-    assert sorted(i.key for i in split) == sorted(names)  # each exactly once
-    # 8 pages of names: the first page, then ~9 parts of ~20 names (a part may
-    # take a second page); a part per digit would be 17
-    assert 8 <= len(sent) <= 13, sent
-
-
-def test_the_cuts_of_a_split_listing_follow_the_first_page():
-    from metaflow_extensions.memoize.plugins.memoize.cache.stores.s3 import MAX_PARTS, _hex_bounds
-
-    # the first page of 1,000 ended a tenth of the way: ~9,000 names follow
-    bounds = _hex_bounds("19999999aa.json", 1000, 1000)
-    assert len(bounds) + 1 == 12  # 9,000 / (0.8 x 1,000) parts
-    assert bounds == sorted(bounds) and all(b > "19999999aa.json" for b in bounds)
-    # nearly at the end: one part, no cut
-    assert _hex_bounds("fffff000/x", 1000, 1000) == []
-    # a name that tells nothing of where it is (a lead of zeros): the most parts
-    assert len(_hex_bounds("00/000", 3, 3)) + 1 == MAX_PARTS
-    # past every hash name: nothing left to cut
-    assert _hex_bounds("zz/not-a-hash", 3, 3) == []
-
-
 def test_stats_and_list_of_an_s3_root_without_entries(s3_env, no_signing_key):
     """A marked root with no entry has no flow folder to list in parts."""
     root = s3_env.url("empty")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import math
 import os
 import threading
 import time
@@ -41,40 +40,6 @@ MAX_POOL_CONNECTIONS = 16
 #: the pool, so that they and the plain listings made beside them (a scan makes
 #: four) never want more connections than it keeps
 _SPLIT_LISTINGS = threading.BoundedSemaphore(MAX_POOL_CONNECTIONS // 2)
-
-HEX = "0123456789abcdef"
-#: the parts of a split listing are cut to hold this share of a page each, on
-#: average, so that nearly every part is one request
-PART_FILL = 0.8
-MAX_PARTS = 16
-_BOUND_DIGITS = 8
-
-
-def _hex_bounds(last: str, listed: int, page_size: int) -> list[str]:
-    """Where to cut the rest of a listing of hash-named objects whose first page
-    (``listed`` names) ended at the name ``last``: names in increasing order,
-    each after ``last``, about ``PART_FILL`` pages of names apart if the names are
-    evenly spread (an estimate: any cuts list every name, each exactly once)."""
-    lead = ""
-    for char in last[:_BOUND_DIGITS]:
-        if char not in HEX:
-            break
-        lead += char
-    scale = 16**_BOUND_DIGITS
-    covered = int(lead.ljust(_BOUND_DIGITS, "0"), 16) / scale if lead else 0.0
-    if covered <= 0.0:
-        parts = MAX_PARTS
-    else:
-        remaining = listed * (1.0 - covered) / covered
-        parts = max(1, min(MAX_PARTS, math.ceil(remaining / (PART_FILL * page_size))))
-    bounds = []
-    for i in range(1, parts):
-        at = int(scale * (covered + (1.0 - covered) * i / parts))
-        bound = "%0*x" % (_BOUND_DIGITS, min(at, scale - 1))
-        if bound > last and (not bounds or bound > bounds[-1]):
-            bounds.append(bound)
-    return bounds
-
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
@@ -430,14 +395,12 @@ class S3Store(Store):
         yield from self._listed(sub, prefix or "/")
 
     def list_split(self, prefix: str, first_chars: str) -> list[ObjectInfo]:
-        # A first page; when there is more, the rest in parts listed side by side:
-        # the pages of one listing come one after the other (a round trip each).
-        # A prefix of one page (most steps) costs one request. Below it, names
-        # memoize makes start with hashes, evenly spread: where the first page
-        # ended tells how many names follow, and the rest is cut into about one
-        # page per part (``_hex_bounds``), so that the parts cost about as many
-        # requests as one listing would (moto walks every key of the bucket for
-        # each request). Other characters: one part per character still to come.
+        # A first page; when there is more, one listing per first character still
+        # to come, side by side: the pages of one listing come one after the other
+        # (a round trip each), and a server that sorts all of a prefix's keys for
+        # every page sorts far fewer per listing. A prefix of one page (most steps)
+        # costs one request, not one per character: moto walks every key of the
+        # bucket for each request.
         sub = check_key(prefix.rstrip("/")) + "/" if prefix else ""
         at = len(sub)
         wanted = set(first_chars)
@@ -450,27 +413,16 @@ class S3Store(Store):
         if not response.get("IsTruncated") or not page:
             return found
         last = page[-1]["Key"][len(self._root) :]
-        if wanted == set(HEX):
-            bounds = [sub + b for b in _hex_bounds(last[at:], len(page), self.list_page_size)]
-            starts, ends = [last, *bounds], [*bounds, None]
-
-            def part(i: int) -> list[ObjectInfo]:
-                with _SPLIT_LISTINGS:
-                    listed = self._listed(sub, prefix, start_after=starts[i], end=ends[i])
-                    return [info for info in listed if info.key[at : at + 1] in wanted]
-
-            with ThreadPoolExecutor(max_workers=len(starts)) as pool:
-                return found + [i for listed in pool.map(part, range(len(starts))) for i in listed]
         reached = last[at : at + 1]  # every name starting with an earlier character was listed
 
-        def part_of(char: str) -> list[ObjectInfo]:
+        def part(char: str) -> list[ObjectInfo]:
             with _SPLIT_LISTINGS:
                 after = last if char == reached else None
                 return list(self._listed(sub + char, prefix, start_after=after))
 
         rest = sorted(c for c in wanted if c >= reached)
         with ThreadPoolExecutor(max_workers=len(rest) or 1) as pool:
-            return found + [info for listed in pool.map(part_of, rest) for info in listed]
+            return found + [info for listed in pool.map(part, rest) for info in listed]
 
     def list_folders(self, prefix: str) -> list[str]:
         # one request per 1,000 folders: S3 groups the keys on "/" (CommonPrefixes)
@@ -495,11 +447,10 @@ class S3Store(Store):
         return sorted(names)
 
     def _listed(
-        self, start: str, shown: str, start_after: str | None = None, end: str | None = None
+        self, start: str, shown: str, start_after: str | None = None
     ) -> Iterator[ObjectInfo]:
         """Every object whose key (under the root) starts with ``start`` (and sorts
-        after ``start_after``, and not after ``end``: no page after it is asked for)."""
-        limit = self._root + end if end is not None else None
+        after ``start_after``)."""
         with self._errors("list", shown or "/"):
             paginator = self.client.get_paginator("list_objects_v2")
             after = {"StartAfter": self._root + start_after} if start_after else {}
@@ -511,8 +462,6 @@ class S3Store(Store):
             )
             for page in pages:
                 for obj in page.get("Contents", ()):
-                    if limit is not None and obj["Key"] > limit:
-                        return
                     info = self._object_info(obj)
                     if info is not None:
                         yield info
