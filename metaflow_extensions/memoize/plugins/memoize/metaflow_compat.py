@@ -1239,12 +1239,12 @@ _quick_names = itertools.count()  # next() on it is atomic under the GIL
 def _install_quick_metadata_files() -> None:
     """Metaflow's local metadata provider writes each field of a task to a file
     of its own (``_dump_json_to_file``): a ``NamedTemporaryFile``, ``json.dump``,
-    a rename, 130-230 us a file here (medians of two sittings). A task completed in the orchestrator
-    writes ~37 of them, most of what it costs; ``resume`` writes as many per
-    clone. In the threads that complete tasks (only there), the same files are
-    written with the same content, mode and atomic rename by ``_write_json_file``,
-    58-85 us. Elsewhere, and on a provider whose method has another
-    signature, Metaflow's own runs."""
+    a rename, 130-230 us a file here (medians of two sittings). A task completed
+    in the orchestrator writes ~37 of them, most of what it costs; ``resume``
+    writes as many per clone. In the threads that complete tasks (only there),
+    the same files are written with the same content, mode and atomic rename by
+    ``_write_json_file``, in 58-85 us. Elsewhere, and on a provider whose method
+    has another signature, Metaflow's own runs."""
     try:
         from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
     except ImportError:
