@@ -38,9 +38,15 @@ class Bench:
                 "METAFLOW_DEFAULT_METADATA": "local",
             }
         )
-        if moto is not None:
-            env.update(moto.env)
         self.env = env
+        if moto is not None:
+            self.use_moto(moto)
+
+    def use_moto(self, moto: Moto) -> None:
+        """Point the flows' environment and this process's S3 clients at ``moto``."""
+        self.moto = moto
+        self.env.update(moto.env)
+        os.environ.update(moto.env)
 
     def log(self, msg):
         print(

@@ -16,7 +16,7 @@ from .config import Plan
 from .machine import LoadSampler, load1, machine
 from .moto_s3 import serve_bucket
 from .report import Report
-from .targets import NEED_S3, RUN_ORDER, TARGETS
+from .targets import NEED_S3, OWN_S3_SERVER, RUN_ORDER, TARGETS
 
 
 def measure_and_report(
@@ -36,12 +36,19 @@ def measure_and_report(
         for t in RUN_ORDER:
             if t not in only:
                 continue
+            shared = bench.moto
             target_started = time.perf_counter()
             try:
+                if shared is not None and t in OWN_S3_SERVER:
+                    bench.use_moto(serve_bucket())
                 bench.results[t] = TARGETS[t].measure(bench)
             except Exception:
                 bench.errors[t] = traceback.format_exc()[-4000:]
                 bench.log("target %d FAILED:\n%s" % (t, bench.errors[t]))
+            finally:
+                if bench.moto is not shared:
+                    bench.moto.stop()
+                    bench.use_moto(shared)
             bench.spans[t] = (target_started, time.perf_counter())
             bench.log("target %d done in %.1f s" % (t, time.perf_counter() - target_started))
     finally:
