@@ -39,8 +39,11 @@ def measure_and_report(
             shared = bench.moto
             target_started = time.perf_counter()
             try:
-                if shared is not None and t in OWN_S3_SERVER:
+                if t in OWN_S3_SERVER:  # a subset of NEED_S3: `shared` is running
                     bench.use_moto(serve_bucket())
+                    bench.log(
+                        "target %d: on a moto server of its own, %s" % (t, bench.moto.endpoint)
+                    )
                 bench.results[t] = TARGETS[t].measure(bench)
             except Exception:
                 bench.errors[t] = traceback.format_exc()[-4000:]
