@@ -52,7 +52,7 @@ def _is_user_file(path: str | None, user_roots) -> bool:
     resolved paths, component by component) and not installed code."""
     if not path:
         return False
-    from .deps import is_installed_file
+    from .usercode import is_installed_file
 
     real = os.path.realpath(path)
     if is_installed_file(real):
@@ -203,7 +203,7 @@ def _add_object(name, value, components, queue, seen, user_roots):
         return
     if isinstance(value, types.ModuleType):
         return
-    from .deps import fingerprint
+    from .fingerprint import fingerprint
 
     components["const:%s" % name] = fingerprint(value)
 

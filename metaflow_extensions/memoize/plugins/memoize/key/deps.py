@@ -26,383 +26,62 @@ Dependency ids:
                            named: conservative)
   incomplete:<why>         the recording was cut short: never verifies (miss)
 
-User code is every module whose file is not inside the Python installation or
-an installed-packages directory (decided on resolved paths, component by
-component), other than Metaflow and its extensions.
+What is user code is usercode.py's decision; values and code are fingerprinted
+by fingerprint.py, files by digests.py; describe.py puts changes in words.
 """
 
 from __future__ import annotations
 
-import ast
-import datetime
-import decimal
-import dis
-import enum
-import fractions
 import functools
 import importlib
 import os
-import pathlib
-import pickle
-import re
-import site
 import sys
-import sysconfig
-import threading
-import time
 import types
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import xxhash
-
-from .components import BOOKKEEPING_ARTIFACTS, canonical_json, digest_json
+from .components import BOOKKEEPING_ARTIFACTS, digest_json
+from .describe import changed_input_names, describe_change, describe_changes, diff_observed
+from .digests import file_digest, source_digest
+from .fingerprint import CODE_TYPES, code_digest, fingerprint, wrapped_of
 from .observe import stat_signature
+from .usercode import (
+    inside,
+    is_flow_class,
+    is_infra_file,
+    is_installed_file,
+    is_metaflow_object,
+    is_user_object,
+    module_info,
+    user_modules,
+)
+
+__all__ = [
+    "DepContext",
+    "changed_input_names",
+    "code_digest",
+    "current_value",
+    "current_values",
+    "describe_change",
+    "describe_changes",
+    "diff_observed",
+    "file_digest",
+    "fingerprint",
+    "is_installed_file",
+    "observed_dependencies",
+    "read_artifact_names",
+    "source_digest",
+    "variant_key",
+    "verify",
+]
 
 #: bump when a fingerprint's meaning changes
 DEPS_FORMAT = 1
 
-_SCALARS = (type(None), bool, int, float, str, bytes, complex)
-_VALUE_REPR_TYPES = (
-    datetime.date,
-    datetime.time,
-    datetime.timedelta,
-    datetime.timezone,
-    decimal.Decimal,
-    fractions.Fraction,
-    uuid.UUID,
-    pathlib.PurePath,
-    range,
-    slice,
-)
-_INFRA_PACKAGES = ("metaflow", "metaflow_extensions")
 _SKIPPED_DIRS = ("/proc", "/sys", "/dev")
 #: folders Metaflow creates for its own transfers while a step runs
 _METAFLOW_TEMP_PREFIXES = ("metaflow.s3.", "metaflow.tmp", ".metaflow")
-#: containers larger than this are fingerprinted through pickle (one C call)
-_LARGE = 2000
-_MAX_DEPTH = 200
-
-
-# -- what is user code ----------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def installed_roots() -> tuple[str, ...]:
-    roots = set()
-    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
-        path = sysconfig.get_paths().get(name)
-        if path:
-            roots.add(os.path.realpath(path))
-    try:
-        roots.update(os.path.realpath(p) for p in site.getsitepackages())
-    except AttributeError:  # some virtualenvs' site module
-        pass
-    user_site = getattr(site, "getusersitepackages", lambda: None)()
-    if user_site:
-        roots.add(os.path.realpath(user_site))
-    return tuple(sorted(roots))
-
-
-def _inside(path: str, root: str) -> bool:
-    try:
-        return os.path.commonpath([path, root]) == root
-    except ValueError:  # different drives
-        return False
-
-
-@functools.lru_cache(maxsize=4096)
-def is_installed_file(path: str) -> bool:
-    """Whether a (resolved) path is part of the Python installation or installed packages."""
-    real = os.path.realpath(path)
-    return any(_inside(real, root) for root in installed_roots())
-
-
-@functools.cache
-def _resolved_dir(directory: str) -> str:
-    return os.path.realpath(directory)
-
-
-def _resolved(path: str) -> str:
-    """realpath, resolving each folder once per process (hundreds of modules
-    share a few dozen folders)."""
-    path = os.path.abspath(path)
-    if os.path.islink(path):
-        return os.path.realpath(path)
-    return os.path.join(_resolved_dir(os.path.dirname(path)), os.path.basename(path))
-
-
-_module_class_cache: dict[str, tuple[Any, bool, str | None]] = {}
-
-
-def _module_info(name: str, module) -> tuple[bool, str | None]:
-    """(is user code, resolved file) for a loaded module; cached per module object."""
-    cached = _module_class_cache.get(name)
-    if cached is not None and cached[0] is module:
-        return cached[1], cached[2]
-    path = getattr(module, "__file__", None)
-    real = _resolved(path) if isinstance(path, str) else None
-    user = (
-        real is not None
-        and name.split(".")[0] not in _INFRA_PACKAGES
-        and not is_installed_file(real)
-        and real.endswith(".py")
-    )
-    _module_class_cache[name] = (module, user, real)
-    return user, real
-
-
-def user_modules() -> dict[str, types.ModuleType]:
-    """Loaded modules that are the user's code, by name."""
-    out: dict[str, types.ModuleType] = {}
-    seen: dict[int, str] = {}
-    # a module can be registered under two names (multiprocessing aliases the
-    # script as __mp_main__): keep one, the same in every process
-    for name, module in sorted(sys.modules.items(), key=lambda kv: (kv[0] == "__mp_main__", kv[0])):
-        if not isinstance(module, types.ModuleType) or id(module) in seen:
-            continue
-        if _module_info(name, module)[0]:
-            seen[id(module)] = name
-            out[name] = module
-    return out
-
-
-def is_user_object(value) -> bool:
-    """Whether a class or function was defined in the user's code."""
-    module = sys.modules.get(getattr(value, "__module__", None) or "")
-    return module is not None and _module_info(module.__name__, module)[0]
-
-
-# -- fingerprints ----------------------------------------------------------------
-
-
-_code_digests: dict[int, tuple[types.CodeType, str]] = {}
-
-
-def code_digest(code: types.CodeType, doc: str | None = None) -> str:
-    """Digest of what a code object does: its instructions, with constants by
-    value (nested code by its own digest) and names by name. Line numbers,
-    positions, file names and constants no instruction uses (the docstring:
-    ``doc`` is accepted for callers but not needed) are left out, so comments,
-    formatting and docstrings do not count."""
-    cached = _code_digests.get(id(code))
-    if cached is not None and cached[0] is code:
-        return cached[1]
-    instructions = []
-    for ins in dis.get_instructions(code):
-        if ins.opcode in dis.hasconst:
-            value = ins.argval
-            arg = (
-                ["code", code_digest(value)]
-                if isinstance(value, types.CodeType)
-                else _fp(value, (), 0)
-            )
-            instructions.append([ins.opname, arg])
-        elif ins.argrepr:
-            instructions.append([ins.opname, ins.argrepr])
-        else:
-            instructions.append([ins.opname, ins.arg])
-    document = [
-        code.co_name,
-        code.co_argcount,
-        code.co_posonlyargcount,
-        code.co_kwonlyargcount,
-        code.co_flags,
-        instructions,
-        list(code.co_varnames),
-        list(code.co_freevars),
-        list(code.co_cellvars),
-        getattr(code, "co_exceptiontable", b"").hex(),
-    ]
-    digest = digest_json(document)
-    _code_digests[id(code)] = (code, digest)
-    return digest
-
-
-def fingerprint(value: Any) -> str:
-    """A digest of a value that equal values share across processes.
-
-    Never drops part of a value silently: containers are followed to any depth
-    (past a bound, or when large, through pickle), and what cannot be
-    fingerprinted at all is "opaque" (installed types: their state is covered by
-    the package version) or "unknown" (user types: never equal, so a miss).
-    """
-    return digest_json(_fp(value, (), 0))
-
-
-def _qualname(obj) -> str:
-    return "%s.%s" % (getattr(obj, "__module__", "?"), getattr(obj, "__qualname__", "?"))
-
-
-def _pickled(value) -> list:
-    try:
-        return ["pickle", xxhash.xxh3_128_hexdigest(pickle.dumps(value, protocol=4))]
-    except Exception:
-        if is_user_object(type(value)):
-            return ["unknown", _qualname(type(value)), os.urandom(8).hex()]
-        return ["opaque", _qualname(type(value))]
-
-
-def _fp(value: Any, path: tuple, depth: int) -> Any:
-    kind = type(value)
-    if kind in _SCALARS:
-        return [kind.__name__, repr(value)]
-    if value is Ellipsis or value is NotImplemented:
-        return [repr(value)]
-    if id(value) in path:
-        return ["cycle", path.index(id(value))]
-    if depth > _MAX_DEPTH:
-        return _pickled(value)
-    path = path + (id(value),)
-    depth += 1
-    if isinstance(value, enum.Enum):
-        return ["enum", _qualname(kind), value.name, _fp(value.value, path, depth)]
-    if isinstance(value, (list, tuple)):
-        if len(value) > _LARGE:
-            return [kind.__name__, _pickled(value)]
-        return [kind.__name__, [_fp(v, path, depth) for v in value]]
-    if isinstance(value, (set, frozenset)):
-        return [kind.__name__, sorted(canonical_json(_fp(v, path, depth)) for v in value)]
-    if isinstance(value, dict):
-        if len(value) > _LARGE:
-            return [kind.__name__, _pickled(value)]
-        items = [[_fp(k, path, depth), _fp(v, path, depth)] for k, v in value.items()]
-        return [kind.__name__, sorted(items, key=canonical_json)]
-    if isinstance(value, types.FunctionType):
-        return _fp_function(value, path, depth)
-    if isinstance(value, (staticmethod, classmethod)):
-        return [kind.__name__, _fp(value.__func__, path, depth)]
-    if isinstance(value, property):
-        return ["property"] + [_fp(f, path, depth) for f in (value.fget, value.fset, value.fdel)]
-    if isinstance(value, functools.partial):
-        return [
-            "partial",
-            _fp(value.func, path, depth),
-            _fp(value.args, path, depth),
-            _fp(value.keywords, path, depth),
-        ]
-    if isinstance(value, types.MethodType):
-        return ["method", _fp(value.__func__, path, depth), _fp(value.__self__, path, depth)]
-    if isinstance(value, types.ModuleType):
-        return ["module", value.__name__]
-    if isinstance(value, types.CodeType):
-        return ["code", code_digest(value)]
-    if isinstance(value, type):
-        return _fp_class(value, path, depth)
-    if _is_flow(value):
-        return ["flow"]
-    if isinstance(value, _VALUE_REPR_TYPES):
-        return [_qualname(kind), repr(value)]
-    if isinstance(value, re.Pattern):
-        return ["re", _fp(value.pattern, path, depth), value.flags]
-    wrapped = _wrapped_of(value)
-    if wrapped is not None:  # functools.lru_cache / cache wrappers and the like
-        return ["wrapped", _qualname(kind), _fp(wrapped, path, depth), _cache_parameters(value)]
-    if is_user_object(kind):
-        state = getattr(value, "__dict__", None)
-        slots = [
-            [name, _fp(getattr(value, name), path, depth)]
-            for cls in kind.__mro__
-            for name in getattr(cls, "__slots__", ())
-            if isinstance(name, str) and hasattr(value, name)
-        ]
-        return [
-            "object",
-            _fp_class(kind, path, depth),
-            None if state is None else _fp(dict(state), path, depth),
-            slots,
-        ]
-    return _pickled(value)
-
-
-def _wrapped_of(value):
-    try:
-        wrapped = value.__dict__.get("__wrapped__") if hasattr(value, "__dict__") else None
-        if wrapped is None:
-            wrapped = getattr(type(value), "__wrapped__", None) and value.__wrapped__
-        return wrapped
-    except Exception:
-        return None
-
-
-def _cache_parameters(value):
-    params = getattr(value, "cache_parameters", None)
-    try:
-        return canonical_json(params()) if callable(params) else None
-    except Exception:
-        return None
-
-
-def _is_flow(value) -> bool:
-    flowspec = sys.modules.get("metaflow.flowspec")
-    return flowspec is not None and isinstance(value, flowspec.FlowSpec)
-
-
-def _fp_function(fn: types.FunctionType, path: tuple, depth: int) -> list:
-    if not is_user_object(fn):
-        return ["function", _qualname(fn)]
-    closure = []
-    for cell in fn.__closure__ or ():
-        try:
-            closure.append(_fp(cell.cell_contents, path, depth))
-        except ValueError:  # empty cell
-            closure.append(["empty"])
-    doc = [
-        "function",
-        code_digest(fn.__code__, fn.__doc__ if isinstance(fn.__doc__, str) else None),
-        _fp(fn.__defaults__, path, depth),
-        _fp(fn.__kwdefaults__, path, depth),
-        closure,
-    ]
-    wrapped = fn.__dict__.get("__wrapped__")
-    if wrapped is not None:
-        doc.append(_fp(wrapped, path, depth))
-    return doc
-
-
-_CLASS_SKIP = frozenset(
-    [
-        "__dict__",
-        "__weakref__",
-        "__module__",
-        "__doc__",
-        "__qualname__",
-        "__annotations__",
-        "__dataclass_fields__",
-        "__dataclass_params__",
-        "__match_args__",
-        "__firstlineno__",
-        "__static_attributes__",
-        "__orig_bases__",
-        "__parameters__",
-    ]
-)
-_CODE_TYPES = (types.FunctionType, staticmethod, classmethod, property)
-
-
-def _fp_class(cls: type, path: tuple, depth: int) -> list:
-    """A class's data (not its methods: they are code, keyed when they run)."""
-    if not is_user_object(cls):
-        return ["type", _qualname(cls)]
-    if issubclass(cls, enum.Enum):
-        return ["enum-class", _qualname(cls), [[m.name, _fp(m.value, path, depth)] for m in cls]]
-    attrs = []
-    for name, value in vars(cls).items():
-        if name in _CLASS_SKIP or isinstance(value, _CODE_TYPES):
-            continue
-        if _is_metaflow_object(value):
-            continue  # Parameters and Configs are inputs of the run: keyed as inputs
-        attrs.append([name, _fp(value, path, depth)])
-    bases = [_qualname(b) for b in cls.__bases__]
-    return ["class", _qualname(cls), bases, sorted(attrs, key=canonical_json)]
-
-
-def _is_metaflow_object(value) -> bool:
-    module = getattr(type(value), "__module__", "") or ""
-    return module.split(".")[0] in _INFRA_PACKAGES
-
 
 # -- from a recording to dependencies ------------------------------------------
 
@@ -439,7 +118,7 @@ class DepContext:
 def _display_path(path: str, flow_dir: str) -> str:
     real = os.path.realpath(path)
     base = os.path.realpath(flow_dir)
-    if _inside(real, base):
+    if inside(real, base):
         return os.path.relpath(real, base).replace(os.sep, "/")
     return real
 
@@ -501,7 +180,7 @@ def _walk_roots(modules: Mapping[str, types.ModuleType]):
             for item in items:  # e.g. a singledispatch registry in a closure
                 visit(item, dep, seen, depth + 1)
             return
-        wrapped = _wrapped_of(value) if not isinstance(value, type) else None
+        wrapped = wrapped_of(value) if not isinstance(value, type) else None
         if wrapped is not None:
             visit(wrapped, dep, seen, depth + 1)
 
@@ -526,7 +205,7 @@ def _visit_class(cls, dep, visit, depth):
         ):
             _visit_class(member, "%s.%s" % (dep, attr), visit, depth + 1)
         elif isinstance(member, (types.FunctionType, staticmethod, classmethod, property)) or (
-            callable(member) and _wrapped_of(member) is not None
+            callable(member) and wrapped_of(member) is not None
         ):
             visit(member, "%s.%s" % (dep, attr), set())
 
@@ -552,7 +231,7 @@ def observed_dependencies(
     modules = user_modules()
     by_file = {}
     for name, module in modules.items():
-        by_file[_module_info(name, module)[1]] = module
+        by_file[module_info(name, module)[1]] = module
     direct, nested = _walk_roots(modules)
     deps: dict[str, str] = {}
     names: set[str] = set()
@@ -566,7 +245,7 @@ def observed_dependencies(
         real = os.path.realpath(filename)
         module = by_file.get(real)
         if module is None:
-            if is_installed_file(real) or _is_infra_file(real):
+            if is_installed_file(real) or is_infra_file(real):
                 continue
             if not os.path.exists(real):
                 continue
@@ -655,15 +334,6 @@ def _all_inputs_digest(hashes: Mapping[str, str], ctx: DepContext) -> str:
     return digest_json({n: sha for n, sha in hashes.items() if n not in skip})
 
 
-def _is_infra_file(real: str) -> bool:
-    for name in _INFRA_PACKAGES:
-        module = sys.modules.get(name)
-        for base in getattr(module, "__path__", None) or ():
-            if _inside(real, os.path.realpath(base)):
-                return True
-    return False
-
-
 def _global_deps(module, code_names, modules, deps, depth):
     space = vars(module)
     for name in code_names:
@@ -679,21 +349,16 @@ def _global_deps(module, code_names, modules, deps, depth):
             if depth < 3 and value.__name__ in modules:
                 _global_deps(value, code_names, modules, deps, depth + 1)
             continue
-        if isinstance(value, types.FunctionType) or _is_flow_class(value):
+        if isinstance(value, types.FunctionType) or is_flow_class(value):
             continue  # code: a dependency when (and as) it runs
-        if _is_metaflow_object(value):
+        if is_metaflow_object(value):
             continue  # `current` and the like: the run's context, not the user's state
         if isinstance(value, type) and not is_user_object(value):
             continue
         if callable(value) and not isinstance(value, (type, functools.partial)):
-            if not is_user_object(type(value)) and _wrapped_of(value) is None:
+            if not is_user_object(type(value)) and wrapped_of(value) is None:
                 continue  # an installed callable (a builtin, a numpy ufunc)
         deps["global:%s:%s" % (module.__name__, name)] = ""
-
-
-def _is_flow_class(value) -> bool:
-    flowspec = sys.modules.get("metaflow.flowspec")
-    return isinstance(value, type) and flowspec is not None and issubclass(value, flowspec.FlowSpec)
 
 
 def _flow_class_attribute(flow_class, name):
@@ -711,7 +376,7 @@ def _flow_attribute_deps(flow_class, names, deps):
         if name.startswith("__"):
             continue
         found, value = _flow_class_attribute(flow_class, name)
-        if not found or isinstance(value, _CODE_TYPES) or _is_metaflow_object(value):
+        if not found or isinstance(value, CODE_TYPES) or is_metaflow_object(value):
             continue
         deps["flowattr:%s" % name] = ""
 
@@ -727,13 +392,13 @@ def _file_deps(recording, ctx, deps, modified_during_run):
 
     def wanted(path):
         real = os.path.realpath(path)
-        if any(_inside(real, d) for d in _SKIPPED_DIRS):
+        if any(inside(real, d) for d in _SKIPPED_DIRS):
             return None
         if path in module_files or real in module_files:
             return None
-        if is_installed_file(real) or _is_infra_file(real):
+        if is_installed_file(real) or is_infra_file(real):
             return None
-        if any(_inside(real, p) for p in private):
+        if any(inside(real, p) for p in private):
             return None
         parts = real.split(os.sep)
         if real.endswith((".pyc", ".pyo")) or "__pycache__" in parts:
@@ -850,71 +515,6 @@ def _resolve(module_name: str, attr_path: str) -> tuple[bool, Any]:
     return True, obj
 
 
-def source_digest(path: str) -> str:
-    """A whole source file, without comments or formatting."""
-    if not os.path.isfile(path):
-        return "missing"
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return digest_json(ast.dump(ast.parse(data), include_attributes=False))
-    except SyntaxError:
-        return xxhash.xxh3_128_hexdigest(data)
-
-
-_STAT_CACHE_VERSION = 1
-
-
-def _stat_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "metaflow-memoize", "file-digests")
-
-
-def file_digest(path: str) -> str:
-    """Content digest of a file, with a stat-keyed memo on disk so that an
-    unchanged large file is hashed once, not at every lookup."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "missing"
-    real = os.path.realpath(path)
-    stamp = "%d %d %d %d %d" % (
-        _STAT_CACHE_VERSION,
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_ino,
-        st.st_ctime_ns,
-    )
-    memo = os.path.join(_stat_cache_dir(), xxhash.xxh3_64_hexdigest(real.encode()))
-    # a file modified within the last 2 s may change again within the same
-    # mtime tick: never trust a memo for it
-    fresh = (st.st_mtime_ns / 1e9) > (time.time() - 2.0)
-    if not fresh:
-        try:
-            with open(memo, encoding="utf-8") as f:
-                saved_stamp, saved_path, digest = f.read().split("\n")[:3]
-            if saved_stamp == stamp and saved_path == real:
-                return digest
-        except (OSError, ValueError):
-            pass
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    if not fresh:
-        try:
-            os.makedirs(os.path.dirname(memo), exist_ok=True)
-            # per thread too: the orchestrator checks tasks side by side
-            tmp = "%s.%d.%d.tmp" % (memo, os.getpid(), threading.get_ident())
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("%s\n%s\n%s\n" % (stamp, real, digest))
-            os.replace(tmp, memo)
-        except OSError:
-            pass  # the memo is an optimisation only
-    return digest
-
-
 # -- verification and reasons ------------------------------------------------------
 
 
@@ -930,105 +530,7 @@ def verify(recorded: Mapping[str, str], ctx: DepContext) -> tuple[list[str], dic
     return describe_changes(changed, recorded, current, joins), current
 
 
-def describe_changes(
-    changed: Iterable[str], old: Mapping[str, str], new: Mapping[str, str], join_inputs: int = 0
-) -> list[str]:
-    """One reason per changed dependency, except a join's inputs: one reason per
-    artifact name, with how many of its ``join_inputs`` inputs changed it
-    (``input 'model' changed in 4 of 5 inputs``), not one line per input."""
-    reasons: list[str] = []
-    per_name: dict[str, list[str]] = {}
-    for dep in changed:
-        kind, _, rest = dep.partition(":")
-        if kind == "input" and join_inputs > 1 and new.get(dep) != "absent input":
-            per_name.setdefault(rest.rpartition(":")[2], []).append(dep)
-            continue
-        reasons.append(describe_change(dep, old.get(dep, "absent"), new.get(dep, "absent")))
-    for name, deps in sorted(per_name.items()):
-        if len(deps) == 1:
-            dep = deps[0]
-            reasons.append(describe_change(dep, old.get(dep, "absent"), new.get(dep, "absent")))
-        elif name == "*":
-            reasons.append(
-                "an artifact changed in %d of %d inputs (merged by the step)"
-                % (len(deps), join_inputs)
-            )
-        else:
-            gone = all(new.get(d) in ("absent", "missing") for d in deps)
-            reasons.append(
-                "input '%s' %s in %d of %d inputs (read by the step)"
-                % (name, "removed" if gone else "changed", len(deps), join_inputs)
-            )
-    return reasons
-
-
-def changed_input_names(changed: Iterable[str]) -> list[str]:
-    """The input artifacts among changed dependency ids (for the causes of a miss)."""
-    names = set()
-    for dep in changed:
-        kind, _, rest = dep.partition(":")
-        if kind == "artifact" and rest != "*":
-            names.add(rest)
-        elif kind == "input":
-            name = rest.rpartition(":")[2]
-            if name != "*":
-                names.add(name)
-    return sorted(names)
-
-
 def variant_key(static_key: str, values: Mapping[str, str]) -> str:
     """Where the entry for this static key and these dependency values lives,
     when the first entry of the static key recorded other values."""
     return digest_json({"static": static_key, "deps": dict(values), "format": DEPS_FORMAT})
-
-
-def describe_change(dep: str, old: str, new: str) -> str:
-    kind, _, rest = dep.partition(":")
-    gone = new in ("absent", "missing")
-    if kind == "incomplete":
-        return "the code the step ran could not be recorded (%s)" % rest
-    if kind == "code":
-        module, _, name = rest.partition(":")
-        where = name if module == "__main__" else "%s.%s" % (module, name)
-        return "helper `%s` %s (observed)" % (where, "removed" if gone else "changed")
-    if kind == "global":
-        module, _, name = rest.partition(":")
-        where = name if module == "__main__" else "%s.%s" % (module, name)
-        return "global `%s` %s (observed)" % (where, "removed" if gone else "changed")
-    if kind == "flowattr":
-        return "class attribute `%s` changed (observed)" % rest
-    if kind == "file":
-        return "file %s %s" % (rest, "is missing" if gone else "changed")
-    if kind == "dir":
-        return "directory listing %s changed" % rest
-    if kind == "source":
-        return "source file %s changed" % rest
-    if kind == "task":
-        return "foreach position changed (the step reads self.%s)" % rest
-    if kind == "input":
-        iid, _, name = rest.rpartition(":")
-        source = iid.replace("/-", "").replace("/", "[") + ("]" if not iid.endswith("/-") else "")
-        if name == "*":
-            return "an artifact of input %s changed (merged by the step)" % source
-        if new == "absent input":
-            return "input %s is gone" % source
-        return "input '%s' of %s %s (read by the step)" % (
-            name,
-            source,
-            "removed" if gone else "changed",
-        )
-    if kind == "artifact" and rest == "*":
-        return "an input artifact changed (the step enumerated them)"
-    if kind == "artifact":
-        if gone:
-            return "input '%s' removed (read by the step)" % rest
-        return "input '%s' changed (read by the step)" % rest
-    return "dependency %s changed" % dep
-
-
-def diff_observed(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
-    """Reasons between two entries' recorded dependencies (for explain)."""
-    # a dependency not used any more is not a reason by itself
-    changed = [dep for dep in sorted(new) if old.get(dep) != new[dep]]
-    joins = {dep.partition(":")[2].rpartition(":")[0] for dep in new if dep.startswith("input:")}
-    return describe_changes(changed, old, new, len(joins))

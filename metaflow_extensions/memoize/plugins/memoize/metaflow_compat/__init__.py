@@ -571,7 +571,7 @@ class DatastoreBlobs:
         with os.fdopen(fd, "w") as f:
             json.dump(meta, f)
         # temp files are 0600; Metaflow's own blobs follow the umask
-        from .cache.stores.local import file_mode_from_umask
+        from ..cache.stores.local import file_mode_from_umask
 
         mode = file_mode_from_umask()
         os.chmod(tmp_meta, mode)
@@ -967,7 +967,7 @@ def deploy_refresh_request() -> str | None:
     """The refresh request a deployment created now carries: what
     `create --memoize-refresh[-step]` or METAFLOW_MEMOIZE_REFRESH put in this
     process's environment (`runtime_step_cli` forwards the same on `run`)."""
-    from . import config
+    from .. import config
 
     value = os.environ.get(config.ENV_REFRESH, "").strip()
     if not value:
@@ -1008,7 +1008,7 @@ def install_deploy_forwarding(source_name, cli_group, add_options) -> None:
     def guarded_create(*args, **kwargs):
         request = deploy_refresh_request()
         if request and problem:
-            from .exceptions import MemoizeException
+            from ..exceptions import MemoizeException
 
             raise MemoizeException(
                 "Cannot deploy with refresh request %r: @memoize cannot put it on the "
@@ -1086,7 +1086,7 @@ def _carries(before_step: str, option: list[str]) -> bool:
 def check_deployment(source_name, spec_json, request, hook_calls) -> None:
     """Raise unless every task command of the spec carries the request as a
     top-level option."""
-    from .exceptions import MemoizeException
+    from ..exceptions import MemoizeException
 
     option = ["--" + TOP_LEVEL_REFRESH_OPTION, request]
     commands = step_commands(spec_json)
@@ -1102,7 +1102,7 @@ def check_deployment(source_name, spec_json, request, hook_calls) -> None:
 
 
 def _announce_deployment(request, graph) -> None:
-    from . import config
+    from .. import config
 
     memoized = [n.name for n in graph if any(d.name == "memoize" for d in n.decorators)]
     refresh_all, steps = config.refresh_request()
