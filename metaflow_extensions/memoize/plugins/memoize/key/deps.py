@@ -25,6 +25,11 @@ Dependency ids:
   source:<path>            a whole user source file (code that ran but cannot be
                            named: conservative)
   incomplete:<why>         the recording was cut short: never verifies (miss)
+  unobserved:<what>        something the body did that could not be observed
+                           (a child process without the file recorder):
+                           never verifies (miss)
+
+Kinds defined elsewhere register a current-value function (register_kind).
 
 What is user code is usercode.py's decision; values and code are fingerprinted
 by fingerprint.py, files by digests.py; describe.py puts changes in words.
@@ -275,7 +280,10 @@ def observed_dependencies(
         _read_deps(ctx, reads, names, deps)
     modified_during_run: set[str] = set()
     _file_deps(recording, ctx, deps, modified_during_run)
-    values = current_values(deps, ctx)
+    for line in recording.unobserved:
+        deps["unobserved:%s" % line] = ""
+    values = current_values([d for d in deps if d not in recording.values], ctx)
+    values.update(recording.values)
     for dep in modified_during_run:
         values[dep] = "modified while the step ran %s" % os.urandom(8).hex()
     return values, names
@@ -496,9 +504,23 @@ def current_value(dep: str, ctx: DepContext) -> str:
             if name == "*":
                 return _all_inputs_digest(hashes, ctx)
             return hashes.get(name) or "absent"
+        if kind == "unobserved":
+            return "unobservable"  # what could not be observed never verifies
+        resolver = _KINDS.get(kind)
+        if resolver is not None:
+            return resolver(rest, ctx)
     except Exception as err:  # a dependency we cannot evaluate never matches
         return "unavailable: %s" % type(err).__name__
     return "unknown dependency"
+
+
+#: dependency kinds that live in modules of their own: kind -> function of
+#: (the id after ``kind:``, DepContext) returning the current value
+_KINDS: dict[str, Callable[[str, DepContext], str]] = {}
+
+
+def register_kind(kind: str, current: Callable[[str, DepContext], str]) -> None:
+    _KINDS[kind] = current
 
 
 def _resolve(module_name: str, attr_path: str) -> tuple[bool, Any]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+
+#: dependency kinds that live in modules of their own: kind -> function of
+#: (the id after ``kind:``, old value, new value) returning the reason
+DESCRIBERS: dict[str, Callable[[str, str, str], str]] = {}
 
 
 def describe_changes(
@@ -54,6 +58,11 @@ def changed_input_names(changed: Iterable[str]) -> list[str]:
 def describe_change(dep: str, old: str, new: str) -> str:
     kind, _, rest = dep.partition(":")
     gone = new in ("absent", "missing")
+    describer = DESCRIBERS.get(kind)
+    if describer is not None:
+        return describer(rest, old, new)
+    if kind == "unobserved":
+        return "could not be observed: %s" % rest
     if kind == "incomplete":
         return "the code the step ran could not be recorded (%s)" % rest
     if kind == "code":

@@ -37,11 +37,27 @@ class Recording:
     codes: list = field(default_factory=list)
     #: False when the code recording was interrupted (another profiler took over)
     complete: bool = True
-    #: path -> (size, mtime, inode) when first opened for reading
+    #: absolute path as the program named it (symlinks not resolved) ->
+    #: (size, mtime, inode) when first opened for reading
     files_read: dict = field(default_factory=dict)
     files_written: set = field(default_factory=set)
     dirs_listed: set = field(default_factory=set)
     commands: list = field(default_factory=list)
+    #: absolute path -> whether it existed, for existence and stat checks
+    #: (``os.path.exists``, ``os.stat``, ``access``): an absent path is a
+    #: dependency too
+    probes: dict = field(default_factory=dict)
+    #: folders the body created (``mkdtemp``, ``os.makedirs``): what it reads
+    #: inside them it wrote itself
+    dirs_created: set = field(default_factory=set)
+    #: a relative path was resolved against the working directory
+    used_cwd: bool = False
+    #: dependencies whose value was taken when the body used them (a Metaflow
+    #: Client query, a glob), by dependency id (see deps.py)
+    values: dict = field(default_factory=dict)
+    #: what could not be observed, one line each (the entry then keeps a
+    #: dependency that can only miss more)
+    unobserved: list = field(default_factory=list)
     mechanism: str = ""
 
 
@@ -221,6 +237,22 @@ def _recorder():
     return _PythonProfiler()
 
 
+#: other recorders that watch a body with the code recorder (Metaflow Client
+#: reads, native file access, globs): each has ``start(recording)`` and
+#: ``stop(recording)``, and fills its part of the recording
+_collectors: list = []
+
+
+def register_collector(collector) -> None:
+    if collector not in _collectors:
+        _collectors.append(collector)
+
+
+def current_recording() -> Recording | None:
+    """The recording of the body now running in this process, if any."""
+    return _current
+
+
 class Observer:
     """Records one body run: ``start()`` before it, ``stop()`` after it."""
 
@@ -240,13 +272,28 @@ class Observer:
             self._recorder = None
             self._recording.complete = False
         _current = self._recording
+        for collector in _collectors:
+            try:
+                collector.start(self._recording)
+            except Exception as err:  # a collector that cannot watch: miss, say why
+                self._recording.unobserved.append(
+                    "%s could not start (%s)" % (type(collector).__name__, err)
+                )
 
     def stop(self) -> Recording:
         global _current
-        _current = None
         recording = self._recording
         if recording is None:
+            _current = None
             return Recording(complete=False)
+        for collector in reversed(_collectors):
+            try:
+                collector.stop(recording)
+            except Exception as err:
+                recording.unobserved.append(
+                    "%s could not finish (%s)" % (type(collector).__name__, err)
+                )
+        _current = None
         if self._recorder is not None:
             codes, intact = self._recorder.stop()
             recording.codes = codes
