@@ -923,6 +923,33 @@ def starting_a_run() -> bool:
     return False
 
 
+def allow_in_spin(name: str) -> None:
+    """Runs a step decorator's hooks under `spin` (Metaflow 2.19+), which skips
+    every decorator not named in the SPIN_ALLOWED_DECORATORS setting and warns,
+    for each one, twice in the orchestrator and twice in the task. The decorator's
+    hooks then decide what to do under spin themselves (``spinning()``). The
+    setting is one list shared by decorators.py, runtime.py and step_cmd.py; a
+    user's METAFLOW_SPIN_ALLOWED_DECORATORS gets the name added too."""
+    from metaflow import metaflow_config
+
+    allowed = getattr(metaflow_config, "SPIN_ALLOWED_DECORATORS", None)
+    if isinstance(allowed, list) and name not in allowed:
+        allowed.append(name)
+
+
+def spinning() -> str | None:
+    """Under `spin` (Metaflow 2.19+): "orchestrator" in the process of `spin
+    STEP`, "task" in the task it launches (`spin-step`); None anywhere else (cli.py sets ``is_spin`` on the
+    CLI state from the command's first argument)."""
+    from metaflow._vendor import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not getattr(ctx.find_root().obj, "is_spin", False):
+        return None
+    saved = getattr(ctx.find_root(), "saved_args", None) or [""]
+    return "task" if saved[0] == "spin-step" else "orchestrator"
+
+
 def forward_refresh_request(cli_args, value: str) -> None:
     """Put a refresh request on a task's command line (local or remote)."""
     cli_args.top_level_options[TOP_LEVEL_REFRESH_OPTION] = value

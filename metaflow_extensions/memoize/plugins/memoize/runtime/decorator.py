@@ -87,6 +87,9 @@ if not mf.part_untrusted("refresh options"):
     mf.install_run_options(
         _request_refresh_all, _request_refresh_steps, _receive_refresh_request, _request_card
     )
+# `spin` (Metaflow 2.19+) would skip @memoize with four warnings per spin; it runs
+# its hooks instead, and they do nothing under spin (a spun step always runs)
+mf.allow_in_spin("memoize")
 _WARNED_UNTESTED_RELEASE = False
 
 
@@ -204,6 +207,7 @@ class MemoizeDecorator(StepDecorator):
     """
 
     name = "memoize"
+    _spin = None  # set by step_init: mf.spinning()
     defaults = {
         "ttl": None,
         "version": None,
@@ -233,6 +237,13 @@ class MemoizeDecorator(StepDecorator):
     # -- orchestrator and task: validate -------------------------------------
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         self._step_name = step_name
+        # `spin STEP` is for debugging one step: it always runs, nothing is looked
+        # up or stored, and the orchestrator says so once
+        self._spin = mf.spinning()
+        if self._spin:
+            if self._spin == "orchestrator":
+                log("spin: %s runs (no cache lookup, nothing stored)" % step_name)
+            return
         if self._unknown_arguments:
             from ..exceptions import MemoizeArgumentError
 
@@ -339,6 +350,8 @@ class MemoizeDecorator(StepDecorator):
         )
 
     def runtime_step_cli(self, cli_args, retry_count, max_user_code_retries, ubf_context):
+        if self._spin:
+            return
         # The environment reaches local tasks only; the command line reaches all.
         request = os.environ.get(config.ENV_REFRESH, "").strip()
         if request:
@@ -347,6 +360,8 @@ class MemoizeDecorator(StepDecorator):
     # -- orchestrator: end-of-run summary ------------------------------------
     def runtime_init(self, flow, graph, package, run_id):
         global _WARNED_UNTESTED_RELEASE
+        if self._spin:
+            return
         _RunSummary.start(flow, graph, run_id)
         untrusted = mf.untrusted()
         if untrusted and not _WARNED_UNTESTED_RELEASE:
@@ -357,7 +372,8 @@ class MemoizeDecorator(StepDecorator):
             mf.install_launch_hook(_RunSummary.orchestrator)
 
     def runtime_finished(self, exception):
-        _RunSummary.finish()
+        if not self._spin:
+            _RunSummary.finish()
 
     # -- task ----------------------------------------------------------------
     def task_pre_step(
@@ -408,6 +424,9 @@ class MemoizeDecorator(StepDecorator):
         mode = config.mode()
         self._mode = mode
         meta: dict[str, Any] = {}
+        if self._spin:
+            self._status = "spin"  # the body runs; task_decorate and _finish pass
+            return
         if mode == "off" or ubf_context or mf.part_untrusted("memoize"):
             self._status = "disabled"
             self._register({"memoize_status": "disabled"})
