@@ -1,5 +1,6 @@
 """Unit tests of the recorder (observe.py) and of fingerprints (deps.py)."""
 
+import asyncio
 import datetime
 import enum
 import os
@@ -64,15 +65,122 @@ def test_folders_listed_by_the_body_are_recorded_and_by_imports_not(tmp_path, mo
     sys.modules.pop("listed_by_import_only", None)
 
 
-def test_a_replaced_profiler_makes_the_recording_incomplete():
+#: the recorders built on a profile function, which cProfile or a debugger replaces
+_PROFILERS = ("C profiler", "sys.setprofile")
+
+
+def _replace_the_recorder(mechanism):
+    """What cProfile, a debugger or a JIT does to the recorder in use; returns the
+    undo."""
+    if mechanism in _PROFILERS:
+        sys.setprofile(lambda *args: None)
+        return lambda: sys.setprofile(None)
+    if mechanism == "C frame-evaluation hook":
+        observe._tracer._replace_hook_for_tests()
+        return observe._tracer._reset_hook_for_tests
+    assert mechanism == "sys.monitoring", mechanism
+    tool = next(t for t in range(6) if sys.monitoring.get_tool(t) == "metaflow-memoize")
+    sys.monitoring.set_events(tool, 0)  # another tool taking over our id's events
+    return lambda: None
+
+
+def test_a_replaced_recorder_makes_the_recording_incomplete():
+    mechanism = observe.mechanism()
     observer = observe.Observer()
     observer.start()
-    sys.setprofile(lambda *args: None)  # what cProfile or a debugger does
+    undo = _replace_the_recorder(mechanism)
     recording = observer.stop()
-    sys.setprofile(None)
-    assert not recording.complete
+    undo()
+    assert not recording.complete, recording.mechanism
     values, _ = deps.observed_dependencies(recording, deps.DepContext(object, "."))
     assert list(values) == ["incomplete:recorder"]
+    # and the next recording is whole again
+    observer = observe.Observer()
+    observer.start()
+    _helper(1)
+    recording = observer.stop()
+    assert recording.complete and "_helper" in {c.co_name for c in recording.codes}
+
+
+def _after_the_profiler():
+    return 3
+
+
+def test_a_profiler_set_during_the_body_leaves_a_hook_or_monitoring_recording_whole():
+    if observe.mechanism() in _PROFILERS:
+        return  # covered above: there the profiler replaces the recorder
+    observer = observe.Observer()
+    observer.start()
+    sys.setprofile(lambda *args: None)
+    _after_the_profiler()
+    sys.setprofile(None)
+    recording = observer.stop()
+    assert recording.complete
+    assert "_after_the_profiler" in {c.co_name for c in recording.codes}
+
+
+def _numbers():
+    yield 1
+    yield 2
+
+
+def _resumed_later():
+    yield 1
+    yield 2
+
+
+async def _coroutine():
+    await asyncio.sleep(0)
+    return 1
+
+
+def test_generators_and_coroutines_are_recorded_even_when_created_before_the_body():
+    early = _resumed_later()  # created, not started, before the recording
+    observer = observe.Observer()
+    observer.start()
+    assert sum(_numbers()) == 3
+    assert list(early) == [1, 2]
+    assert asyncio.run(_coroutine()) == 1
+    recording = observer.stop()
+    names = {code.co_name for code in recording.codes}
+    assert {"_numbers", "_resumed_later", "_coroutine"} <= names, recording.mechanism
+
+
+class _Indexed:
+    def __getitem__(self, i):
+        return i
+
+
+def _warm(box, x):
+    return box[x] + _helper(x)
+
+
+def test_call_sites_warmed_before_the_body_still_record_their_callees():
+    # CPython 3.11+ specializes a call site (CALL_PY_EXACT_ARGS, a Python
+    # __getitem__ in BINARY_SUBSCR_GETITEM) after a few runs; the recorder must
+    # see the callee even when the call site was specialized before the body
+    box = _Indexed()
+    for i in range(1000):
+        _warm(box, i)
+    observer = observe.Observer()
+    observer.start()
+    _warm(box, 1)
+    recording = observer.stop()
+    names = {code.co_name for code in recording.codes}
+    assert {"_warm", "__getitem__", "_helper"} <= names, recording.mechanism
+
+
+def test_each_python_uses_its_fastest_sound_recorder():
+    if observe._tracer is None and sys.version_info < (3, 12):
+        return  # _tracer not built (no compiler): make test-python checks the build
+    expected = (
+        "sys.monitoring"
+        if sys.version_info >= (3, 12)
+        else "C frame-evaluation hook"
+        if observe._EVAL_HOOK_SOUND
+        else "C profiler"
+    )
+    assert observe.mechanism() == expected
 
 
 def test_nothing_is_recorded_outside_a_body(tmp_path):

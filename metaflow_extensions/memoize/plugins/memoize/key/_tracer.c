@@ -1,10 +1,22 @@
 /*
  * Records which code objects run while a memoized step's body runs.
  *
- * A C-level profile function (PyEval_SetProfile) costs a few nanoseconds per
- * call; a Python one (sys.setprofile) makes a call-heavy body about 7x slower.
- * Code objects are kept in an open-addressing table keyed by address, holding
- * a reference so an address is never reused while it is recorded.
+ * Two recorders share one table (observe.py picks one):
+ *
+ * - A frame-evaluation hook (PEP 523, _PyInterpreterState_SetEvalFrameFunc):
+ *   every frame the interpreter evaluates (a call, a generator or coroutine
+ *   resumed, a module run), in every thread, passes through it; it records the
+ *   frame's code object and hands the frame to the default evaluator. Nothing
+ *   else changes, so the cost is one table lookup per frame (on 3.11 also the
+ *   loss of inlined Python-to-Python calls, which CPython turns off while a hook
+ *   is set). Python 3.9, 3.10 and 3.11.4+ (before 3.11.4, BINARY_SUBSCR_GETITEM
+ *   called a Python __getitem__ without the hook: CPython gh-104405).
+ * - A C-level profile function (PyEval_SetProfile): the fallback. On 3.11 any
+ *   profile function switches the whole eval loop to its tracing path (every
+ *   instruction, not just calls), which is what made a call-heavy body 3.2x.
+ *
+ * Code objects are kept in an open-addressing table keyed by address, holding a
+ * reference so an address is never reused while it is recorded.
  *
  * Python 3.12+ uses sys.monitoring instead (see observe.py): this module is
  * only built and used on 3.9-3.11.
@@ -12,6 +24,18 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+/* the layout of _PyInterpreterFrame (f_code), fixed within 3.11 */
+#define Py_BUILD_CORE
+#include <internal/pycore_frame.h>
+#undef Py_BUILD_CORE
+typedef struct _PyInterpreterFrame eval_frame_t;
+#define HAVE_EVAL_HOOK 1
+#elif PY_VERSION_HEX >= 0x03090000 && PY_VERSION_HEX < 0x030B0000
+typedef PyFrameObject eval_frame_t;
+#define HAVE_EVAL_HOOK 1
+#endif
 
 static PyObject **slots = NULL;
 static Py_ssize_t capacity = 0;
@@ -165,7 +189,90 @@ static PyObject *tracer_stop(PyObject *self, PyObject *noargs) {
     return Py_BuildValue("(NO)", codes, intact ? Py_True : Py_False);
 }
 
+static PyObject *table_codes(void) {
+    PyObject *codes = PyList_New(0);
+    if (codes == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < capacity; i++) {
+        if (slots[i] != NULL && PyList_Append(codes, slots[i]) < 0) {
+            Py_DECREF(codes);
+            return NULL;
+        }
+    }
+    return codes;
+}
+
+#ifdef HAVE_EVAL_HOOK
+static int hook_active = 0;
+
+static PyObject *eval_hook(PyThreadState *tstate, eval_frame_t *frame, int throwflag) {
+    record((PyObject *)frame->f_code);
+    return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
+}
+
+/* for tests: another frame-evaluation hook, as a JIT or a debugger would set */
+static PyObject *other_hook(PyThreadState *tstate, eval_frame_t *frame, int throwflag) {
+    return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
+}
+
+static PyObject *tracer_hook_free(PyObject *self, PyObject *noargs) {
+    PyInterpreterState *interp = PyThreadState_Get()->interp;
+    return PyBool_FromLong(_PyInterpreterState_GetEvalFrameFunc(interp) == _PyEval_EvalFrameDefault);
+}
+
+/* Starts recording with the frame-evaluation hook; False when another hook is
+ * installed (a JIT, a debugger's frame evaluator): the caller uses the profiler. */
+static PyObject *tracer_hook_start(PyObject *self, PyObject *noargs) {
+    PyInterpreterState *interp = PyThreadState_Get()->interp;
+    if (_PyInterpreterState_GetEvalFrameFunc(interp) != _PyEval_EvalFrameDefault) {
+        Py_RETURN_FALSE;
+    }
+    table_clear();
+    if (table_init(1024) < 0) {
+        return PyErr_NoMemory();
+    }
+    hook_active = 1;
+    _PyInterpreterState_SetEvalFrameFunc(interp, eval_hook);
+    Py_RETURN_TRUE;
+}
+
+/* Stops; returns (codes, intact). intact is False when another hook replaced
+ * ours during the body (then that hook stays: it is not ours to remove). */
+static PyObject *tracer_hook_stop(PyObject *self, PyObject *noargs) {
+    PyInterpreterState *interp = PyThreadState_Get()->interp;
+    int intact = hook_active && _PyInterpreterState_GetEvalFrameFunc(interp) == eval_hook;
+    if (intact) {
+        _PyInterpreterState_SetEvalFrameFunc(interp, _PyEval_EvalFrameDefault);
+    }
+    hook_active = 0;
+    PyObject *codes = table_codes();
+    if (codes == NULL) {
+        return NULL;
+    }
+    table_clear();
+    return Py_BuildValue("(NO)", codes, intact ? Py_True : Py_False);
+}
+
+static PyObject *tracer_replace_hook_for_tests(PyObject *self, PyObject *noargs) {
+    _PyInterpreterState_SetEvalFrameFunc(PyThreadState_Get()->interp, other_hook);
+    Py_RETURN_NONE;
+}
+
+static PyObject *tracer_reset_hook_for_tests(PyObject *self, PyObject *noargs) {
+    _PyInterpreterState_SetEvalFrameFunc(PyThreadState_Get()->interp, _PyEval_EvalFrameDefault);
+    Py_RETURN_NONE;
+}
+#endif
+
 static PyMethodDef methods[] = {
+#ifdef HAVE_EVAL_HOOK
+    {"hook_free", tracer_hook_free, METH_NOARGS, "Whether no frame-evaluation hook is set."},
+    {"hook_start", tracer_hook_start, METH_NOARGS, "Start recording with a frame-evaluation hook."},
+    {"hook_stop", tracer_hook_stop, METH_NOARGS, "Stop the hook; return (codes, intact)."},
+    {"_replace_hook_for_tests", tracer_replace_hook_for_tests, METH_NOARGS, "Tests only."},
+    {"_reset_hook_for_tests", tracer_reset_hook_for_tests, METH_NOARGS, "Tests only."},
+#endif
     {"start", tracer_start, METH_NOARGS, "Start recording code objects in this thread."},
     {"stop", tracer_stop, METH_NOARGS, "Stop; return (codes, intact)."},
     {"install_thread", tracer_install_thread, METH_NOARGS, "Record in the calling thread too."},

@@ -5,10 +5,13 @@ entry keeps and checks before every hit.
 
 - Code: every code object that starts running, in the body's thread and in the
   threads it starts. Python 3.12+: ``sys.monitoring`` (each code object reported
-  once, then disabled: close to free). 3.9-3.11: a C profile function
-  (``_tracer``); where it could not be compiled, ``sys.setprofile``. If another
-  profiler replaces ours during the body (cProfile, a debugger), the recording
-  is marked incomplete and deps.py falls back to whole-module hashing.
+  once, then disabled: close to free). 3.9-3.11: a frame-evaluation hook
+  (PEP 523, ``_tracer``), else a C profile function (``_tracer``: before 3.11.4,
+  or when a JIT or debugger holds the hook); where ``_tracer`` could not be
+  compiled, ``sys.setprofile``. If something replaces our recorder during the
+  body (cProfile or a debugger replacing a profile function, another hook
+  replacing ours), the recording is marked incomplete and deps.py falls back to
+  whole-module hashing.
 - Files and programs: a process-wide audit hook (``sys.addaudithook``; it cannot
   be removed, so it returns at once when no body is being recorded) sees every
   ``open``, directory listing and subprocess.
@@ -176,7 +179,32 @@ class _PythonProfiler:
         return list(self.codes), intact
 
 
+class _EvalHook:
+    """Python 3.9, 3.10, 3.11.4+: a frame-evaluation hook (PEP 523, ``_tracer``)
+    sees every frame evaluated in every thread (calls, generators and coroutines
+    resumed, modules run) and records its code object: one table lookup per
+    frame. Not a profiler: cProfile or a debugger set during the body changes
+    nothing; another frame-evaluation hook replacing ours marks it incomplete."""
+
+    name = "C frame-evaluation hook"
+
+    def start(self):
+        if not _tracer.hook_start():
+            raise RuntimeError("another frame-evaluation hook is installed")
+
+    def stop(self):
+        return _tracer.hook_stop()
+
+
+#: Before 3.11.4, one specialized instruction (BINARY_SUBSCR_GETITEM) ran a Python
+#: ``__getitem__`` without calling the hook (CPython gh-104405)
+_EVAL_HOOK_SOUND = sys.version_info < (3, 11) or (3, 11, 4) <= sys.version_info < (3, 12)
+
+
 class _CProfiler:
+    """3.9-3.11 where the frame-evaluation hook cannot be used: a C profile
+    function (on 3.11 it puts the whole eval loop on its tracing path)."""
+
     name = "C profiler"
 
     def start(self):
@@ -223,16 +251,24 @@ class _MonitoringRecorder:
         _MONITORING.set_events(self.tool, _MONITORING.events.PY_START)
 
     def stop(self):
-        _MONITORING.set_events(self.tool, 0)
-        _MONITORING.register_callback(self.tool, _MONITORING.events.PY_START, None)
-        _MONITORING.free_tool_id(self.tool)
-        return list(self.codes), True
+        # intact unless someone freed our tool id or changed its events meanwhile
+        intact = (
+            _MONITORING.get_tool(self.tool) == _TOOL_NAME
+            and _MONITORING.get_events(self.tool) == _MONITORING.events.PY_START
+        )
+        if _MONITORING.get_tool(self.tool) == _TOOL_NAME:
+            _MONITORING.set_events(self.tool, 0)
+            _MONITORING.register_callback(self.tool, _MONITORING.events.PY_START, None)
+            _MONITORING.free_tool_id(self.tool)
+        return list(self.codes), intact
 
 
 def _recorder():
     if _MONITORING is not None:
         return _MonitoringRecorder()
     if _tracer is not None:
+        if _EVAL_HOOK_SOUND and hasattr(_tracer, "hook_start") and _tracer.hook_free():
+            return _EvalHook()
         return _CProfiler()
     return _PythonProfiler()
 
