@@ -4,6 +4,23 @@ from setuptools import Extension, find_namespace_packages, setup
 
 VERSION = "0.1.0"
 
+# Records the file access of native code and child processes of a step body
+# (key/_fsrecord.c, an LD_PRELOAD library; key/native.py). Optional, Linux only:
+# where it cannot be built, a child process makes the step miss instead.
+FSRECORD = (
+    [
+        Extension(
+            "metaflow_extensions.memoize.plugins.memoize.key._fsrecord",
+            ["metaflow_extensions/memoize/plugins/memoize/key/_fsrecord.c"],
+            libraries=["dl", "pthread"],
+            extra_compile_args=["-fvisibility=hidden", "-O2"],
+            optional=True,
+        )
+    ]
+    if sys.platform.startswith("linux")
+    else []
+)
+
 setup(
     name="metaflow-memoize",
     version=VERSION,
@@ -50,15 +67,18 @@ setup(
     # Records the code a step body runs (observed dependencies). Optional: where
     # it cannot be compiled, a pure-Python recorder is used (slower on
     # call-heavy bodies, same result). Python 3.12+ uses sys.monitoring.
-    ext_modules=[]
-    if sys.version_info >= (3, 12)
-    else [
-        Extension(
-            "metaflow_extensions.memoize.plugins.memoize.key._tracer",
-            ["metaflow_extensions/memoize/plugins/memoize/key/_tracer.c"],
-            optional=True,
-        )
-    ],
+    ext_modules=FSRECORD
+    + (
+        []
+        if sys.version_info >= (3, 12)
+        else [
+            Extension(
+                "metaflow_extensions.memoize.plugins.memoize.key._tracer",
+                ["metaflow_extensions/memoize/plugins/memoize/key/_tracer.c"],
+                optional=True,
+            )
+        ]
+    ),
     entry_points={
         "console_scripts": [
             "metaflow-memoize=metaflow_extensions.memoize.plugins.memoize.cli.standalone:main",

@@ -103,6 +103,12 @@ def _on_unless_turned_off(name: str) -> bool:
     return not value or value not in _FALSE
 
 
+def native_record() -> bool:
+    """METAFLOW_MEMOIZE_NATIVE_RECORD: record native and child-process file access
+    (key/native.py; default: yes)."""
+    return _on_unless_turned_off("MEMOIZE_NATIVE_RECORD")
+
+
 def link_blobs() -> bool:
     """Whether a local cache may hard-link blobs into a local datastore (default: yes)."""
     return _on_unless_turned_off("MEMOIZE_LINK")

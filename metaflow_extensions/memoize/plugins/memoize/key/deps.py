@@ -390,7 +390,12 @@ def _flow_attribute_deps(flow_class, names, deps):
 
 
 def _file_deps(recording, ctx, deps, modified_during_run):
-    if not (recording.files_read or recording.dirs_listed or recording.commands):
+    if not (
+        recording.files_read
+        or recording.dirs_listed
+        or recording.commands
+        or recording.child_files_read
+    ):
         return
     private = tuple(os.path.realpath(p) for p in ctx.private_roots if p)
     # source files of loaded modules are code (observed as code, not as files)
@@ -427,6 +432,20 @@ def _file_deps(recording, ctx, deps, modified_during_run):
         if signature is not None and signature != stat_signature(real):
             # rewritten after the step read it: what it read is gone, so the
             # entry can never be verified (a miss, never a stale hit)
+            modified_during_run.add(dep)
+    for path, signature in sorted(recording.child_files_read.items()):
+        # read by a child process (native.py): by content, its .py files too
+        # (code the child ran, even when this process loaded the same module)
+        real = os.path.realpath(path)
+        if not real.endswith(".py") or is_installed_file(real) or is_infra_file(real):
+            real = wanted(path)
+        elif any(inside(real, p) for p in private):
+            real = None
+        if real is None or os.path.isdir(real) or (real in written and signature is None):
+            continue
+        dep = "file:%s" % _display_path(real, ctx.flow_dir)
+        deps[dep] = ""
+        if signature is not None and signature != stat_signature(path):
             modified_during_run.add(dep)
     for path in sorted(recording.dirs_listed):
         real = wanted(path)
@@ -546,7 +565,7 @@ def verify(recorded: Mapping[str, str], ctx: DepContext) -> tuple[list[str], dic
     changed = [
         dep
         for dep in sorted(recorded)
-        if dep.startswith("incomplete:") or current[dep] != recorded[dep]
+        if dep.startswith(("incomplete:", "unobserved:")) or current[dep] != recorded[dep]
     ]
     joins = len(ctx.input_ids) if changed else 0
     return describe_changes(changed, recorded, current, joins), current

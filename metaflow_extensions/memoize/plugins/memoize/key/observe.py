@@ -43,6 +43,9 @@ class Recording:
     #: absolute path as the program named it (symlinks not resolved) ->
     #: (size, mtime, inode) when first opened for reading
     files_read: dict = field(default_factory=dict)
+    #: files read by the body's child processes (native file recorder,
+    #: native.py), as files_read: their .py files too (the child ran them)
+    child_files_read: dict = field(default_factory=dict)
     files_written: set = field(default_factory=set)
     dirs_listed: set = field(default_factory=set)
     commands: list = field(default_factory=list)

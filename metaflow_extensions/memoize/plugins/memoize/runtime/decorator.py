@@ -28,6 +28,7 @@ from ..exceptions import (
     MemoizeRefreshError,
     MemoizeStrictError,
 )
+from ..key import native  # registers the native file recorder (a collector)
 from ..key.code import assigned_attributes, step_attribute_usage
 from ..key.components import (
     BOOKKEEPING_ARTIFACTS,
@@ -363,6 +364,7 @@ class MemoizeDecorator(StepDecorator):
         if self._spin:
             return
         _RunSummary.start(flow, graph, run_id)
+        native.preload_for_tasks()  # task processes start with the file recorder
         untrusted = mf.untrusted()
         if untrusted and not _WARNED_UNTESTED_RELEASE:
             _WARNED_UNTESTED_RELEASE = True
