@@ -223,6 +223,8 @@ def test_list_show_stats_match_what_was_stored(cached):
 
     start = next(e for e in listed if e["step"] == "start" and not e["expired"])
     shown = memoize_json(cached, "show", start["key"][:7])
+    # `show` adds what the entry relies on (tests/test_show_dependencies.py)
+    assert "code" in shown.pop("dependencies")
     assert shown == dict(start, last_used=shown["last_used"])
     text = memoize(cached, "show", start["key"][:7]).stdout
     for field in (

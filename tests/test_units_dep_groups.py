@@ -9,6 +9,7 @@ from metaflow_extensions.memoize.plugins.memoize.key.dep_groups import (
     GROUPS,
     describe,
     group_dependencies,
+    groups_from_json,
     groups_json,
     groups_text,
     observed_count,
@@ -172,6 +173,16 @@ def test_json_and_text_hold_the_same_grouping():
         "  Folder listings and globs (1)",
         "    data/ (the names in it)",
     ]
+
+
+def test_groups_read_back_from_json_print_the_same():
+    observed = {dep: value for dep, value in EVERY_KIND}
+    observed["future:x"] = "1"
+    groups = group_dependencies(observed, {"env": {"python": "3.12"}})
+    back = groups_from_json(json.loads(json.dumps(groups_json(groups))))
+    assert back == groups
+    assert groups_text(back) == groups_text(groups)
+    assert observed_count(back) == len(observed)
 
 
 def test_nothing_recorded_is_no_group():

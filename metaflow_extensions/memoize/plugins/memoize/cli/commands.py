@@ -273,7 +273,11 @@ def list_entries(scope, targets, step, order, since, limit, as_json):
         _echo(report.listing_cut(len(matched) - len(shown), order))
 
 
-@command("show", help="The manifest of one entry; KEY may be a unique prefix.")
+@command(
+    "show",
+    help="One entry in full, with what a hit relies on (its recorded dependencies, "
+    "grouped by kind); KEY may be a unique prefix.",
+)
 @click.argument("key")
 @json_option
 def show(scope, targets, key, as_json):
@@ -282,7 +286,7 @@ def show(scope, targets, key, as_json):
     found = [(t, e) for t in resolved for e in mt.find_entries(t, key)]
     mt.resolve_key([e for _, e in found], key, ", ".join(t.root for t in resolved))
     if as_json:
-        docs = [report.entry_dict(e, t.root, now) for t, e in found]
+        docs = [report.entry_dict(e, t.root, now, dependencies=True) for t, e in found]
         _echo(report.to_json(docs[0] if len(docs) == 1 else docs))
         return
     _echo("\n\n".join(report.entry_text(e, t.root, now) for t, e in found))
@@ -406,7 +410,11 @@ def _memoize_decorators(flow):
     }
 
 
-@command("explain", help="Hit or miss, and why, component by component, for a step's tasks.")
+@command(
+    "explain",
+    help="Hit or miss, and why, component by component, for a step's tasks; then what "
+    "each task's entry relies on, grouped by kind.",
+)
 @click.argument("step")
 @click.option("--run", "run_id", default=None, help="Run id (default: the latest run).")
 @json_option
@@ -424,7 +432,13 @@ def explain(scope, targets, step, run_id, as_json):
     run_pathspec, explanations = explain_step(
         cache, flow.name, step, run_id, flow_spec=flow, graph=scope.obj.graph
     )
-    _echo((explain_json if as_json else explain_text)(run_pathspec, step, explanations))
+    if as_json:
+        _echo(explain_json(run_pathspec, step, explanations))
+        return
+    _echo(explain_text(run_pathspec, step, explanations))
+    deps = report.explain_dependencies_text(explanations)
+    if deps:
+        _echo(deps)
 
 
 def _plan_command(fn):

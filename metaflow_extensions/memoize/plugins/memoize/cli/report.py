@@ -11,6 +11,10 @@ stable; new fields may be added, none removed or renamed):
     components, versions, signed, error,
     foreach[{step, var, value, digest}], parameters{name: {value, digest}}
 
+  ``show --json`` adds ``dependencies`` (key/dep_groups.py; null when unreadable)::
+
+    {group id: {title, about, items[{id, kind, text, value}]}}
+
 * stats (``stats --json``): the totals, ``steps`` (one per flow/step) and
   ``roots`` (one per cache root), each with::
 
@@ -34,6 +38,13 @@ from typing import Any
 from ..cache.maintenance import LIST_ORDERS, EntryInfo, Outcome, Plan, StepStats
 from ..cache.manifest import ShownValue, context_of
 from ..durations import format_count, format_duration, format_size
+from ..key.dep_groups import (
+    group_dependencies,
+    groups_from_json,
+    groups_json,
+    groups_text,
+    observed_count,
+)
 
 SHORT_KEY = 12
 #: tables longer than this are cut (`list`) or summed up per step (`prune`,
@@ -92,7 +103,10 @@ def timestamp(value: float | None) -> str:
 
 
 # -- entries -------------------------------------------------------------------
-def entry_dict(entry: EntryInfo, root: str, now: float) -> dict[str, Any]:
+def entry_dict(
+    entry: EntryInfo, root: str, now: float, dependencies: bool = False
+) -> dict[str, Any]:
+    """An entry object; with ``dependencies`` (`show`), what it relied on, by group."""
     m = entry.manifest
     artifacts = None
     if m is not None:
@@ -120,7 +134,26 @@ def entry_dict(entry: EntryInfo, root: str, now: float) -> dict[str, Any]:
         "signed": bool(m and m.signature),
         "error": entry.error,
         **_values_dict(m),
-    }
+    } | ({"dependencies": dependencies_dict(m)} if dependencies else {})
+
+
+def dependencies_dict(m) -> dict[str, Any] | None:
+    """What an entry relied on, by group (JSON); None for an unreadable entry."""
+    if m is None:
+        return None
+    return groups_json(group_dependencies(m.observed, m.components))
+
+
+def dependencies_text(m, indent: str = "  ") -> str:
+    """What an entry relied on: a heading line, then one block per group.
+
+    Lines marked ``(in the key)`` are parts of the key; the others were observed
+    while the step ran and are checked again before every hit."""
+    groups = group_dependencies(m.observed, m.components)
+    head = "what a hit relies on (%s observed while the step ran, checked before every hit):" % (
+        observed_count(groups)
+    )
+    return "\n".join([head, groups_text(groups, indent)])
 
 
 def _values_dict(m) -> dict[str, Any]:
@@ -136,6 +169,39 @@ def _values_dict(m) -> dict[str, Any]:
         "foreach": [dict(step=v.step, var=v.name, **one(v)) for v in items],
         "parameters": None if params is None else {v.name: one(v) for v in params},
     }
+
+
+def explain_dependencies_text(explanations: list[Any]) -> str:
+    """After `explain`'s decisions: what each task's entry relies on (the entry a
+    hit used, the one a miss stored), by group. Tasks whose entries read the
+    same in words share one block, so a wide foreach is not listed task by task."""
+    blocks: dict[str, list[Any]] = {}
+    absent = []
+    for e in explanations:
+        if e.dependencies is None:
+            absent.append(e)
+            continue
+        blocks.setdefault(groups_text(groups_from_json(e.dependencies)), []).append(e)
+    lines = []
+    for text, tasks in blocks.items():
+        first = tasks[0]
+        who = "%s (entry %s)" % (first.pathspec, (first.entry or "?")[:SHORT_KEY])
+        if len(tasks) > 1:
+            who += " and %s with the same" % format_count(len(tasks) - 1, "other task")
+        observed = observed_count(groups_from_json(first.dependencies))
+        lines += [
+            "",
+            "%s relies on (%d observed while the step ran, checked before every hit):"
+            % (who, observed),
+            text,
+        ]
+    if absent and blocks:
+        lines += [
+            "",
+            "no entry to show for %s (not stored, or removed since)"
+            % ", ".join(e.pathspec for e in absent),
+        ]
+    return "\n".join(lines)
 
 
 def values_text(entry: EntryInfo) -> str:
@@ -248,6 +314,7 @@ def entry_text(entry: EntryInfo, root: str, now: float) -> str:
             "",
             "inherited artifacts a hit requires unchanged: %s" % ", ".join(sorted(m.passthrough)),
         ]
+    out += ["", dependencies_text(m)]
     return "\n".join(out)
 
 

@@ -377,6 +377,20 @@ def groups_json(groups: list[DependencyGroup]) -> dict[str, Any]:
     return {g.id: g.to_dict() for g in groups}
 
 
+def groups_from_json(doc: Mapping[str, Any]) -> list[DependencyGroup]:
+    """The groups back from ``groups_json`` (what `explain --json` carries)."""
+    titles = {gid: (title, about) for gid, title, about in GROUPS}
+    out = []
+    for gid, group in doc.items():
+        title, about = titles.get(gid, (group.get("title", gid), group.get("about", "")))
+        items = [
+            Dependency(d["id"], d.get("kind", ""), d.get("text", d["id"]), d.get("value", ""))
+            for d in group.get("items", ())
+        ]
+        out.append(DependencyGroup(gid, title, about, items))
+    return out
+
+
 def observed_count(groups: list[DependencyGroup]) -> int:
     """How many of the dependencies were observed (not part of the key)."""
     return sum(1 for g in groups for d in g.items if d.kind != "key")

@@ -8,6 +8,7 @@ from typing import Any
 from ..cache.entries import Cache, RecentEntries
 from ..exceptions import CacheFault, MemoizeCliError
 from ..key.components import diff_components
+from ..key.dep_groups import group_dependencies, groups_json
 from ..key.deps import diff_observed
 from . import causes
 
@@ -25,9 +26,21 @@ class TaskExplanation:
     components: dict[str, str] = field(default_factory=dict)  # component -> same/changed/...
     changes: list[str] = field(default_factory=list)
     cause: str = ""  # "because featurize re-ran": the root cause upstream
+    # the entry the task used (a hit) or stored (a miss), and what it relies on
+    # by group (key/dep_groups.py); None when there is none (gone, never stored)
+    entry: str | None = None
+    dependencies: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def relies_on(self, manifest) -> None:
+        """Record the task's entry and what it relies on (None: no entry)."""
+        if manifest is not None:
+            self.entry = manifest.key
+            self.dependencies = groups_json(
+                group_dependencies(manifest.observed, manifest.components)
+            )
 
 
 def _component_verdicts(old, new) -> dict[str, str]:
@@ -77,13 +90,24 @@ def explain_task(
         if status == "hit":
             out.compared_with = out.origin
             out.components = {part: "same" for part in COMPONENTS}
+            # the entry a hit used is the one it compared with (a variant key
+            # included); a clone of an older version recorded only its key
+            used = recorded if recorded not in (None, NOTHING_COMPARED) else None
+            out.relies_on(
+                _readable(cache, flow, step, used or metadata.get("memoize_entry") or key)
+            )
         return out
     if recorded is None:
         return _reconstructed(cache, recent or RecentEntries(cache), flow, step, metadata, out)
+    try:
+        own = _entry(cache, flow, step, metadata.get("memoize_entry") or key)
+    except CacheFault as err:
+        out.reason = "%s (cache unreadable: %s)" % (out.reason or "", err)
+        return out
+    out.relies_on(own)
     if recorded == NOTHING_COMPARED:
         return out
     try:
-        own = _entry(cache, flow, step, metadata.get("memoize_entry") or key)
         previous = _entry(cache, flow, step, recorded)
     except CacheFault as err:
         out.reason = "%s (cache unreadable: %s)" % (out.reason or "", err)
@@ -98,6 +122,15 @@ def explain_task(
         if previous.components == own.components or not out.changes:
             out.changes += diff_observed(previous.observed, own.observed)
     return out
+
+
+def _readable(cache: Cache, flow: str, step: str, key: str | None):
+    """An entry's manifest, or None when it is gone or cannot be read (explain
+    then says nothing of what the task relied on, and the rest stands)."""
+    try:
+        return _entry(cache, flow, step, key)
+    except CacheFault:
+        return None
 
 
 #: ``memoize_compared`` of a miss that had no earlier entry to compare with
@@ -117,6 +150,7 @@ def _reconstructed(
     entry_key = metadata.get("memoize_entry") or key
     try:
         own = cache.lookup(flow, step, entry_key).manifest
+        out.relies_on(own)
         components = own.components if own is not None else None
         if components is None:
             return out
