@@ -62,6 +62,9 @@ setup(
             "ruff>=0.5",
             # NBRunner (tests/test_runner.py) runs notebook cells in an IPython shell
             "ipython",
+            # tutorial 04 (tests/tutorials, tests/test_client_reads.py) without its
+            # @conda decorator
+            "editdistance",
         ],
     },
     # Records the code a step body runs (observed dependencies). Optional: where

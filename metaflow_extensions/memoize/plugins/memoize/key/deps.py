@@ -397,7 +397,7 @@ def _file_deps(recording, ctx, deps, modified_during_run):
         or recording.child_files_read
     ):
         return
-    private = tuple(os.path.realpath(p) for p in ctx.private_roots if p)
+    private = tuple(os.path.realpath(p) for p in (*ctx.private_roots, *client_cache_roots()) if p)
     # source files of loaded modules are code (observed as code, not as files)
     module_files = {
         f for m in list(sys.modules.values()) for f in [getattr(m, "__file__", None)] if f
@@ -575,3 +575,6 @@ def variant_key(static_key: str, values: Mapping[str, str]) -> str:
     """Where the entry for this static key and these dependency values lives,
     when the first entry of the static key recorded other values."""
     return digest_json({"static": static_key, "deps": dict(values), "format": DEPS_FORMAT})
+
+
+from .client_reads import client_cache_roots  # noqa: E402  (registers the Client kind)
