@@ -24,9 +24,9 @@ EVERY_KIND = {
     ("source:gen/make.py", ""): ("code", "all of gen/make.py (code made while the step ran)"),
     ("global:helpers:FACTOR", DIGEST): ("module_state", "`helpers.FACTOR`"),
     ("global:__main__:SEED", DIGEST): ("module_state", "`SEED`"),
-    ("toplevel:helpers", DIGEST): (
+    ("toplevel:helpers.py", DIGEST): (
         "module_state",
-        "what module `helpers` sets at import (its top-level statements)",
+        "what helpers.py sets at import (its top-level statements)",
     ),
     ("flowattr:THRESHOLD", DIGEST): ("class_attributes", "`self.THRESHOLD` (of the flow class)"),
     ("classattr:shapes:Box.ratio", DIGEST): ("class_attributes", "`shapes.Box.ratio`"),
@@ -47,21 +47,48 @@ EVERY_KIND = {
         "data/train.csv (metadata: size, modification time)",
     ),
     ("dir:data", DIGEST): ("listings", "data/ (the names in it)"),
-    ('glob:["data", "*.csv", false]', DIGEST): ("listings", "*.csv in data/"),
-    ('glob:["data", "**/*.csv", true]', DIGEST): ("listings", "**/*.csv in data/ (recursive)"),
+    ('glob:["data","*.csv",false,"glob"]', DIGEST): ("listings", "*.csv in data/"),
+    ('glob:["data","**/*.csv",true,"glob+hidden"]', DIGEST): (
+        "listings",
+        "**/*.csv in data/ (recursive, hidden files included)",
+    ),
+    ('glob:["","*.txt",false]', DIGEST): ("listings", "*.txt in ./"),
     ("exists:data/override.csv", "absent"): (
         "existence",
         "data/override.csv (absent when recorded)",
     ),
-    ("exists:data/train.csv", "present"): ("existence", "data/train.csv (present when recorded)"),
-    ("command:" + DIGEST, DIGEST): ("programs", "a program, by its command line (#0123456789ab)"),
-    ('client:{"flow": "MovieStatsFlow", "run": "latest_successful_run"}', DIGEST): (
-        "client",
-        '{"flow": "MovieStatsFlow", "run": "latest_successful_run"}',
+    ("exists:data/train.csv", "file"): ("existence", "data/train.csv (a file when recorded)"),
+    ("exists:data", "folder"): ("existence", "data (a folder when recorded)"),
+    ("exists:current", "dangling link"): (
+        "existence",
+        "current (a link to nothing when recorded)",
     ),
+    ("command:" + DIGEST, DIGEST): ("programs", "a program, by its command line (#0123456789ab)"),
+    (
+        'client:{"flow":"MovieStatsFlow","md":"local","ns":null,"q":"latest_successful_run"}',
+        "MovieStatsFlow/1795",
+    ): (
+        "client",
+        "Flow('MovieStatsFlow').latest_successful_run in the global namespace"
+        " -> MovieStatsFlow/1795",
+    ),
+    ('client:{"flow":"F","md":"local","ns":"user:me","q":"runs","tags":["x"]}', DIGEST): (
+        "client",
+        "Flow('F').runs('x') in namespace user:me",
+    ),
+    ('client:{"names":["model"],"q":"artifacts","task":"F/1/train/2"}', DIGEST): (
+        "client",
+        "artifacts model of F/1/train/2",
+    ),
+    ('client:{"q":"trigger"}', DIGEST): ("client", "current.trigger (what triggered the run)"),
+    ('client:{"q":"someday"}', DIGEST): ("client", '{"q": "someday"}'),
     ("cwd:", "."): (
         "environment",
-        "the working directory (. from the flow's folder) (a relative path was used)",
+        "the working directory: the flow's folder (relative paths were used)",
+    ),
+    ("cwd:", "sub/dir"): (
+        "environment",
+        "the working directory: sub/dir (in the flow's folder) (relative paths were used)",
     ),
     ("unobserved:a child process without the file recorder", "unobservable"): (
         "unobservable",

@@ -129,7 +129,7 @@ def _global(rest: str, value: str) -> str:
 
 
 def _toplevel(rest: str, value: str) -> str:
-    return "what module `%s` sets at import (its top-level statements)" % rest
+    return "what %s sets at import (its top-level statements)" % rest
 
 
 def _flowattr(rest: str, value: str) -> str:
@@ -175,30 +175,62 @@ def _dir(rest: str, value: str) -> str:
 
 
 def _glob(rest: str, value: str) -> str:
+    """``[folder, pattern, recursive]``, and how it was asked (``glob+hidden``...)."""
     try:
-        folder, pattern, recursive = json.loads(rest)
+        folder, pattern, recursive, *how = json.loads(rest)
     except (ValueError, TypeError):
         return "glob %s" % rest
     where = str(folder).rstrip("/") or "."
-    return "%s in %s/%s" % (pattern, where, " (recursive)" if recursive else "")
+    notes = ["recursive"] if recursive else []
+    if how and "hidden" in str(how[0]):
+        notes.append("hidden files included")
+    return "%s in %s/%s" % (pattern, where, " (%s)" % ", ".join(notes) if notes else "")
+
+
+#: what an existence check found (deps.py), as words
+_EXISTENCE = {
+    "absent": "absent",
+    "missing": "absent",
+    "file": "a file",
+    "folder": "a folder",
+    "dangling link": "a link to nothing",
+}
 
 
 def _exists(rest: str, value: str) -> str:
-    state = _existence_state(value)
+    state = _EXISTENCE.get(value.strip())
     return rest + (" (%s when recorded)" % state if state else "")
-
-
-def _existence_state(value: str) -> str:
-    low = value.strip().lower()
-    if low in ("absent", "missing", "false", "no", "none", "0"):
-        return "absent"
-    if low in ("present", "exists", "true", "yes", "file", "dir", "directory", "1"):
-        return "present"
-    return ""
 
 
 def _command(rest: str, value: str) -> str:
     return "a program, by its command line (#%s)" % rest[:12]
+
+
+def _client_query(query: Any) -> str:
+    """A Client query (client_reads.py) as the code that asks it would read."""
+    if not isinstance(query, dict):
+        return str(query)
+    q, flow = query.get("q"), query.get("flow")
+    if q in ("latest_successful_run", "latest_run"):
+        text = "Flow(%r).%s" % (flow, q)
+    elif q == "runs":
+        text = "Flow(%r).runs(%s)" % (flow, ", ".join(repr(t) for t in query.get("tags") or ()))
+    elif q == "object":
+        text = "%s(%r)" % (query.get("kind") or "object", query.get("path"))
+    elif q == "run_state":
+        text = "whether run %s has finished and succeeded" % query.get("run")
+    elif q == "artifacts":
+        text = "artifacts %s of %s" % (", ".join(query.get("names") or ()), query.get("task"))
+    elif q == "namespace":
+        return "the namespace the step started in"
+    elif q == "trigger":
+        return "current.trigger (what triggered the run)"
+    else:
+        return json.dumps(query, sort_keys=True, separators=(", ", ": "))
+    if "ns" in query and q != "artifacts":
+        ns = query.get("ns")
+        text += " in namespace %s" % ns if ns is not None else " in the global namespace"
+    return text
 
 
 def _client(rest: str, value: str) -> str:
@@ -206,19 +238,19 @@ def _client(rest: str, value: str) -> str:
         query = json.loads(rest)
     except ValueError:
         query = rest
-    if isinstance(query, str):
-        text = query
-    else:
-        text = json.dumps(query, sort_keys=True, separators=(", ", ": "))
     resolved = _shown(value)
-    return text + (" -> %s" % resolved if resolved else "")
+    return _client_query(query) + (" -> %s" % resolved if resolved else "")
 
 
 def _cwd(rest: str, value: str) -> str:
-    shown = _shown(value)
-    return "the working directory%s (a relative path was used)" % (
-        " (%s from the flow's folder)" % shown if shown else ""
-    )
+    where = value.strip()
+    if where == ".":
+        where = "the flow's folder"
+    elif where and not where.startswith("/"):
+        where = "%s (in the flow's folder)" % where
+    else:
+        where = _shown(where)
+    return "the working directory%s (relative paths were used)" % (": %s" % where if where else "")
 
 
 def _unobserved(rest: str, value: str) -> str:
