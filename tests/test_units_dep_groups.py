@@ -76,7 +76,7 @@ EVERY_KIND = {
         "client",
         "Flow('F').runs('x') in namespace user:me",
     ),
-    ('client:{"names":["model"],"q":"artifacts","task":"F/1/train/2"}', DIGEST): (
+    ('client:{"names":["model"],"q":"artifacts","task":"F/1/train/2"}', '{"model":"ab12"}'): (
         "client",
         "artifacts model of F/1/train/2",
     ),

@@ -238,7 +238,9 @@ def _client(rest: str, value: str) -> str:
         query = json.loads(rest)
     except ValueError:
         query = rest
-    resolved = _shown(value)
+    # a listing's or the artifacts' value is a digest or a map: not worth a line
+    listing = isinstance(query, dict) and query.get("q") in ("runs", "artifacts")
+    resolved = "" if listing else _shown(value)
     return _client_query(query) + (" -> %s" % resolved if resolved else "")
 
 
