@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Metaflow refuses to run without a user name; CI machines may not set one.
 export USERNAME ?= $(or $(USER),memoize-user)
 
-.PHONY: install test-tools browser demo test test-slow test-stress test-compat lint format bench bench-quick verify clean
+.PHONY: install test-tools browser demo test test-slow test-stress test-compat test-python lint format bench bench-quick verify clean
 
 # An editable install: the checkout's code is what runs. Metaflow finds the
 # extension through the `metaflow_extensions` namespace package; setup.py lists
@@ -95,6 +95,14 @@ test-stress: install test-tools
 COMPAT_VERSIONS ?= 2.12.37 2.12.39 2.13.10 2.14.3 2.15.21 2.16.8 2.17.5 2.18.13 2.19.39
 test-compat:
 	PYTHON=$(PYTHON) bash tests/compat.sh $(COMPAT_VERSIONS)
+
+# What differs between Pythons (the code recorder, code identity, observed
+# dependencies, composed hits, the S3 store, the quickstart, spin) on each of
+# 3.9-3.13 found (pyenv or PATH; a missing one is skipped and named), each in
+# .venv-python/<version>: tests/python_matrix.sh. QUICK=1 (CI): the full subset on
+# 3.9 and 3.13, a quick one on the others. PYTHONS="3.9 3.12" picks versions.
+test-python:
+	bash tests/python_matrix.sh $(if $(QUICK),--quick) $(PYTHONS)
 
 lint: install
 	$(BIN)/ruff check .

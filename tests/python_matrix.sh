@@ -105,11 +105,11 @@ for version in "${versions[@]}"; do
         echo "=== Python $version: building $venv with $python ==="
         rm -rf "$venv"
         "$python" -m venv "$venv" || { results+=("Python $version: FAILED (venv)"); failed=1; continue; }
-        "$venv/bin/python" -m pip install --quiet --upgrade pip
+        "$venv/bin/python" -m pip install -qq --upgrade pip
         # what these tests need, not the whole [test] extra (no GCS/Azure
         # emulators, Kubernetes client, IPython or ruff)
         PYTHONWARNINGS="ignore:Editable installation" \
-            "$venv/bin/python" -m pip install --quiet -e . pytest pytest-xdist "moto[server]>=5" \
+            "$venv/bin/python" -m pip install -qq -e . pytest pytest-xdist "moto[server]>=5" \
             || { results+=("Python $version: FAILED (install)"); failed=1; continue; }
         touch "$venv/.installed"
     fi

@@ -48,7 +48,12 @@ def _entries(runner):
 
 def _about_memoize(result):
     # "[memoize] ...", Metaflow's "Ignoring Step decorator 'memoize'"; not a path
-    return [line for line in result.output.splitlines() if re.search(r"\bmemoize\b", line)]
+    # such as /tmp/pytest-of-memoize-user/test_a_spun_memoized_step0
+    return [
+        line
+        for line in result.output.splitlines()
+        if re.search(r"(?<![\w/-])memoize(?![\w/-])", line)
+    ]
 
 
 def test_a_spun_memoized_step_runs_says_so_once_and_stores_nothing(runner):
