@@ -125,11 +125,12 @@ class FlowRunner:
         command: str = "run",
         check: bool = True,
         timeout: int = 300,
+        cwd: Optional[Path] = None,
     ) -> FlowResult:
         cmd = [sys.executable, flow_file, "--no-pylint", command, *args]
         proc = subprocess.run(
             cmd,
-            cwd=self.workdir,
+            cwd=cwd or self.workdir,
             env=self.env(env),
             capture_output=True,
             text=True,

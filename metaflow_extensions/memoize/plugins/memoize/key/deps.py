@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import sys
 import types
@@ -46,7 +47,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .components import BOOKKEEPING_ARTIFACTS, digest_json
+from . import namespace, observe, state_deps
+from .components import BOOKKEEPING_ARTIFACTS, canonical_json, digest_json
 from .describe import changed_input_names, describe_change, describe_changes, diff_observed
 from .digests import file_digest, source_digest
 from .fingerprint import CODE_TYPES, code_digest, fingerprint, wrapped_of
@@ -59,6 +61,7 @@ from .usercode import (
     is_metaflow_object,
     is_user_object,
     module_info,
+    named_display,
     user_modules,
 )
 
@@ -268,7 +271,17 @@ def observed_dependencies(
             deps["source:%s" % _display_path(real, ctx.flow_dir)] = ""
     for module, code_names in globals_read:
         _global_deps(module, code_names, modules, deps, 0)
+    for module_name in sorted(recording.modules_named):
+        # found by name at run time (import_module), also when imported before
+        if module_name in modules:
+            _global_deps(modules[module_name], names, modules, deps, 0)
     _flow_attribute_deps(ctx.flow_class, names, deps)
+    state_deps.class_attribute_deps(modules, names, deps)
+    state_deps.toplevel_deps(modules, ctx.flow_dir, deps)
+    for real in sorted(recording.forked_sources):
+        # a fork child can run any user code loaded when it was made
+        deps["source:%s" % _display_path(real, ctx.flow_dir)] = ""
+    state_deps.reachable_by_name(recording, modules, ctx.flow_dir, deps)
     if "index" in names:
         deps["task:index"] = ""
     if "foreach_stack" in names:
@@ -282,8 +295,10 @@ def observed_dependencies(
     _file_deps(recording, ctx, deps, modified_during_run)
     for line in recording.unobserved:
         deps["unobserved:%s" % line] = ""
-    values = current_values([d for d in deps if d not in recording.values], ctx)
-    values.update(recording.values)
+    taken = dict(recording.values)
+    taken.update(state_deps.values_at_start(recording, deps))
+    values = current_values([d for d in deps if d not in taken], ctx)
+    values.update({d: v for d, v in taken.items() if d in deps or d in recording.values})
     for dep in modified_during_run:
         values[dep] = "modified while the step ran %s" % os.urandom(8).hex()
     return values, names
@@ -390,18 +405,12 @@ def _flow_attribute_deps(flow_class, names, deps):
 
 
 def _file_deps(recording, ctx, deps, modified_during_run):
-    if not (
-        recording.files_read
-        or recording.dirs_listed
-        or recording.commands
-        or recording.child_files_read
-    ):
-        return
     private = tuple(os.path.realpath(p) for p in (*ctx.private_roots, *client_cache_roots()) if p)
     # source files of loaded modules are code (observed as code, not as files)
     module_files = {
         f for m in list(sys.modules.values()) for f in [getattr(m, "__file__", None)] if f
     }
+    created = tuple(os.path.realpath(d) for d in recording.dirs_created)
 
     def wanted(path):
         real = os.path.realpath(path)
@@ -413,6 +422,8 @@ def _file_deps(recording, ctx, deps, modified_during_run):
             return None
         if any(inside(real, p) for p in private):
             return None
+        if any(inside(real, d) for d in created):
+            return None  # a folder the body made (a TemporaryDirectory): its own
         parts = real.split(os.sep)
         if real.endswith((".pyc", ".pyo")) or "__pycache__" in parts:
             return None
@@ -421,15 +432,18 @@ def _file_deps(recording, ctx, deps, modified_during_run):
         return real
 
     written = {os.path.realpath(p) for p in recording.files_written}
-    for path, signature in sorted(recording.files_read.items()):
+    read = dict(observe.import_phase().files_read)
+    read.update(recording.files_read)
+    for path, signature in sorted(read.items()):
         real = wanted(path)
         if real is None or os.path.isdir(real):
             continue
         if real in written and signature is None:
             continue  # created by the step: an output, not an input
-        dep = "file:%s" % _display_path(real, ctx.flow_dir)
+        # as named: a repointed symlink is a change of what the step reads
+        dep = "file:%s" % named_display(path, ctx.flow_dir)
         deps[dep] = ""
-        if signature is not None and signature != stat_signature(real):
+        if signature is not None and signature != stat_signature(path):
             # rewritten after the step read it: what it read is gone, so the
             # entry can never be verified (a miss, never a stale hit)
             modified_during_run.add(dep)
@@ -447,10 +461,39 @@ def _file_deps(recording, ctx, deps, modified_during_run):
         deps[dep] = ""
         if signature is not None and signature != stat_signature(path):
             modified_during_run.add(dep)
+    for path, signature in sorted(recording.child_files_read.items()):
+        # read by a child process (native.py): by content, its .py files too
+        # (code the child ran, even when this process loaded the same module)
+        real = os.path.realpath(path)
+        if not real.endswith(".py") or is_installed_file(real) or is_infra_file(real):
+            real = wanted(path)
+        elif any(inside(real, p) for p in private):
+            real = None
+        if real is None or os.path.isdir(real) or (real in written and signature is None):
+            continue
+        dep = "file:%s" % named_display(path, ctx.flow_dir)
+        deps[dep] = ""
+        if signature is not None and signature != stat_signature(path):
+            modified_during_run.add(dep)
     for path in sorted(recording.dirs_listed):
         real = wanted(path)
         if real is not None and real not in written:
-            deps["dir:%s" % _display_path(real, ctx.flow_dir)] = ""
+            deps["dir:%s" % named_display(path, ctx.flow_dir)] = ""
+    for path in sorted(recording.probes):
+        real = wanted(path)
+        if real is not None and real not in written and path not in recording.stats:
+            deps["exists:%s" % named_display(path, ctx.flow_dir)] = ""
+    for path in sorted(recording.stats):
+        real = wanted(path)
+        if real is not None and real not in written:
+            deps["stat:%s" % named_display(path, ctx.flow_dir)] = ""
+    for folder, pattern, recursive, flavour in sorted(recording.globs):
+        if folder and wanted(folder) is None:
+            continue
+        where = named_display(folder, ctx.flow_dir) if folder else ""
+        deps["glob:%s" % canonical_json([where, pattern, recursive, flavour])] = ""
+    if recording.used_cwd:
+        deps["cwd:"] = ""
     for argv in recording.commands:
         deps["command:%s" % digest_json(argv)] = ""
         for arg in argv:
@@ -460,13 +503,13 @@ def _file_deps(recording, ctx, deps, modified_during_run):
             if os.path.isfile(candidate):
                 real = wanted(candidate)
                 if real is not None and real not in written:
-                    deps["file:%s" % _display_path(real, ctx.flow_dir)] = ""
+                    deps["file:%s" % named_display(candidate, ctx.flow_dir)] = ""
 
 
 # -- current values --------------------------------------------------------------
 
 
-_PROCESS_STABLE = ("code:", "global:", "flowattr:", "source:")
+_PROCESS_STABLE = ("code:", "global:", "flowattr:", "source:", "toplevel:", "classattr:")
 
 
 def current_values(dep_ids: Iterable[str], ctx: DepContext) -> dict[str, str]:
@@ -494,6 +537,8 @@ def current_value(dep: str, ctx: DepContext) -> str:
         if kind == "global":
             module_name, _, name = rest.partition(":")
             found, obj = _resolve(module_name, name)
+            if found and name == "__file__" and isinstance(obj, str):
+                return "path %s" % named_display(obj, ctx.flow_dir)  # not the checkout's place
             return fingerprint(obj) if found else "absent"
         if kind == "flowattr":
             found, value = _flow_class_attribute(ctx.flow_class, rest)
@@ -523,6 +568,19 @@ def current_value(dep: str, ctx: DepContext) -> str:
             if name == "*":
                 return _all_inputs_digest(hashes, ctx)
             return hashes.get(name) or "absent"
+        if kind == "exists":
+            return _path_kind(_absolute(rest, ctx.flow_dir))
+        if kind == "stat":
+            return _stat_value(_absolute(rest, ctx.flow_dir))
+        if kind == "glob":
+            where, pattern, recursive, flavour = json.loads(rest)
+            folder = _absolute(where, ctx.flow_dir) if where else ""
+            return digest_json(namespace.glob_matches(folder, pattern, recursive, flavour))
+        if kind == "cwd":
+            # relative to the flow's folder: a moved checkout is the same place
+            return named_display(os.getcwd(), ctx.flow_dir)
+        if kind in ("classattr", "toplevel"):
+            return state_deps.current_value(kind, rest, ctx.flow_dir)
         if kind == "unobserved":
             return "unobservable"  # what could not be observed never verifies
         resolver = _KINDS.get(kind)
@@ -531,6 +589,24 @@ def current_value(dep: str, ctx: DepContext) -> str:
     except Exception as err:  # a dependency we cannot evaluate never matches
         return "unavailable: %s" % type(err).__name__
     return "unknown dependency"
+
+
+def _path_kind(path: str) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return "dangling link"
+    if os.path.isdir(path):
+        return "folder"
+    if os.path.exists(path):
+        return "file"
+    return "absent"
+
+
+def _stat_value(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "absent"
+    return "%d %d" % (st.st_size, st.st_mtime_ns)
 
 
 #: dependency kinds that live in modules of their own: kind -> function of

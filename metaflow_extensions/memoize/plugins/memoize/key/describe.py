@@ -63,6 +63,23 @@ def describe_change(dep: str, old: str, new: str) -> str:
         return describer(rest, old, new)
     if kind == "unobserved":
         return "could not be observed: %s" % rest
+    if kind == "exists":
+        if new == "absent":
+            return "%s no longer exists" % rest
+        return "%s %s" % (rest, "appeared" if old == "absent" else "changed kind (%s)" % new)
+    if kind == "stat":
+        return "size or modification time of %s changed" % rest
+    if kind == "glob":
+        where, pattern = _glob_words(rest)
+        return "the files matching %s%s changed" % (pattern, where)
+    if kind == "cwd":
+        return "the working directory changed (the step opens relative paths)"
+    if kind == "classattr":
+        module, _, name = rest.partition(":")
+        where = name if module == "__main__" else "%s.%s" % (module, name)
+        return "class attribute `%s` %s (observed)" % (where, "removed" if gone else "changed")
+    if kind == "toplevel":
+        return "module-level code of %s changed (it runs at import)" % rest
     if kind == "incomplete":
         return "the code the step ran could not be recorded (%s)" % rest
     if kind == "code":
@@ -110,3 +127,13 @@ def diff_observed(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
     changed = [dep for dep in sorted(new) if old.get(dep) != new[dep]]
     joins = {dep.partition(":")[2].rpartition(":")[0] for dep in new if dep.startswith("input:")}
     return describe_changes(changed, old, new, len(joins))
+
+
+def _glob_words(rest: str) -> tuple[str, str]:
+    import json
+
+    try:
+        where, pattern, _recursive, _flavour = json.loads(rest)
+    except (ValueError, TypeError):
+        return "", rest
+    return (" in %s" % where if where and where != "." else ""), "`%s`" % pattern

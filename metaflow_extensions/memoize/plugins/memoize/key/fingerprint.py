@@ -35,7 +35,7 @@ _VALUE_REPR_TYPES = (
     slice,
 )
 #: containers larger than this are fingerprinted through pickle (one C call)
-_LARGE = 2000
+LARGE = 2000
 _MAX_DEPTH = 200
 
 _code_digests: dict[int, tuple[types.CodeType, str]] = {}
@@ -120,13 +120,13 @@ def _fp(value: Any, path: tuple, depth: int) -> Any:
     if isinstance(value, enum.Enum):
         return ["enum", _qualname(kind), value.name, _fp(value.value, path, depth)]
     if isinstance(value, (list, tuple)):
-        if len(value) > _LARGE:
+        if len(value) > LARGE:
             return [kind.__name__, _pickled(value)]
         return [kind.__name__, [_fp(v, path, depth) for v in value]]
     if isinstance(value, (set, frozenset)):
         return [kind.__name__, sorted(canonical_json(_fp(v, path, depth)) for v in value)]
     if isinstance(value, dict):
-        if len(value) > _LARGE:
+        if len(value) > LARGE:
             return [kind.__name__, _pickled(value)]
         items = [[_fp(k, path, depth), _fp(v, path, depth)] for k, v in value.items()]
         return [kind.__name__, sorted(items, key=canonical_json)]

@@ -58,6 +58,19 @@ class Recording:
     dirs_created: set = field(default_factory=set)
     #: a relative path was resolved against the working directory
     used_cwd: bool = False
+    #: absolute path -> (size, mtime) when the body read a file's metadata
+    #: (``os.stat``, ``os.path.getmtime``), None when it did not exist
+    stats: dict = field(default_factory=dict)
+    #: (folder, pattern, recursive, flavour) of each glob the body ran
+    globs: set = field(default_factory=set)
+    #: modules the body looked up by name (``importlib.import_module``)
+    modules_named: set = field(default_factory=set)
+    #: the body forked (multiprocessing's fork workers): the user source files
+    #: loaded at that moment, which the child can run
+    forked_sources: set = field(default_factory=set)
+    #: what the process was like when the body started (names of user modules
+    #: loaded, ``sys.path``, module state) - see namespace.py
+    at_start: dict = field(default_factory=dict)
     #: dependencies whose value was taken when the body used them (a Metaflow
     #: Client query, a glob), by dependency id (see deps.py)
     values: dict = field(default_factory=dict)
@@ -72,14 +85,40 @@ _hook_installed = False
 _O_ACCMODE = getattr(os, "O_ACCMODE", 3)
 
 
-def _path_of(value) -> str | None:
+def _path_of(value, recording: Recording | None = None) -> str | None:
+    """The absolute path as the program named it (symlinks kept: a repointed
+    link is a change); a relative one makes the working directory a dependency."""
     if isinstance(value, int):
         return None  # an already-open descriptor: its open was seen
     try:
         path = os.fsdecode(os.fspath(value))
     except TypeError:
         return None
+    if recording is not None and not os.path.isabs(path):
+        recording.used_cwd = True
     return os.path.abspath(path)
+
+
+#: per thread: what runs now is the recorder's own work (a collector starting,
+#: a glob that records its pattern itself), not the body's: not recorded
+suspended = threading.local()
+
+
+class not_recorded:
+    """``with not_recorded():`` what this thread does is not the body's."""
+
+    def __enter__(self):
+        suspended.depth = getattr(suspended, "depth", 0) + 1
+
+    def __exit__(self, *exc):
+        suspended.depth -= 1
+
+
+def recording_now() -> Recording | None:
+    """The recording this thread's file access goes to, None when not recording."""
+    if getattr(suspended, "depth", 0):
+        return None
+    return _current
 
 
 #: where the frame that lists a folder to find modules lives
@@ -90,11 +129,11 @@ _IMPORT_SYSTEM_FILES = frozenset(
 
 def _audit(event: str, args: tuple) -> None:
     recording = _current
-    if recording is None:
+    if recording is None or getattr(suspended, "depth", 0):
         return
     try:
         if event == "open":
-            path = _path_of(args[0])
+            path = _path_of(args[0], recording)
             if path is None:
                 return
             mode, flags = args[1], args[2] if len(args) > 2 else 0
@@ -106,7 +145,8 @@ def _audit(event: str, args: tuple) -> None:
                 mode = str(mode)
                 reads = "r" in mode or "+" in mode
                 writes = any(c in mode for c in "wax+")
-            if reads and path not in recording.files_read:
+            if reads and path not in recording.files_read and path not in recording.files_written:
+                # (a file the body wrote before reading it is its own output)
                 recording.files_read[path] = stat_signature(path)
             if writes:
                 recording.files_written.add(path)
@@ -116,9 +156,13 @@ def _audit(event: str, args: tuple) -> None:
             # code, and the folder's other names are not the body's input
             if sys._getframe(1).f_code.co_filename in _IMPORT_SYSTEM_FILES:
                 return
-            path = _path_of(args[0] if args and args[0] is not None else ".")
+            path = _path_of(args[0] if args and args[0] is not None else ".", recording)
             if path is not None:
                 recording.dirs_listed.add(path)
+        elif event == "os.mkdir":
+            path = _path_of(args[0], recording)
+            if path is not None:
+                recording.dirs_created.add(path)
         elif event == "subprocess.Popen":
             recording.commands.append(_argv(args[0], args[1]))
         elif event == "os.system":
@@ -302,6 +346,7 @@ class Observer:
     def start(self) -> None:
         global _current
         _ensure_audit_hook()
+        end_import_phase()
         self._recording = Recording()
         self._recorder = _recorder()
         self._recording.mechanism = self._recorder.name
@@ -313,7 +358,8 @@ class Observer:
         _current = self._recording
         for collector in _collectors:
             try:
-                collector.start(self._recording)
+                with not_recorded():
+                    collector.start(self._recording)
             except Exception as err:  # a collector that cannot watch: miss, say why
                 self._recording.unobserved.append(
                     "%s could not start (%s)" % (type(collector).__name__, err)
@@ -327,7 +373,8 @@ class Observer:
             return Recording(complete=False)
         for collector in reversed(_collectors):
             try:
-                collector.stop(recording)
+                with not_recorded():
+                    collector.stop(recording)
             except Exception as err:
                 recording.unobserved.append(
                     "%s could not finish (%s)" % (type(collector).__name__, err)
@@ -342,6 +389,35 @@ class Observer:
         return recording
 
 
+#: What the process read while the flow's modules were imported, before any
+#: body ran (a loader called at import, a config file read at module level):
+#: what every memoized step of the process may have been handed. Recorded from
+#: the moment this module loads (with Metaflow's extensions, at the flow file's
+#: ``from metaflow import ...``) until the flow starts (``end_import_phase``).
+_import_phase = Recording(mechanism="import")
+
+
+def _begin_import_phase() -> None:
+    global _current
+    _ensure_audit_hook()
+    if _current is None:
+        _current = _import_phase
+
+
+def end_import_phase() -> None:
+    global _current
+    if _current is _import_phase:
+        _current = None
+
+
+def import_phase() -> Recording:
+    """What the process read at import (see ``_import_phase``)."""
+    return _import_phase
+
+
 def mechanism() -> str:
     """Which recorder this interpreter uses (for docs, benchmarks and logs)."""
     return _recorder().name
+
+
+_begin_import_phase()

@@ -127,3 +127,13 @@ def is_infra_file(real: str) -> bool:
             if inside(real, os.path.realpath(base)):
                 return True
     return False
+
+
+def named_display(path: str, flow_dir: str) -> str:
+    """A path as the program named it, relative to the flow's folder when inside
+    it (a moved checkout keeps its entries), symlinks not resolved."""
+    absolute = os.path.abspath(path)
+    for base in (os.path.abspath(flow_dir), os.path.realpath(flow_dir)):
+        if inside(absolute, base):
+            return os.path.relpath(absolute, base).replace(os.sep, "/")
+    return absolute
