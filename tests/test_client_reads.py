@@ -78,8 +78,14 @@ def _downstream(world, body):
     world.add_flow("downstream.py", source=DOWNSTREAM % body)
 
 
+def _harness(world):
+    """The test's own Client reads use a download cache of their own: only the
+    flows' reads go to the world's cache."""
+    return {"METAFLOW_CLIENT_CACHE_PATH": str(world.workdir / "harness-client-cache")}
+
+
 def _x(world, result):
-    return world.artifacts("DownstreamFlow", result.run_id)["start"][0]["x"]
+    return world.artifacts("DownstreamFlow", result.run_id, env=_harness(world))["start"][0]["x"]
 
 
 def _memoized(world):
@@ -89,8 +95,8 @@ def _memoized(world):
 def _uncached_equals(world, memoized):
     """The memoized run's artifacts are those of a run without memoize."""
     uncached = world.run("downstream.py")
-    assert world.artifacts("DownstreamFlow", uncached.run_id) == world.artifacts(
-        "DownstreamFlow", memoized.run_id
+    assert world.artifacts("DownstreamFlow", uncached.run_id, env=_harness(world)) == (
+        world.artifacts("DownstreamFlow", memoized.run_id, env=_harness(world))
     )
 
 
@@ -150,6 +156,71 @@ def test_a_listing_by_tag_changes_only_with_a_tagged_run(world):
     assert _x(world, after) == "[10, 20]"
     assert "upstream `Flow('UpstreamFlow').runs('good')`" in after.output, after
     _uncached_equals(world, after)
+
+
+def test_another_users_namespace_misses(world):
+    """The namespace a body starts in (the user's, or --namespace) chooses
+    among the upstream runs: the same step run by another user misses."""
+    _downstream(world, LATEST_SUCCESSFUL)
+    world.run("upstream.py", "--value", "1")
+    world.run("upstream.py", "--value", "2", env={"USERNAME": "other"})
+    mine = _memoized(world)
+    assert _x(world, mine) == "11"
+    theirs = world.run("downstream.py", "--with", "memoize", env={"USERNAME": "other"})
+    assert world.count("start") == 2, theirs.memoize_lines()
+    assert _x(world, theirs) == "21"
+    assert "the Client namespace is now" in theirs.output, theirs
+
+
+TRIGGERED = """
+from _counter import record
+from metaflow import FlowSpec, current, step, trigger_on_finish
+
+
+@trigger_on_finish(flow="UpstreamFlow")
+class DownstreamFlow(FlowSpec):
+    @step
+    def start(self):
+        record("start")
+        self.x = current.trigger.run.data.x + 1
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    DownstreamFlow()
+"""
+
+
+def test_current_trigger_names_the_run_read(world):
+    """``current.trigger.run``: which run triggered this one is a dependency
+    (asked again from ``current`` before a hit; here set by ``--trigger``)."""
+    world.add_flow("downstream.py", source=TRIGGERED)
+    one = world.run("upstream.py", "--value", "1")
+    two = world.run("upstream.py", "--value", "2")
+
+    def triggered(run):
+        # a top-level option: before `run` (FlowRunner puts its command first)
+        return world.run(
+            "downstream.py",
+            "UpstreamFlow/%s" % run.run_id,
+            "run",
+            "--with",
+            "memoize",
+            command="--trigger",
+        )
+
+    first = triggered(one)
+    assert _x(world, first) == "11"
+    again = triggered(one)
+    assert world.count("start") == 1, again.memoize_lines()
+    after = triggered(two)
+    assert world.count("start") == 2, after.memoize_lines()
+    assert _x(world, after) == "21"
+    assert "current.trigger now names UpstreamFlow/%s" % two.run_id in after.output, after
 
 
 CLIENT_ACTIVITY = """
@@ -283,7 +354,12 @@ def _ran(world, tag, before):
 
 def _dump(world, tag, result):
     return world.client_json(
-        _NORMALIZED_DUMP, FLOWS[tag][1], result.run_id, ",".join(_UNORDERED), ",".join(_RANDOM)
+        _NORMALIZED_DUMP,
+        FLOWS[tag][1],
+        result.run_id,
+        ",".join(_UNORDERED),
+        ",".join(_RANDOM),
+        env=_harness(world),
     )
 
 
