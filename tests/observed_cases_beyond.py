@@ -266,6 +266,17 @@ STALE = {
         change=_replace("cfg.py", "lr: float = 0.1", "lr: float = 0.2"),
         expect={"y": "0.2"},
     ),
+    "a pydantic model field default": dict(
+        files={
+            "flow.py": linear("self.y = settings.Settings().lr", prelude="import settings\n"),
+            "settings.py": (
+                "from pydantic import BaseModel\n\n\nclass Settings(BaseModel):\n"
+                "    lr: float = 0.1\n"
+            ),
+        },
+        change=_replace("settings.py", "lr: float = 0.1", "lr: float = 0.3"),
+        expect={"y": "0.3"},
+    ),
 }
 
 

@@ -120,13 +120,13 @@ def _fp(value: Any, path: tuple, depth: int) -> Any:
     if isinstance(value, enum.Enum):
         return ["enum", _qualname(kind), value.name, _fp(value.value, path, depth)]
     if isinstance(value, (list, tuple)):
-        if len(value) > LARGE:
+        if len(value) > LARGE and _pickles_stably(value):
             return [kind.__name__, _pickled(value)]
         return [kind.__name__, [_fp(v, path, depth) for v in value]]
     if isinstance(value, (set, frozenset)):
         return [kind.__name__, sorted(canonical_json(_fp(v, path, depth)) for v in value)]
     if isinstance(value, dict):
-        if len(value) > LARGE:
+        if len(value) > LARGE and _pickles_stably(value.keys()) and _pickles_stably(value.values()):
             return [kind.__name__, _pickled(value)]
         items = [[_fp(k, path, depth), _fp(v, path, depth)] for k, v in value.items()]
         return [kind.__name__, sorted(items, key=canonical_json)]
@@ -217,8 +217,26 @@ def _fp_function(fn: types.FunctionType, path: tuple, depth: int) -> list:
     return doc
 
 
+#: element types whose pickle is the same in every process (a set of strings
+#: is not: its order follows the per-process hash seed)
+_STABLE_PICKLE = frozenset([type(None), bool, int, float, str, bytes, complex])
+
+
+def _pickles_stably(values) -> bool:
+    """Whether a large container may be fingerprinted through one pickle: only
+    when every element is a plain scalar; else element by element."""
+    return all(type(v) in _STABLE_PICKLE for v in values)
+
+
 _CLASS_SKIP = frozenset(
     [
+        # caches and data derived from the rest of the class, rebuilt in each
+        # process with ids of their own (pydantic's schema, ABC registries)
+        "__pydantic_core_schema__",
+        "__pydantic_serializer__",
+        "__pydantic_validator__",
+        "__pydantic_setattr_handlers__",
+        "_abc_impl",
         "__dict__",
         "__weakref__",
         "__module__",
