@@ -215,3 +215,38 @@ def test_groups_read_back_from_json_print_the_same():
 def test_nothing_recorded_is_no_group():
     assert group_dependencies({}) == []
     assert groups_text([]) == ""
+
+
+def _explained(pathspec, observed):
+    from metaflow_extensions.memoize.plugins.memoize.runtime.explain import TaskExplanation
+
+    e = TaskExplanation(pathspec=pathspec, status="hit", key="k" * 32)
+    if observed is not None:
+        e.entry = "e%s" % pathspec[-1] * 32
+        e.dependencies = groups_json(group_dependencies(observed))
+    return e
+
+
+def test_explain_prints_one_block_per_distinct_entry_and_cuts_long_lists():
+    from metaflow_extensions.memoize.plugins.memoize.cli import report
+
+    same = {"code:__main__:F.body": DIGEST, "file:data/a.csv": DIGEST}
+    tasks = [_explained("F/1/body/%d" % i, same) for i in range(3)]
+    tasks.append(_explained("F/1/body/9", None))
+    text = report.explain_dependencies_text(tasks)
+    assert text.count("relies on") == 1
+    assert "F/1/body/0 (entry e0e0e0e0e0e0) and 2 other tasks with the same relies on" in text
+    assert "(2 observed while the step ran" in text
+    assert "    data/a.csv" in text.splitlines()
+    assert text.splitlines()[-1] == (
+        "no entry to show for F/1/body/9 (not stored, or removed since)"
+    )
+
+    many = [
+        _explained("F/1/body/%d" % i, {"task:index": str(i)})
+        for i in range(report.DEPENDENCY_BLOCKS + 2)
+    ]
+    text = report.explain_dependencies_text(many)
+    assert text.count("relies on") == report.DEPENDENCY_BLOCKS
+    assert "2 more tasks with other dependencies not shown: --json lists every task's" in text
+    assert report.explain_dependencies_text([_explained("F/1/body/1", None)]) == ""

@@ -52,6 +52,9 @@ SHORT_KEY = 12
 TABLE_ROWS = 50
 #: widest VALUES cell in `list` (the foreach items and parameter values)
 VALUES_WIDTH = 48
+#: `explain` prints at most this many blocks of dependencies (one per distinct
+#: entry); --json has every task's
+DEPENDENCY_BLOCKS = 10
 
 
 def to_json(value: Any) -> str:
@@ -183,7 +186,7 @@ def explain_dependencies_text(explanations: list[Any]) -> str:
             continue
         blocks.setdefault(groups_text(groups_from_json(e.dependencies)), []).append(e)
     lines = []
-    for text, tasks in blocks.items():
+    for text, tasks in list(blocks.items())[:DEPENDENCY_BLOCKS]:
         first = tasks[0]
         who = "%s (entry %s)" % (first.pathspec, (first.entry or "?")[:SHORT_KEY])
         if len(tasks) > 1:
@@ -194,6 +197,13 @@ def explain_dependencies_text(explanations: list[Any]) -> str:
             "%s relies on (%d observed while the step ran, checked before every hit):"
             % (who, observed),
             text,
+        ]
+    if len(blocks) > DEPENDENCY_BLOCKS:
+        rest = sum(len(tasks) for tasks in list(blocks.values())[DEPENDENCY_BLOCKS:])
+        lines += [
+            "",
+            "%s with other dependencies not shown: --json lists every task's"
+            % format_count(rest, "more task"),
         ]
     if absent and blocks:
         lines += [
