@@ -62,6 +62,10 @@ setup(
             "ruff>=0.5",
             # NBRunner (tests/test_runner.py) runs notebook cells in an IPython shell
             "ipython",
+            # native readers whose file access the native file recorder must see
+            # (tests/test_native_record.py)
+            "pyarrow",
+            "duckdb",
             # tutorial 04 (tests/tutorials, tests/test_client_reads.py) without its
             # @conda decorator
             "editdistance",

@@ -46,6 +46,8 @@
 #undef _FORTIFY_SOURCE
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <link.h>
+#include <stdint.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -275,7 +277,7 @@ static int own_fd(void) {
     return g_fd;
 }
 
-static void emit_line(line_t *l) {
+static void emit_line(line_t *l, pid_t pid) {
     if (l->overflow) {
         /* keep what fits, and say it was cut */
         l->overflow = 0;
@@ -284,7 +286,6 @@ static void emit_line(line_t *l) {
         put_raw(l, "\t...", 4);
     }
     put_raw(l, "\n", 1);
-    pid_t pid = raw_getpid();
     if (pid == g_self_pid) {
         int fd = own_fd();
         if (fd >= 0)
@@ -301,7 +302,7 @@ static void emit_line(line_t *l) {
 
 /* One event. err: 0 when it succeeded, else the errno it failed with. */
 static void record(const char *kind, int err, const char *flags, const char *sig,
-                   int dirfd, const char *path, char *const *argv) {
+                   int dirfd, const char *path, char *const *argv, int py) {
     if (!g_dir[0])
         return;
     char buf[LINE_MAX_BYTES];
@@ -314,9 +315,10 @@ static void record(const char *kind, int err, const char *flags, const char *sig
     memcpy(fl, flags ? flags : "", nfl);
     fl[nfl] = 0;
 
+    pid_t pid = raw_getpid();
     put_raw(&l, kind, strlen(kind));
     put_raw(&l, "\t", 1);
-    put_num(&l, raw_getpid());
+    put_num(&l, pid);
     put_raw(&l, "\t", 1);
     const char *name = errno_name(err);
     if (name)
@@ -341,14 +343,21 @@ static void record(const char *kind, int err, const char *flags, const char *sig
         fl[nfl++] = 'R';
         fl[nfl] = 0;
     }
+    if (py && nfl < sizeof(fl) - 1) {
+        fl[nfl++] = 'P';
+        fl[nfl] = 0;
+    }
     /* insert the flags (known only now) where they belong */
     if (nfl && l.len + nfl + 2 <= l.cap) {
         memmove(buf + flags_at + nfl, buf + flags_at, l.len - flags_at);
         memcpy(buf + flags_at, fl, nfl);
         l.len += nfl;
     }
-    emit_line(&l);
+    emit_line(&l, pid);
 }
+
+/* in a wrapper: whether its caller is the Python interpreter */
+#define PY from_python(__builtin_return_address(0))
 
 #define BEGIN_RECORD(saved)                                                    \
     int saved = errno;                                                         \
@@ -358,6 +367,17 @@ static void record(const char *kind, int err, const char *flags, const char *sig
     errno = saved
 
 static int recording(void) { return g_on && !t_busy; }
+
+/* The executable code of the Python interpreter of the task process (set by
+ * memoize_fsrecord_start): a call made from there is Python's own (open(),
+ * os.stat(), imports), which the audit hook and the Python-level recorders
+ * see; flagged P so that key/native.py can tell it from native code's. */
+static uintptr_t g_py_lo = 0, g_py_hi = 0;
+
+static int from_python(void *ret) {
+    uintptr_t a = (uintptr_t)ret;
+    return a >= g_py_lo && a < g_py_hi;
+}
 
 /* -- opens ---------------------------------------------------------------- */
 
@@ -402,7 +422,7 @@ static void mode_flags(const char *mode, char *out) {
     out[i] = 0;
 }
 
-static void record_open(int dirfd, const char *path, int fd, int err, char *fl) {
+static void record_open(int dirfd, const char *path, int fd, int err, char *fl, int py) {
     char sig[96] = "-";
     if (fd >= 0) {
         struct stat st;
@@ -423,7 +443,7 @@ static void record_open(int dirfd, const char *path, int fd, int err, char *fl) 
             }
         }
     }
-    record("open", err, fl, sig, dirfd, path, NULL);
+    record("open", err, fl, sig, dirfd, path, NULL, py);
 }
 
 static int needs_mode(int flags) {
@@ -452,7 +472,7 @@ static int needs_mode(int flags) {
         BEGIN_RECORD(saved);                                                   \
         char fl[16];                                                           \
         open_flags(flags, fl);                                                 \
-        record_open(AT_FDCWD, path, fd, fd < 0 ? saved : 0, fl);               \
+        record_open(AT_FDCWD, path, fd, fd < 0 ? saved : 0, fl, PY);           \
         END_RECORD(saved);                                                     \
         return fd;                                                             \
     }
@@ -475,7 +495,7 @@ static int needs_mode(int flags) {
         BEGIN_RECORD(saved);                                                   \
         char fl[16];                                                           \
         open_flags(flags, fl);                                                 \
-        record_open(dirfd, path, fd, fd < 0 ? saved : 0, fl);                  \
+        record_open(dirfd, path, fd, fd < 0 ? saved : 0, fl, PY);              \
         END_RECORD(saved);                                                     \
         return fd;                                                             \
     }
@@ -495,7 +515,7 @@ OPENAT_WRAPPER(openat64)
             return fd;                                                         \
         BEGIN_RECORD(saved);                                                   \
         char fl[16] = "wct";                                                   \
-        record_open(AT_FDCWD, path, fd, fd < 0 ? saved : 0, fl);               \
+        record_open(AT_FDCWD, path, fd, fd < 0 ? saved : 0, fl, PY);           \
         END_RECORD(saved);                                                     \
         return fd;                                                             \
     }
@@ -517,7 +537,8 @@ CREAT_WRAPPER(creat64)
         BEGIN_RECORD(saved);                                                   \
         char fl[16];                                                           \
         mode_flags(mode, fl);                                                  \
-        record_open(AT_FDCWD, path, fp ? fileno(fp) : -1, fp ? 0 : saved, fl); \
+        record_open(AT_FDCWD, path, fp ? fileno(fp) : -1, fp ? 0 : saved, fl,  \
+                    PY);                                                       \
         END_RECORD(saved);                                                     \
         return fp;                                                             \
     }
@@ -528,10 +549,10 @@ FOPEN_WRAPPER(fopen64)
 /* -- existence and stat checks ------------------------------------------- */
 
 static void record_probe(const char *kind, int dirfd, const char *path, int rc,
-                         int saved, const char *flags) {
+                         int saved, const char *flags, int py) {
     if (!path || !path[0])
         return; /* fstatat(fd, "", AT_EMPTY_PATH): a descriptor, not a name */
-    record(kind, rc == 0 ? 0 : saved, flags, NULL, dirfd, path, NULL);
+    record(kind, rc == 0 ? 0 : saved, flags, NULL, dirfd, path, NULL, py);
 }
 
 #define STAT_WRAPPER(name, stype, kflags)                                      \
@@ -543,7 +564,7 @@ static void record_probe(const char *kind, int dirfd, const char *path, int rc,
         if (LIKELY(!recording()))                                              \
             return rc;                                                         \
         BEGIN_RECORD(saved);                                                   \
-        record_probe("stat", AT_FDCWD, path, rc, saved, kflags);               \
+        record_probe("stat", AT_FDCWD, path, rc, saved, kflags, PY);               \
         END_RECORD(saved);                                                     \
         return rc;                                                             \
     }
@@ -563,7 +584,7 @@ STAT_WRAPPER(lstat64, struct stat64, "l")
             return rc;                                                         \
         BEGIN_RECORD(saved);                                                   \
         record_probe("stat", dirfd, path, rc, saved,                           \
-                     (flags & AT_SYMLINK_NOFOLLOW) ? "l" : "");                \
+                     (flags & AT_SYMLINK_NOFOLLOW) ? "l" : "", PY);            \
         END_RECORD(saved);                                                     \
         return rc;                                                             \
     }
@@ -582,7 +603,7 @@ FSTATAT_WRAPPER(fstatat64, struct stat64)
         if (LIKELY(!recording()))                                              \
             return rc;                                                         \
         BEGIN_RECORD(saved);                                                   \
-        record_probe("stat", AT_FDCWD, path, rc, saved, kflags);               \
+        record_probe("stat", AT_FDCWD, path, rc, saved, kflags, PY);               \
         END_RECORD(saved);                                                     \
         return rc;                                                             \
     }
@@ -603,7 +624,7 @@ XSTAT_WRAPPER(__lxstat64, struct stat64, "l")
             return rc;                                                         \
         BEGIN_RECORD(saved);                                                   \
         record_probe("stat", dirfd, path, rc, saved,                           \
-                     (flags & AT_SYMLINK_NOFOLLOW) ? "l" : "");                \
+                     (flags & AT_SYMLINK_NOFOLLOW) ? "l" : "", PY);            \
         END_RECORD(saved);                                                     \
         return rc;                                                             \
     }
@@ -621,7 +642,7 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask,
     if (LIKELY(!recording()))
         return rc;
     BEGIN_RECORD(saved);
-    record_probe("stat", dirfd, path, rc, saved, (flags & AT_SYMLINK_NOFOLLOW) ? "l" : "");
+    record_probe("stat", dirfd, path, rc, saved, (flags & AT_SYMLINK_NOFOLLOW) ? "l" : "", PY);
     END_RECORD(saved);
     return rc;
 }
@@ -635,7 +656,7 @@ EXPORT int access(const char *path, int amode) {
     if (LIKELY(!recording()))
         return rc;
     BEGIN_RECORD(saved);
-    record_probe("access", AT_FDCWD, path, rc, saved, "");
+    record_probe("access", AT_FDCWD, path, rc, saved, "", PY);
     END_RECORD(saved);
     return rc;
 }
@@ -648,7 +669,7 @@ EXPORT int faccessat(int dirfd, const char *path, int amode, int flags) {
     if (LIKELY(!recording()))
         return rc;
     BEGIN_RECORD(saved);
-    record_probe("access", dirfd, path, rc, saved, "");
+    record_probe("access", dirfd, path, rc, saved, "", PY);
     END_RECORD(saved);
     return rc;
 }
@@ -666,7 +687,7 @@ EXPORT DIR *opendir(const char *path) {
     if (LIKELY(!recording()))
         return d;
     BEGIN_RECORD(saved);
-    record("opendir", d ? 0 : saved, "", NULL, AT_FDCWD, path, NULL);
+    record("opendir", d ? 0 : saved, "", NULL, AT_FDCWD, path, NULL, PY);
     END_RECORD(saved);
     return d;
 }
@@ -683,7 +704,7 @@ EXPORT DIR *fdopendir(int fd) {
         return d;
     BEGIN_RECORD(saved);
     if (d) /* the folder the descriptor names: resolved as dirfd-relative "" */
-        record("opendir", 0, "", NULL, fd, "", NULL);
+        record("opendir", 0, "", NULL, fd, "", NULL, PY);
     END_RECORD(saved);
     return d;
 }
@@ -696,7 +717,7 @@ EXPORT int mkdir(const char *path, mode_t mode) {
     if (LIKELY(!recording()))
         return rc;
     BEGIN_RECORD(saved);
-    record("mkdir", rc == 0 ? 0 : saved, "", NULL, AT_FDCWD, path, NULL);
+    record("mkdir", rc == 0 ? 0 : saved, "", NULL, AT_FDCWD, path, NULL, PY);
     END_RECORD(saved);
     return rc;
 }
@@ -709,7 +730,7 @@ EXPORT int mkdirat(int dirfd, const char *path, mode_t mode) {
     if (LIKELY(!recording()))
         return rc;
     BEGIN_RECORD(saved);
-    record("mkdir", rc == 0 ? 0 : saved, "", NULL, dirfd, path, NULL);
+    record("mkdir", rc == 0 ? 0 : saved, "", NULL, dirfd, path, NULL, PY);
     END_RECORD(saved);
     return rc;
 }
@@ -731,7 +752,7 @@ static int env_records(char *const *envp) {
 }
 
 static void record_exec(const char *path, char *const argv[], char *const envp[]) {
-    record("exec", 0, env_records(envp) ? "" : "E", NULL, AT_FDCWD, path, argv);
+    record("exec", 0, env_records(envp) ? "" : "E", NULL, AT_FDCWD, path, argv, 0);
 }
 
 #define EXEC_BEGIN(path, argv, envp)                                           \
@@ -744,7 +765,7 @@ static void record_exec(const char *path, char *const argv[], char *const envp[]
 #define EXEC_FAILED(path)                                                      \
     if (on) {                                                                  \
         BEGIN_RECORD(saved1);                                                  \
-        record("execfail", saved1, "", NULL, AT_FDCWD, path, NULL);            \
+        record("execfail", saved1, "", NULL, AT_FDCWD, path, NULL, 0);            \
         END_RECORD(saved1);                                                    \
     }
 
@@ -836,7 +857,7 @@ static int do_spawn(spawn_fn fn, pid_t *pid, const char *path,
         put_num(&s, child);
         sig[s.len] = 0;
     }
-    record("spawn", rc, env_records(envp) ? "" : "E", sig, AT_FDCWD, path, argv);
+    record("spawn", rc, env_records(envp) ? "" : "E", sig, AT_FDCWD, path, argv, 0);
     END_RECORD(saved);
     return rc;
 }
@@ -869,6 +890,24 @@ static void set_dir(const char *dir) {
     g_dir[n] = 0;
 }
 
+static int find_segment(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    uintptr_t target = (uintptr_t)data;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+            continue;
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+        uintptr_t hi = lo + ph->p_memsz;
+        if (target >= lo && target < hi) {
+            g_py_lo = lo;
+            g_py_hi = hi;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Start recording into dir (the task process, through ctypes). 0 on success. */
 EXPORT int memoize_fsrecord_start(const char *dir) {
     if (!dir || !dir[0])
@@ -877,6 +916,9 @@ EXPORT int memoize_fsrecord_start(const char *dir) {
     g_on = 0;
     g_self_pid = raw_getpid();
     set_dir(dir);
+    void *python = dlsym(RTLD_DEFAULT, "PyObject_Call");
+    if (python && !g_py_hi)
+        dl_iterate_phdr(find_segment, python);
     /* a descriptor of an earlier recording stays open (another thread may
      * still hold its number): a new one is opened for the new file */
     g_fd = -1;
@@ -925,7 +967,7 @@ __attribute__((constructor)) static void fsrecord_init(int argc, char **argv, ch
         put_num(&p, (long long)syscall(SYS_getppid));
         ppid[p.len] = 0;
         t_busy = 1;
-        record("init", 0, "", ppid, AT_FDCWD, exe, argv);
+        record("init", 0, "", ppid, AT_FDCWD, exe, argv, 0);
         t_busy = 0;
     }
     errno = saved;

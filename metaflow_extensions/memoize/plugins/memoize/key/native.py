@@ -232,26 +232,23 @@ def _source_of_cached(path: str) -> str | None:
     return source if os.path.isfile(source) else None
 
 
-def _import_system_dirs() -> set[str]:
-    """Folders the task's import system lists to find modules (sys.path and
-    packages' folders): their listing is not the body's input."""
-    dirs = {os.path.abspath(p or ".") for p in sys.path if isinstance(p, str)}
-    for module in list(sys.modules.values()):
-        for path in getattr(module, "__path__", None) or ():
-            if isinstance(path, str):
-                dirs.add(os.path.abspath(path))
-    return dirs
+#: the task's own calls made by the Python interpreter (flag P) that Python's
+#: recorders see already: opens, listings and folders made (observe.py's audit
+#: hook). Its stat and access calls are kept (``os.path.exists``, ``os.access``)
+_SEEN_BY_PYTHON = ("open", "opendir", "mkdir")
 
 
 def merge(events: dict[int, list[Event]], recording, task_pid: int) -> None:
     """Adds what the recorded processes did to ``recording``."""
-    import_dirs = None
     for pid in sorted(events):
         child = pid != task_pid
         pending_exec = None  # an exec whose new program has not reported yet
         for ev in events[pid]:
             ok = ev.result == "ok"
             path = ev.path
+            if not child and "P" in ev.flags:
+                if ev.kind in _SEEN_BY_PYTHON or "l" in ev.flags:
+                    continue  # (lstat: os.path.realpath's walk, not a question asked)
             if "R" in ev.flags and not (path.endswith("/.") or ev.kind == "exec"):
                 recording.used_cwd = True
             if ev.kind == "open":
@@ -261,7 +258,8 @@ def merge(events: dict[int, list[Event]], recording, task_pid: int) -> None:
                     continue
                 if "w" in ev.flags or "c" in ev.flags:
                     recording.files_written.add(path)
-                if "r" in ev.flags and "D" not in ev.flags:
+                created = "t" in ev.flags or ("c" in ev.flags and ev.sig.startswith("0:"))
+                if "r" in ev.flags and "D" not in ev.flags and not created:
                     if child and is_python_installation_file(path):
                         continue  # another interpreter's library, or ours
                     target = recording.child_files_read if child else recording.files_read
@@ -281,11 +279,6 @@ def merge(events: dict[int, list[Event]], recording, task_pid: int) -> None:
                     if ev.result in ("ENOENT", "ENOTDIR"):
                         recording.probes.setdefault(path, False)
                     continue
-                if not child:
-                    if import_dirs is None:
-                        import_dirs = _import_system_dirs()
-                    if path in import_dirs:
-                        continue
                 recording.dirs_listed.add(path)
             elif ev.kind == "mkdir":
                 if ok:
@@ -393,8 +386,9 @@ class NativeRecorder:
             with _own_io():
                 merge(read_records(record_dir), recording, os.getpid())
         finally:
-            with _own_io():
-                shutil.rmtree(record_dir, ignore_errors=True)
+            if not os.environ.get("MEMOIZE_FSRECORD_KEEP"):  # debugging
+                with _own_io():
+                    shutil.rmtree(record_dir, ignore_errors=True)
 
     def _set_env(self, name: str, value: str) -> None:
         self._saved_env.setdefault(name, os.environ.get(name))
