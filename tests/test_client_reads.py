@@ -123,6 +123,7 @@ def test_latest_successful_run_rerun_on_new_data_misses(world):
     _uncached_equals(world, after)
 
 
+@pytest.mark.slow
 def test_latest_run_rerun_misses(world):
     _downstream(world, LATEST)
     world.run("upstream.py", "--value", "1")
@@ -158,6 +159,7 @@ def test_a_listing_by_tag_changes_only_with_a_tagged_run(world):
     _uncached_equals(world, after)
 
 
+@pytest.mark.slow
 def test_another_users_namespace_misses(world):
     """The namespace a body starts in (the user's, or --namespace) chooses
     among the upstream runs: the same step run by another user misses."""
