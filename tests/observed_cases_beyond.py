@@ -277,6 +277,55 @@ STALE = {
         change=_replace("settings.py", "lr: float = 0.1", "lr: float = 0.3"),
         expect={"y": "0.3"},
     ),
+    # -- the same, one level deeper: inside a helper module ---------------------------
+    "an existence check inside a helper module": dict(
+        files={
+            "flow.py": linear(
+                'self.y = io_helpers.read_optional("extra.txt")', prelude="import io_helpers\n"
+            ),
+            "io_helpers.py": (
+                "import os\n\n\ndef read_optional(path):\n"
+                "    if not os.path.exists(path):\n        return 'none'\n"
+                "    with open(path) as f:\n        return f.read()\n"
+            ),
+        },
+        change=lambda w: _write(w, "extra.txt", "more"),
+        expect={"y": "'more'"},
+    ),
+    "a glob inside a helper module": dict(
+        files={
+            "flow.py": linear('self.y = io_helpers.shards("data")', prelude="import io_helpers\n"),
+            "io_helpers.py": (
+                "import pathlib\n\n\ndef shards(folder):\n"
+                "    return sorted(p.name for p in pathlib.Path(folder).rglob('*.parquet'))\n"
+            ),
+            "data/2024/a.parquet": "a",
+        },
+        change=lambda w: _write(w, "data/2024/b.parquet", "b"),
+        expect={"y": "['a.parquet', 'b.parquet']"},
+    ),
+    "a symlink read inside a helper module": dict(
+        files={
+            "flow.py": linear(
+                'self.y = io_helpers.load("model/current")', prelude="import io_helpers\n"
+            ),
+            "io_helpers.py": "def load(path):\n    with open(path) as f:\n        return f.read()\n",
+            "model/v1": "one",
+            "model/v2": "two",
+        },
+        setup=lambda w: os.symlink("v1", w / "model/current"),
+        change=_relink("model/current", "v2"),
+        expect={"y": "'two'"},
+    ),
+    "a class attribute of a helper module's class used through a factory": dict(
+        files={
+            "flow.py": linear("self.y = factory.make().threshold()", prelude="import factory\n"),
+            "factory.py": "from rules import Rule\n\n\ndef make():\n    return Rule()\n",
+            "rules.py": "class Rule:\n    LIMIT = 5\n\n    def threshold(self):\n        return self.LIMIT + 1\n",
+        },
+        change=_replace("rules.py", "LIMIT = 5", "LIMIT = 7"),
+        expect={"y": "8"},
+    ),
 }
 
 

@@ -85,9 +85,9 @@ def test_every_mutation_applies_to_its_flow(tmp_path):
             kinds.add(m.kind)
             d = Path(tempfile.mkdtemp(dir=tmp_path))
             _write_flow(flow, d)
-            before = {p.name: p.read_text() for p in d.iterdir()}
+            before = {p: p.read_text() for p in d.rglob("*") if p.is_file()}
             apply(d, [m])
-            after = {p.name: p.read_text() for p in d.iterdir()}
+            after = {p: p.read_text() for p in d.rglob("*") if p.is_file()}
             assert m.args or before != after, m.id
     assert kinds == set(KINDS), set(KINDS) - kinds
 

@@ -29,6 +29,8 @@ class CorpusFlow:
     files: dict  # file name -> text; the flow file is flow.py
     sites: list = field(default_factory=list)
     args: list = field(default_factory=list)
+    #: symlink (relative to the flow's folder) -> its target
+    links: dict = field(default_factory=dict)
 
     def site(self, mutation_id: str) -> Mutation:
         for m in self.sites:
@@ -452,8 +454,98 @@ def _core(graph: str) -> CorpusFlow:
     return CorpusFlow("core_" + graph, cls, files, sites)
 
 
+_BEYOND_FLOW = '''"""Oracle corpus: steps that reach past the interpreter (issue 31): a data file
+read by a native library, a glob, a symlink, a script run in a child process."""
+
+import glob
+import os
+import subprocess
+import sys
+
+from _counter import record
+from metaflow import FlowSpec, memoize, step
+
+
+class BeyondFlow(FlowSpec):
+    @memoize
+    @step
+    def start(self):
+        record("start")
+        import pyarrow.csv
+
+        table = pyarrow.csv.read_csv("prices.csv")
+        self.total = sum(table.column("price").to_pylist())
+        self.next(self.scan)
+
+    @memoize
+    @step
+    def scan(self):
+        record("scan")
+        self.shards = sorted(os.path.basename(p) for p in glob.glob("shards/*.txt"))
+        self.next(self.linked)
+
+    @memoize
+    @step
+    def linked(self):
+        record("linked")
+        with open("model/current") as f:
+            self.model = f.read().strip()
+        self.next(self.child)
+
+    @memoize
+    @step
+    def child(self):
+        record("child")
+        out = subprocess.run(
+            [sys.executable, "score.py"], capture_output=True, text=True, check=True
+        )
+        self.score = out.stdout.strip()
+        self.next(self.end)
+
+    @step
+    def end(self):
+        record("end")
+        self.summary = (self.total, self.shards, self.model, self.score)
+
+
+if __name__ == "__main__":
+    BeyondFlow()
+'''
+
+
+def _beyond() -> CorpusFlow:
+    files = {
+        "flow.py": _BEYOND_FLOW,
+        "prices.csv": "price\n1\n2\n",
+        "shards/a.txt": "a",
+        "model/v1": "one",
+        "model/v2": "two",
+        "score.py": "import scoring\n\nprint(scoring.score())\n",
+        "scoring.py": "def score():\n    return 6 * 7\n",
+    }
+    sites = [
+        _edit("native_read", "native_read", "prices.csv", "2\n", "5\n", ["start"]),
+        _edit("glob_match", "glob_match", "shards/b.txt", "", "b", ["scan"]),
+        _edit("glob_nonmatch", "glob_nonmatch", "shards/README.md", "", "notes", []),
+        Mutation("symlink", "symlink", [], ["linked"], links=[("model/current", "v2")]),
+        _edit(
+            "child_process", "child_process:script", "score.py", "print(", "print(1 + ", ["child"]
+        ),
+        _edit("child_process", "child_process:module", "scoring.py", "6 * 7", "6 * 8", ["child"]),
+    ]
+    return CorpusFlow("beyond", "BeyondFlow", files, sites, links={"model/current": "v1"})
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def corpus() -> list[CorpusFlow]:
     flows = [_kitchen(), _include(), _shapes(), _invalidation(), _quickstart(), _foreach_training()]
+    if _has("pyarrow"):  # the native reader of the beyond flow (the test extra has it)
+        flows.append(_beyond())
     flows += [_core(g) for g in core_graphs.GRAPHS]
     return flows
 

@@ -35,6 +35,11 @@ KINDS = {
     "step_remove_upstream": "remove a step upstream",
     "env_var": "change an @environment variable",
     "memoize_args": "change @memoize arguments",
+    "native_read": "change a data file a native library reads (pyarrow)",
+    "glob_match": "add a file a step's glob matches, in a folder that existed",
+    "glob_nonmatch": "add a file a step's glob does not match (nothing to re-run)",
+    "symlink": "repoint a symlink a step reads through",
+    "child_process": "edit a script, or a module it imports, that a step runs in a child process",
 }
 
 
@@ -50,6 +55,8 @@ class Mutation:
     needs: list = field(default_factory=list)
     args: list = field(default_factory=list)
     env: dict = field(default_factory=dict)
+    #: (link, new target): symlinks to repoint, relative to the flow's folder
+    links: list = field(default_factory=list)
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind
@@ -61,7 +68,13 @@ class Mutation:
         }
         texts = [old for _, old, _ in self.edits] + [new for _, _, new in self.edits]
         overlapping = any(old in t or t in old for _, old, _ in other.edits for t in texts)
-        return bool(mine & theirs) or overlapping or bool(set(self.env) & set(other.env))
+        links = {link for link, _ in self.links} & {link for link, _ in other.links}
+        return (
+            bool(mine & theirs)
+            or overlapping
+            or bool(set(self.env) & set(other.env))
+            or bool(links)
+        )
 
 
 class MutationDoesNotApply(Exception):
@@ -70,6 +83,12 @@ class MutationDoesNotApply(Exception):
 
 def apply(directory: Path, mutations: list[Mutation]) -> None:
     for m in mutations:
+        for link, target in m.links:
+            path = directory / link
+            if not path.is_symlink():
+                raise MutationDoesNotApply("%s: %s is not a symlink" % (m.id, link))
+            path.unlink()
+            path.symlink_to(target)
         for filename, old, new in m.edits:
             path = directory / filename
             text = path.read_text() if path.exists() else ""

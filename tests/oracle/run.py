@@ -155,7 +155,10 @@ def index_readers(flow_file: Path) -> list:
 def _write_flow(flow: CorpusFlow, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in flow.files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_text(text)
+    for link, target in flow.links.items():
+        (directory / link).symlink_to(target)
     shutil.copy(TESTS_FLOWS / "_counter.py", directory / "_counter.py")
 
 

@@ -131,6 +131,14 @@ def _audit(event: str, args: tuple) -> None:
     recording = _current
     if recording is None or getattr(suspended, "depth", 0):
         return
+    suspended.depth = 1  # what the hook itself does (a stat) is not the body's
+    try:
+        _record_event(recording, event, args)
+    finally:
+        suspended.depth = 0
+
+
+def _record_event(recording: Recording, event: str, args: tuple) -> None:
     try:
         if event == "open":
             path = _path_of(args[0], recording)
