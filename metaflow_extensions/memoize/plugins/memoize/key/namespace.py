@@ -63,7 +63,7 @@ def _probe(stat_function):
 
 def _record_probe(recording, path, result) -> None:
     try:
-        if isinstance(path, int) or kwargs_dir_fd_used(path):
+        if not isinstance(path, (str, bytes, os.PathLike)):
             return
         absolute = observe._path_of(path, recording)
         if absolute is None:
@@ -83,10 +83,6 @@ def _record_probe(recording, path, result) -> None:
             )
     except Exception:
         pass
-
-
-def kwargs_dir_fd_used(path) -> bool:
-    return not isinstance(path, (str, bytes, os.PathLike))
 
 
 def _globbing(kind):

@@ -47,7 +47,7 @@ from ..key.identity import (
     task_components,
     unstable_inputs,
 )
-from ..key.observe import Observer
+from ..key.observe import Observer, end_import_phase
 from ..key.verified import verified_lookup
 from ..settings import parse_arguments
 from ..version import __version__
@@ -237,6 +237,9 @@ class MemoizeDecorator(StepDecorator):
 
     # -- orchestrator and task: validate -------------------------------------
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
+        # the flow's modules are imported: what they read at import is recorded
+        # (observe.import_phase); what Metaflow reads from here on is not
+        end_import_phase()
         self._step_name = step_name
         # `spin STEP` is for debugging one step: it always runs, nothing is looked
         # up or stored, and the orchestrator says so once
