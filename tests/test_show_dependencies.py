@@ -1,13 +1,14 @@
 """`memoize show KEY` and `memoize explain STEP` list what an entry relies on,
 grouped by kind (key/dep_groups.py), in text and in JSON, from a real flow whose
 memoized step calls a helper of another module, reads module constants, reads a
-data file and lists a folder."""
+data file, lists a folder, globs one and checks for a file that is absent."""
 
 import json
 
 FLOW = "flow.py"
 
 FLOW_SOURCE = """
+    import glob
     import os
 
     from metaflow import FlowSpec, memoize, step
@@ -26,6 +27,8 @@ FLOW_SOURCE = """
             with open(os.path.join("data", "values.txt")) as f:
                 values = [int(line) for line in f]
             self.extra = sorted(os.listdir(os.path.join("data", "extra")))
+            self.csvs = sorted(glob.glob(os.path.join("data", "*.csv")))
+            self.override = os.path.exists(os.path.join("data", "override.csv"))
             self.total = helpers.scaled(sum(values)) * SCALE
             self.next(self.end)
 
@@ -56,11 +59,17 @@ EXPECTED = {
     "files": [("file:data/values.txt", "data/values.txt")],
     "listings": [("dir:data/extra", "data/extra/ (the names in it)")],
 }
+#: kinds whose ids carry more than a path: (group, kind, words)
+EXPECTED_BY_WORDS = [
+    ("listings", "glob", "glob data/*.csv"),
+    ("existence", "exists", "data/override.csv (absent when recorded)"),
+]
 TITLES = {
     "code": "Code",
     "module_state": "Module state",
     "files": "Files",
     "listings": "Folder listings and globs",
+    "existence": "Existence checks and absent paths",
     "environment": "Environment",
 }
 
@@ -72,6 +81,7 @@ def _flow_world(runner):
     (data / "extra").mkdir(parents=True)
     (data / "values.txt").write_text("1\n2\n3\n")
     (data / "extra" / "a.txt").write_text("a")
+    (data / "a.csv").write_text("x\n1\n")
 
 
 def _memoize(runner, *args):
@@ -106,6 +116,9 @@ def test_show_and_explain_list_every_recorded_dependency_by_group(runner):
         items = {d["id"]: d["text"] for d in groups[gid]["items"]}
         for dep_id, words in deps:
             assert items.get(dep_id) == words, (gid, dep_id, items)
+    for gid, kind, words in EXPECTED_BY_WORDS:
+        assert groups[gid]["title"] == TITLES[gid]
+        assert (kind, words) in [(d["kind"], d["text"]) for d in groups[gid]["items"]], groups[gid]
     # the key's own parts sit beside them, marked as such
     code_texts = [d["text"] for d in groups["code"]["items"]]
     assert "the step body (in the key)" in code_texts
@@ -122,10 +135,7 @@ def test_show_and_explain_list_every_recorded_dependency_by_group(runner):
     # -- show (text): the same groups under their headings
     text = _memoize(runner, "show", key[:12])
     assert "what a hit relies on (%d observed while the step ran" % len(observed) in text
-    for gid, deps in EXPECTED.items():
-        block = _block(text, TITLES[gid])
-        for _dep_id, words in deps:
-            assert words in block, (TITLES[gid], block)
+    _assert_blocks(text)
     assert "the step body (in the key)" in _block(text, "Code")
 
     # -- explain: the hit relies on the entry it used; the first run's miss stored it
@@ -141,7 +151,13 @@ def test_show_and_explain_list_every_recorded_dependency_by_group(runner):
     pathspec = "ShowDepsFlow/%s/start/" % second.run_id
     assert "%s" % pathspec in text and "hit" in text
     assert "(entry %s) relies on (%d observed" % (key[:12], len(observed)) in text
-    for gid, deps in EXPECTED.items():
+    _assert_blocks(text)
+
+
+def _assert_blocks(text):
+    """Each expected dependency in words, under its group's heading."""
+    expected = [(gid, words) for gid, deps in EXPECTED.items() for _, words in deps]
+    expected += [(gid, words) for gid, _, words in EXPECTED_BY_WORDS]
+    for gid, words in expected:
         block = _block(text, TITLES[gid])
-        for _dep_id, words in deps:
-            assert words in block, (TITLES[gid], block)
+        assert words in block, (TITLES[gid], block)

@@ -47,12 +47,13 @@ EVERY_KIND = {
         "data/train.csv (metadata: size, modification time)",
     ),
     ("dir:data", DIGEST): ("listings", "data/ (the names in it)"),
-    ('glob:["data","*.csv",false,"glob"]', DIGEST): ("listings", "*.csv in data/"),
+    ('glob:["data","*.csv",false,"glob"]', DIGEST): ("listings", "glob *.csv in data/"),
     ('glob:["data","**/*.csv",true,"glob+hidden"]', DIGEST): (
         "listings",
-        "**/*.csv in data/ (recursive, hidden files included)",
+        "glob **/*.csv in data/ (recursive, hidden files included)",
     ),
-    ('glob:["","*.txt",false]', DIGEST): ("listings", "*.txt in ./"),
+    ('glob:["","*.txt",false]', DIGEST): ("listings", "glob *.txt"),
+    ('glob:[".","data/*.csv",false,"glob"]', DIGEST): ("listings", "glob data/*.csv"),
     ("exists:data/override.csv", "absent"): (
         "existence",
         "data/override.csv (absent when recorded)",

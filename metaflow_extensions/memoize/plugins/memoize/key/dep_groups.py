@@ -180,11 +180,13 @@ def _glob(rest: str, value: str) -> str:
         folder, pattern, recursive, *how = json.loads(rest)
     except (ValueError, TypeError):
         return "glob %s" % rest
-    where = str(folder).rstrip("/") or "."
+    where = str(folder).rstrip("/")
     notes = ["recursive"] if recursive else []
     if how and "hidden" in str(how[0]):
         notes.append("hidden files included")
-    return "%s in %s/%s" % (pattern, where, " (%s)" % ", ".join(notes) if notes else "")
+    # a pattern relative to the working directory reads best as written
+    text = pattern if where in ("", ".") else "%s in %s/" % (pattern, where)
+    return "glob %s%s" % (text, " (%s)" % ", ".join(notes) if notes else "")
 
 
 #: what an existence check found (deps.py), as words
