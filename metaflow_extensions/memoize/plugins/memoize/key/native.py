@@ -215,7 +215,7 @@ def _command_text(argv) -> str:
 def is_python_installation_file(path: str) -> bool:
     """A file of a Python installation or installed packages, of this
     interpreter or of another one a child ran."""
-    if is_installed_file(path):
+    if is_installed_file(path) or os.path.basename(path) == "pyvenv.cfg":
         return True
     parts = path.split(os.sep)
     return bool(_PYTHON_LIB.search(path)) or any(p in _PACKAGE_DIRS for p in parts)
