@@ -33,6 +33,7 @@ constructor arguments, ``metaflow.client.core.filecache`` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -66,7 +67,12 @@ def listing_value(runs) -> str:
     if not paths:
         return "0 runs"
     digest = hashlib.sha1("\n".join(sorted(paths)).encode("utf-8")).hexdigest()[:16]
-    return "%d run%s, newest %s (%s)" % (len(paths), "" if len(paths) == 1 else "s", paths[0], digest)
+    return "%d run%s, newest %s (%s)" % (
+        len(paths),
+        "" if len(paths) == 1 else "s",
+        paths[0],
+        digest,
+    )
 
 
 def run_state(run) -> str:
@@ -222,7 +228,10 @@ def artifact_shas(task_pathspec: str, attempt=None) -> dict:
 def install(sink) -> None:
     """Wrap the Client's entry points (once per process); ``sink`` receives what
     a recorded body reads: ``active()``, ``query(query, value)``,
-    ``artifact(task, attempt, name, sha)``, ``unobserved(line)``."""
+    ``artifact(task, attempt, name, sha)``, ``unobserved(line)``, and gives
+    ``quiet()``: a context in which what this thread does is not the body's
+    (the Client's own metadata files, globs and downloads: the queries above
+    stand for them)."""
     global _installed, _sink
     with _lock:
         _sink = sink
@@ -230,6 +239,7 @@ def install(sink) -> None:
             return
         from metaflow.client import core
         from metaflow.events import Trigger
+        from metaflow.metadata_provider import MetadataProvider
         from metaflow.metaflow_current import Current
 
         _wrap_property(core.Flow, "latest_successful_run", _on_latest_successful)
@@ -245,6 +255,7 @@ def install(sink) -> None:
         for name in ("__getitem__", "__iter__", "__contains__"):
             _wrap_method(Trigger, name, _on_trigger)
         _wrap_method(Current, "__contains__", _on_current_contains)
+        _quiet_classmethod(MetadataProvider, "get_object")
         _installed = True
 
 
@@ -252,6 +263,27 @@ def _recording() -> bool:
     sink = _sink
     if sink is None or getattr(_local, "depth", 0):
         return False
+    return _active(sink)
+
+
+def _quiet_classmethod(cls, name):
+    """Every metadata read the Client makes (also through objects not wrapped
+    for recording, ``run["start"].task``) is done quietly while a body is
+    recorded: Metaflow's own files are never the body's dependencies."""
+    function = cls.__dict__[name].__func__
+
+    @functools.wraps(function)
+    def quiet(klass, *args, **kwargs):
+        sink = _sink
+        if sink is None or not _active(sink):
+            return function(klass, *args, **kwargs)
+        with sink.quiet():
+            return function(klass, *args, **kwargs)
+
+    setattr(cls, name, classmethod(quiet))
+
+
+def _active(sink) -> bool:
     try:
         return bool(sink.active())
     except Exception:
@@ -292,15 +324,23 @@ def _watched(on_call, original, obj, args, kwargs, name=None):
     """Run the user's call (its own exceptions propagate unchanged) and record it."""
     _local.depth = getattr(_local, "depth", 0) + 1
     try:
-        try:
-            result = original(obj, *args, **kwargs)
-        except Exception as err:
-            _safely(on_call, obj, args, kwargs, name, None, err)
-            raise
-        _safely(on_call, obj, args, kwargs, name, result, None)
+        with _quiet():
+            try:
+                result = original(obj, *args, **kwargs)
+            except Exception as err:
+                _safely(on_call, obj, args, kwargs, name, None, err)
+                raise
+            _safely(on_call, obj, args, kwargs, name, result, None)
         return result
     finally:
         _local.depth -= 1
+
+
+def _quiet():
+    try:
+        return _sink.quiet()
+    except Exception:
+        return contextlib.nullcontext()
 
 
 def _safely(on_call, obj, args, kwargs, name, result, err):
