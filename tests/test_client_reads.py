@@ -159,6 +159,33 @@ def test_a_listing_by_tag_changes_only_with_a_tagged_run(world):
     _uncached_equals(world, after)
 
 
+ABSENT_UNTIL_LATER = "\n        ".join(
+    [
+        "from metaflow.exception import MetaflowNotFound",
+        "try:",
+        '    self.x = Flow("UpstreamFlow").latest_successful_run.data.x + 1',
+        "except MetaflowNotFound:",
+        "    self.x = 0",
+    ]
+)
+
+
+@pytest.mark.slow
+def test_a_flow_that_did_not_exist_yet(world):
+    """A query that failed (the flow had never run) is a dependency too."""
+    _downstream(world, ABSENT_UNTIL_LATER)
+    assert _x(world, _memoized(world)) == "0"
+    again = _memoized(world)
+    assert world.count("start") == 1, again.memoize_lines()
+    world.run("upstream.py", "--value", "1")
+    after = _memoized(world)
+    assert world.count("start") == 2, after.memoize_lines()
+    assert _x(world, after) == "11"
+    assert "upstream `Flow('UpstreamFlow')` now exists (was error: MetaflowNotFound)" in (
+        after.output
+    ), after
+
+
 @pytest.mark.slow
 def test_another_users_namespace_misses(world):
     """The namespace a body starts in (the user's, or --namespace) chooses

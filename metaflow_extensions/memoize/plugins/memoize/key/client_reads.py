@@ -188,7 +188,7 @@ def describe_change(rest: str, old: str, new: str) -> str:
     if q == "run_state":
         return "upstream run %s is now %s (was %s)" % (query.get("run"), new, old)
     if q == "object":
-        return "upstream %s now %s (was %s)" % (_query_text(query), new, old)
+        return "upstream `%s` now %s (was %s)" % (_query_text(query), new, old)
     verb = "now lists" if q == "runs" else "now resolves to"
     if str(new).startswith(("unavailable", "error")):
         verb = "is now"
