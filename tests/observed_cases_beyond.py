@@ -46,6 +46,18 @@ def _replace(rel, old, new):
     return change
 
 
+def _sqlite(path, values):
+    import sqlite3
+
+    if path.exists():
+        path.unlink()
+    con = sqlite3.connect(str(path))
+    con.execute("create table t (v integer)")
+    con.executemany("insert into t values (?)", [(v,) for v in values])
+    con.commit()
+    con.close()
+
+
 def _two_steps(first, second, prelude="", members="", memoize_first=False):
     """start -> work (memoized, watched) -> end; ``first`` sets the input."""
     return (
@@ -276,6 +288,20 @@ STALE = {
         },
         change=_replace("settings.py", "lr: float = 0.1", "lr: float = 0.3"),
         expect={"y": "0.3"},
+    ),
+    "a sqlite3 database changed, without the native file recorder": dict(
+        files={
+            "flow.py": linear(
+                'con = sqlite3.connect("rows.db")\n'
+                'self.y = con.execute("select sum(v) from t").fetchone()[0]\n'
+                "con.close()",
+                prelude="import sqlite3\n",
+            )
+        },
+        setup=lambda w: _sqlite(w / "rows.db", [1, 2]),
+        change=lambda w: _sqlite(w / "rows.db", [1, 2, 3]),
+        env={"METAFLOW_MEMOIZE_NATIVE_RECORD": "0"},
+        expect={"y": "6"},
     ),
     # -- the same, one level deeper: inside a helper module ---------------------------
     "an existence check inside a helper module": dict(

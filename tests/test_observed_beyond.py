@@ -53,11 +53,11 @@ def test_a_changed_namespace_or_import_state_is_never_a_hit(runner, name):
     step = case.get("step", "start")
     per_run = case.get("runs_per_step", 1)
     _write_case(runner, case)
-    runner.run("flow.py")
+    runner.run("flow.py", env=case.get("env"))
     assert runner.count(step) == per_run
     case["change"](runner.workdir)
     cwd = runner.workdir / case["cwd"] if case.get("cwd") else None
-    second = runner.run(case.get("flow_arg", "flow.py"), cwd=cwd)
+    second = runner.run(case.get("flow_arg", "flow.py"), cwd=cwd, env=case.get("env"))
     assert runner.count(step) > per_run, (name, second)
     artifacts = _artifacts(runner, second, case)
     for artifact, expected in case["expect"].items():

@@ -479,7 +479,15 @@ def _file_deps(recording, ctx, deps, modified_during_run):
         real = wanted(path)
         if real is not None and real not in written:
             deps["dir:%s" % named_display(path, ctx.flow_dir)] = ""
+    # the flow's folder and those above it exist whenever the flow runs
+    around_flow = {os.path.abspath(ctx.flow_dir), os.path.realpath(ctx.flow_dir)}
+    for base in list(around_flow):
+        while os.path.dirname(base) != base:
+            base = os.path.dirname(base)
+            around_flow.add(base)
     for path in sorted(recording.probes):
+        if os.path.abspath(path) in around_flow:
+            continue
         real = wanted(path)
         if real is not None and real not in written and path not in recording.stats:
             deps["exists:%s" % named_display(path, ctx.flow_dir)] = ""

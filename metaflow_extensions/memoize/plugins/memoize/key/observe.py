@@ -167,6 +167,15 @@ def _record_event(recording: Recording, event: str, args: tuple) -> None:
             path = _path_of(args[0] if args and args[0] is not None else ".", recording)
             if path is not None:
                 recording.dirs_listed.add(path)
+        elif event == "sqlite3.connect":
+            # SQLite reads the database file natively: the connect names it
+            database = args[0] if args else None
+            if isinstance(database, (str, bytes, os.PathLike)):
+                raw = os.fsdecode(os.fspath(database))
+                if raw and raw != ":memory:" and not raw.startswith("file:"):
+                    path = _path_of(raw, recording)
+                    if path not in recording.files_read:
+                        recording.files_read[path] = stat_signature(path)
         elif event == "os.mkdir":
             path = _path_of(args[0], recording)
             if path is not None:
