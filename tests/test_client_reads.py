@@ -332,6 +332,22 @@ def test_a_failure_while_recording_never_breaks_the_users_call(world):
     assert any('"q":"artifacts"' in dep for dep in out["values"]), out
 
 
+TRIGGER_NOW = """
+import json
+from metaflow_extensions.memoize.plugins.memoize.key import client_reads
+print(json.dumps(client_reads.current_value('{"q":"trigger"}', None)))
+"""
+
+
+def test_a_trigger_not_set_yet_where_the_check_runs_never_verifies(world):
+    """Under Argo, ``current.trigger`` is set from the event payload by a task
+    hook that may run after memoize's check: there it cannot be asked, and the
+    dependency misses; where no payload is coming, no trigger is an answer."""
+    assert world.client_json(TRIGGER_NOW) == "none"
+    payload = {"METAFLOW_ARGO_EVENT_PAYLOAD_run_upstream": "{}"}
+    assert world.client_json(TRIGGER_NOW, env=payload).startswith("unavailable")
+
+
 # -- Metaflow's tutorials 00-04 (tests/tutorials, see its README) --------------------
 
 TUTORIALS = Path(__file__).parent / "tutorials"
