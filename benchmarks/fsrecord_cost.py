@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 N = 100_000
 
@@ -108,13 +109,33 @@ def run(rounds: int) -> dict:
         variant: {op: statistics.median(values) for op, values in ops.items()}
         for variant, ops in samples.items()
     }
+    starts = _process_starts(library, rounds)
     return {
         "operations": N,
         "rounds": rounds,
         "seconds_median": medians,
         "record_bytes_per_round": record_bytes,
+        "process_start_ms_median": starts,
         "python": sys.version.split()[0],
     }
+
+
+def _process_starts(library: str, rounds: int) -> dict:
+    """Milliseconds to start and end a program, with and without the library
+    preloaded (not recording): what every child of the orchestrator pays."""
+    times: dict = {}
+    for _ in range(rounds):
+        for program in (["/bin/true"], [sys.executable, "-c", "pass"]):
+            for variant, preload in (("bare", None), ("preloaded", library)):
+                env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+                if preload:
+                    env["LD_PRELOAD"] = preload
+                for _ in range(10):
+                    t = time.perf_counter()
+                    subprocess.run(program, env=env, check=True)
+                    key = "%s, %s" % (os.path.basename(program[0]), variant)
+                    times.setdefault(key, []).append((time.perf_counter() - t) * 1000)
+    return {k: round(statistics.median(v), 2) for k, v in times.items()}
 
 
 def table(result: dict) -> str:
@@ -137,6 +158,11 @@ def table(result: dict) -> str:
         "record written while on: %.1f MB for %s operations"
         % (result["record_bytes_per_round"] / 1e6, format(3 * result["operations"], ","))
     )
+    lines.append(
+        "process start and exit, ms (median): "
+        + ", ".join("%s %.2f" % kv for kv in result["process_start_ms_median"].items())
+    )
+    lines.append("load average (1 min) at the end: %.1f" % os.getloadavg()[0])
     return "\n".join(lines)
 
 

@@ -243,6 +243,7 @@ def merge(events: dict[int, list[Event]], recording, task_pid: int) -> None:
     for pid in sorted(events):
         child = pid != task_pid
         pending_exec = None  # an exec whose new program has not reported yet
+        written_here: set = set()  # what this process wrote: read back, its own output
         for ev in events[pid]:
             ok = ev.result == "ok"
             path = ev.path
@@ -256,12 +257,17 @@ def merge(events: dict[int, list[Event]], recording, task_pid: int) -> None:
                     if ev.result in ("ENOENT", "ENOTDIR") and "c" not in ev.flags:
                         recording.probes.setdefault(path, False)
                     continue
-                if "w" in ev.flags or "c" in ev.flags:
-                    recording.files_written.add(path)
-                created = "t" in ev.flags or ("c" in ev.flags and ev.sig.startswith("0:"))
-                if "r" in ev.flags and "D" not in ev.flags and not created:
-                    if child and is_python_installation_file(path):
-                        continue  # another interpreter's library, or ours
+                # not a read: a file created or truncated by this open, one this
+                # process wrote before, a folder, another interpreter's library
+                reads = (
+                    "r" in ev.flags
+                    and "D" not in ev.flags
+                    and "t" not in ev.flags
+                    and not ("c" in ev.flags and ev.sig.startswith("0:"))
+                    and path not in written_here
+                    and not (child and is_python_installation_file(path))
+                )
+                if reads:
                     target = recording.child_files_read if child else recording.files_read
                     if path not in target:
                         target[path] = _signature(ev.sig)
@@ -269,6 +275,9 @@ def merge(events: dict[int, list[Event]], recording, task_pid: int) -> None:
                         source = _source_of_cached(path)
                         if source is not None and source not in target:
                             target[source] = observe.stat_signature(source)
+                if "w" in ev.flags or "c" in ev.flags:
+                    recording.files_written.add(path)
+                    written_here.add(path)
             elif ev.kind in ("stat", "access"):
                 if ok:
                     recording.probes.setdefault(path, True)
@@ -355,7 +364,8 @@ class NativeRecorder:
         self._forks_at_start = _forks
         lib = loaded_library() if enabled() else None
         if lib is None:
-            self._why_not = self._reason()
+            with _own_io():
+                self._why_not = self._reason()
             return
         self._why_not = None
         with _own_io():
