@@ -272,6 +272,39 @@ def test_without_the_recorder_a_child_process_never_hits_and_says_why(runner):
     assert _y(runner, second) == case["before"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command, says",
+    [
+        # `env -i` runs cat with an empty environment: no recorder in it
+        ("env -i /bin/cat data.txt", "without the native file recorder"),
+        # a statically linked program: the loader preloads nothing into it
+        ("/sbin/ldconfig -p > /dev/null; cat data.txt", "could not be observed"),
+    ],
+    ids=["cleared environment", "static binary"],
+)
+def test_a_program_the_recorder_cannot_enter_never_hits(runner, command, says):
+    if command.startswith("/sbin/ldconfig") and not os.path.exists("/sbin/ldconfig"):
+        pytest.skip("no static binary here")
+    runner.add_flow(
+        "flow.py",
+        source=_flow(
+            """
+            out = subprocess.run(%r, shell=True, capture_output=True, text=True, check=True)
+            self.y = out.stdout.strip()
+            """
+            % command,
+            prelude="import subprocess\n",
+        ),
+    )
+    (runner.workdir / "data.txt").write_text("5\n")
+    runner.run("flow.py", env=_env())
+    second = runner.run("flow.py", env=_env())
+    assert runner.count("start") == 2, second
+    assert says in second.output, second
+    assert _y(runner, second) == "'5'"
+
+
 # -- the interposer itself ---------------------------------------------------------
 
 _PROBE = """
