@@ -396,9 +396,8 @@ class NativeRecorder:
             with _own_io():
                 merge(read_records(record_dir), recording, os.getpid())
         finally:
-            if not os.environ.get("MEMOIZE_FSRECORD_KEEP"):  # debugging
-                with _own_io():
-                    shutil.rmtree(record_dir, ignore_errors=True)
+            with _own_io():
+                shutil.rmtree(record_dir, ignore_errors=True)
 
     def _set_env(self, name: str, value: str) -> None:
         self._saved_env.setdefault(name, os.environ.get(name))
