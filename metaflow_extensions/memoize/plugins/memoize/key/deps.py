@@ -457,20 +457,6 @@ def _file_deps(recording, ctx, deps, modified_during_run):
             real = None
         if real is None or os.path.isdir(real) or (real in written and signature is None):
             continue
-        dep = "file:%s" % _display_path(real, ctx.flow_dir)
-        deps[dep] = ""
-        if signature is not None and signature != stat_signature(path):
-            modified_during_run.add(dep)
-    for path, signature in sorted(recording.child_files_read.items()):
-        # read by a child process (native.py): by content, its .py files too
-        # (code the child ran, even when this process loaded the same module)
-        real = os.path.realpath(path)
-        if not real.endswith(".py") or is_installed_file(real) or is_infra_file(real):
-            real = wanted(path)
-        elif any(inside(real, p) for p in private):
-            real = None
-        if real is None or os.path.isdir(real) or (real in written and signature is None):
-            continue
         dep = "file:%s" % named_display(path, ctx.flow_dir)
         deps[dep] = ""
         if signature is not None and signature != stat_signature(path):
