@@ -943,9 +943,50 @@ static void after_fork_child(void) {
         raw_close(fd);
 }
 
+/* Resolved once at load, so that no wrapper calls dlsym later (in a vfork
+ * child, or inside an allocator's own initialisation). */
+static void resolve_all(void) {
+    RESOLVE(open);
+    RESOLVE(open64);
+    RESOLVE(openat);
+    RESOLVE(openat64);
+    RESOLVE(creat);
+    RESOLVE(creat64);
+    RESOLVE(fopen);
+    RESOLVE(fopen64);
+    RESOLVE(stat);
+    RESOLVE(stat64);
+    RESOLVE(lstat);
+    RESOLVE(lstat64);
+    RESOLVE(fstatat);
+    RESOLVE(fstatat64);
+    RESOLVE(__xstat);
+    RESOLVE(__xstat64);
+    RESOLVE(__lxstat);
+    RESOLVE(__lxstat64);
+    RESOLVE(__fxstatat);
+    RESOLVE(__fxstatat64);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 28)
+    RESOLVE(statx);
+#endif
+    RESOLVE(access);
+    RESOLVE(faccessat);
+    RESOLVE(opendir);
+    RESOLVE(fdopendir);
+    RESOLVE(mkdir);
+    RESOLVE(mkdirat);
+    RESOLVE(execve);
+    RESOLVE(execv);
+    RESOLVE(execvp);
+    RESOLVE(execvpe);
+    RESOLVE(posix_spawn);
+    RESOLVE(posix_spawnp);
+}
+
 __attribute__((constructor)) static void fsrecord_init(int argc, char **argv, char **envp) {
     (void)argc;
     int saved = errno;
+    resolve_all();
     g_self_pid = raw_getpid();
     pthread_atfork(NULL, NULL, after_fork_child);
     const char *dir = NULL;
