@@ -391,3 +391,20 @@ def test_record_lines_round_trip_escaped_paths():
     recording = observe.Recording()
     native.merge({7: [event]}, recording, task_pid=1)
     assert recording.child_files_read == {"/data/a\tb\\c.csv": (5, 123, 9)}
+
+
+def test_task_processes_get_the_recorder_after_any_preload_unless_turned_off(monkeypatch):
+    from metaflow_extensions.memoize.plugins.memoize.key import native
+
+    if native.library_path() is None or not sys.platform.startswith("linux"):
+        pytest.skip("the native file recorder is not built here")
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libother.so")
+    monkeypatch.delenv("METAFLOW_MEMOIZE_NATIVE_RECORD", raising=False)
+    path = native.preload_for_tasks()
+    assert os.environ["LD_PRELOAD"] == "/opt/libother.so:" + path
+    native.preload_for_tasks()  # once per memoized step: added once
+    assert os.environ["LD_PRELOAD"] == "/opt/libother.so:" + path
+    monkeypatch.setenv("LD_PRELOAD", "")
+    monkeypatch.setenv("METAFLOW_MEMOIZE_NATIVE_RECORD", "0")
+    assert native.preload_for_tasks() is None
+    assert os.environ["LD_PRELOAD"] == ""
