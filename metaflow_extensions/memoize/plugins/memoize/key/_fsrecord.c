@@ -505,6 +505,47 @@ OPEN_WRAPPER(open64)
 OPENAT_WRAPPER(openat)
 OPENAT_WRAPPER(openat64)
 
+/* what code built with _FORTIFY_SOURCE calls for open() with flags not known
+ * at compile time (no O_CREAT: no mode) */
+#define OPEN2_WRAPPER(name)                                                    \
+    int name(const char *, int);                                               \
+    static int (*REAL(name))(const char *, int);                               \
+    EXPORT int name(const char *path, int flags) {                             \
+        RESOLVE(name);                                                         \
+        MISSING(name);                                                         \
+        int fd = REAL(name)(path, flags);                                      \
+        if (LIKELY(!recording()))                                              \
+            return fd;                                                         \
+        BEGIN_RECORD(saved);                                                   \
+        char fl[16];                                                           \
+        open_flags(flags, fl);                                                 \
+        record_open(AT_FDCWD, path, fd, fd < 0 ? saved : 0, fl, PY);           \
+        END_RECORD(saved);                                                     \
+        return fd;                                                             \
+    }
+
+#define OPENAT2_WRAPPER(name)                                                  \
+    int name(int, const char *, int);                                          \
+    static int (*REAL(name))(int, const char *, int);                          \
+    EXPORT int name(int dirfd, const char *path, int flags) {                  \
+        RESOLVE(name);                                                         \
+        MISSING(name);                                                         \
+        int fd = REAL(name)(dirfd, path, flags);                               \
+        if (LIKELY(!recording()))                                              \
+            return fd;                                                         \
+        BEGIN_RECORD(saved);                                                   \
+        char fl[16];                                                           \
+        open_flags(flags, fl);                                                 \
+        record_open(dirfd, path, fd, fd < 0 ? saved : 0, fl, PY);              \
+        END_RECORD(saved);                                                     \
+        return fd;                                                             \
+    }
+
+OPEN2_WRAPPER(__open_2)
+OPEN2_WRAPPER(__open64_2)
+OPENAT2_WRAPPER(__openat_2)
+OPENAT2_WRAPPER(__openat64_2)
+
 #define CREAT_WRAPPER(name)                                                    \
     static int (*REAL(name))(const char *, mode_t);                            \
     EXPORT int name(const char *path, mode_t mode) {                           \
@@ -950,6 +991,10 @@ static void resolve_all(void) {
     RESOLVE(open64);
     RESOLVE(openat);
     RESOLVE(openat64);
+    RESOLVE(__open_2);
+    RESOLVE(__open64_2);
+    RESOLVE(__openat_2);
+    RESOLVE(__openat64_2);
     RESOLVE(creat);
     RESOLVE(creat64);
     RESOLVE(fopen);
