@@ -303,6 +303,33 @@ STALE = {
         env={"METAFLOW_MEMOIZE_NATIVE_RECORD": "0"},
         expect={"y": "6"},
     ),
+    # -- child processes running the user's code ---------------------------------------
+    "a helper run in multiprocessing.Pool workers": dict(
+        files={
+            "flow.py": linear(
+                'with multiprocessing.get_context("fork").Pool(2) as pool:\n'
+                "    self.y = sum(pool.map(work.square, [1, 2, 3]))",
+                prelude="import multiprocessing\nimport work\n",
+            ),
+            "work.py": "def square(v):\n    return v * v\n",
+        },
+        change=_replace("work.py", "return v * v", "return v * v * v"),
+        expect={"y": "36"},
+    ),
+    "a helper run in ProcessPoolExecutor workers": dict(
+        files={
+            "flow.py": linear(
+                "with concurrent.futures.ProcessPoolExecutor(\n"
+                '    2, mp_context=multiprocessing.get_context("fork")\n'
+                ") as ex:\n"
+                "    self.y = sum(ex.map(work.square, [1, 2, 3]))",
+                prelude="import concurrent.futures\nimport multiprocessing\nimport work\n",
+            ),
+            "work.py": "def square(v):\n    return v * v\n",
+        },
+        change=_replace("work.py", "return v * v", "return v + v"),
+        expect={"y": "12"},
+    ),
     # -- the same, one level deeper: inside a helper module ---------------------------
     "an existence check inside a helper module": dict(
         files={
