@@ -431,8 +431,9 @@ def _file_deps(recording, ctx, deps, modified_during_run):
             return None  # Metaflow's own downloads (S3 client temp folders)
         return real
 
-    written = {os.path.realpath(p) for p in recording.files_written}
-    read = dict(observe.import_phase().files_read)
+    at_import = observe.import_phase()
+    written = {os.path.realpath(p) for p in recording.files_written | at_import.files_written}
+    read = dict(at_import.files_read)
     read.update(recording.files_read)
     for path, signature in sorted(read.items()):
         real = wanted(path)
@@ -482,7 +483,9 @@ def _file_deps(recording, ctx, deps, modified_during_run):
         if real is not None and real not in written:
             deps["stat:%s" % named_display(path, ctx.flow_dir)] = ""
     for folder, pattern, recursive, flavour in sorted(recording.globs):
-        if folder and wanted(folder) is None:
+        # an absolute pattern: the folder its fixed part names
+        fixed = folder or _fixed_prefix(pattern)
+        if fixed and wanted(fixed) is None:
             continue
         where = named_display(folder, ctx.flow_dir) if folder else ""
         deps["glob:%s" % canonical_json([where, pattern, recursive, flavour])] = ""
@@ -583,6 +586,16 @@ def current_value(dep: str, ctx: DepContext) -> str:
     except Exception as err:  # a dependency we cannot evaluate never matches
         return "unavailable: %s" % type(err).__name__
     return "unknown dependency"
+
+
+def _fixed_prefix(pattern: str) -> str:
+    """The folder a glob pattern names before its first wildcard."""
+    parts = []
+    for part in pattern.split(os.sep):
+        if any(c in part for c in "*?["):
+            break
+        parts.append(part)
+    return os.sep.join(parts[:-1] if len(parts) == len(pattern.split(os.sep)) else parts)
 
 
 def _path_kind(path: str) -> str:
