@@ -31,6 +31,8 @@ class CorpusFlow:
     args: list = field(default_factory=list)
     #: symlink (relative to the flow's folder) -> its target
     links: dict = field(default_factory=dict)
+    #: flow files run (uncached) before the warm run: flows it reads through the Client
+    before: list = field(default_factory=list)
 
     def site(self, mutation_id: str) -> Mutation:
         for m in self.sites:
@@ -500,12 +502,21 @@ class BeyondFlow(FlowSpec):
             [sys.executable, "score.py"], capture_output=True, text=True, check=True
         )
         self.score = out.stdout.strip()
+        self.next(self.downstream)
+
+    @memoize
+    @step
+    def downstream(self):
+        record("downstream")
+        from metaflow import Flow
+
+        self.upstream = Flow("BeyondUpstreamFlow").latest_successful_run.data.value
         self.next(self.end)
 
     @step
     def end(self):
         record("end")
-        self.summary = (self.total, self.shards, self.model, self.score)
+        self.summary = (self.total, self.shards, self.model, self.score, self.upstream)
 
 
 if __name__ == "__main__":
@@ -522,6 +533,8 @@ def _beyond() -> CorpusFlow:
         "model/v2": "two",
         "score.py": "import scoring\n\nprint(scoring.score())\n",
         "scoring.py": "def score():\n    return 6 * 7\n",
+        "upstream.py": _BEYOND_UPSTREAM,
+        "upstream.txt": "1",
     }
     sites = [
         _edit("native_read", "native_read", "prices.csv", "2\n", "5\n", ["start"]),
@@ -532,8 +545,44 @@ def _beyond() -> CorpusFlow:
             "child_process", "child_process:script", "score.py", "print(", "print(1 + ", ["child"]
         ),
         _edit("child_process", "child_process:module", "scoring.py", "6 * 7", "6 * 8", ["child"]),
+        Mutation(
+            "upstream_rerun",
+            "upstream_rerun",
+            [("upstream.txt", "1", "2")],
+            ["downstream"],
+            before=["upstream.py"],
+        ),
     ]
-    return CorpusFlow("beyond", "BeyondFlow", files, sites, links={"model/current": "v1"})
+    return CorpusFlow(
+        "beyond",
+        "BeyondFlow",
+        files,
+        sites,
+        links={"model/current": "v1"},
+        before=["upstream.py"],
+    )
+
+
+_BEYOND_UPSTREAM = '''"""The flow BeyondFlow reads through the Metaflow Client."""
+
+from metaflow import FlowSpec, step
+
+
+class BeyondUpstreamFlow(FlowSpec):
+    @step
+    def start(self):
+        with open("upstream.txt") as f:
+            self.value = int(f.read())
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    BeyondUpstreamFlow()
+'''
 
 
 def _has(module: str) -> bool:

@@ -40,6 +40,7 @@ KINDS = {
     "glob_nonmatch": "add a file a step's glob does not match (nothing to re-run)",
     "symlink": "repoint a symlink a step reads through",
     "child_process": "edit a script, or a module it imports, that a step runs in a child process",
+    "upstream_rerun": "run the flow a step reads through the Metaflow Client again, on new data",
 }
 
 
@@ -57,6 +58,9 @@ class Mutation:
     env: dict = field(default_factory=dict)
     #: (link, new target): symlinks to repoint, relative to the flow's folder
     links: list = field(default_factory=list)
+    #: flow files run (uncached) after the edits, before the case's runs: an
+    #: upstream flow the corpus flow reads through the Metaflow Client
+    before: list = field(default_factory=list)
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind

@@ -104,16 +104,27 @@ def _env(ds: Path, cache: Path, counts: Path, extra=None) -> dict:
             "METAFLOW_MEMOIZE_ROOT": str(cache),
             "MEMOIZE_TEST_COUNTERS": str(counts),
             "PYTHONHASHSEED": "random",
+            # the Client's download cache, per world (never machine-wide)
+            "METAFLOW_CLIENT_CACHE_PATH": str(ds / "client-cache"),
         }
     )
     env.update(extra or {})
     return env
 
 
-def _run(src: Path, env: dict, args, log: Path) -> tuple[str, str]:
+def _run_upstream(src: Path, ds: Path, cache: Path, flow_files, log_dir: Path) -> None:
+    """Flows another flow reads through the Metaflow Client, run uncached first."""
+    scratch = log_dir / "upstream-counts"
+    scratch.mkdir(exist_ok=True)
+    for flow_file in flow_files:
+        env = _env(ds, cache, scratch, {"METAFLOW_MEMOIZE_MODE": "off"})
+        _run(src, env, [], log_dir / ("%s.log" % Path(flow_file).stem), flow_file)
+
+
+def _run(src: Path, env: dict, args, log: Path, flow_file: str = "flow.py") -> tuple[str, str]:
     """(run id, output) of `python flow.py run`, its output kept in ``log``; raises on failure."""
     proc = subprocess.run(
-        [sys.executable, "flow.py", "--no-pylint", "run", *args],
+        [sys.executable, flow_file, "--no-pylint", "run", *args],
         cwd=src,
         env=env,
         capture_output=True,
@@ -182,6 +193,7 @@ class Warm:
         (ds / ".metaflow").mkdir(exist_ok=True)
         _write_flow(flow, src)
         self.ds, self.cache = ds, cache
+        _run_upstream(src, ds, cache, flow.before, self.dir)
         self.run_id, _ = _run(
             src, _env(ds, cache, counts, _broken_env(broken)), flow.args, self.dir / "run.log"
         )
@@ -223,6 +235,7 @@ def run_case(case: Case, warm: Warm, root: Path, broken: bool) -> Outcome:
         c_off, c_memo = d / "counts-off", d / "counts-memo"
         c_off.mkdir()
         c_memo.mkdir()
+        _run_upstream(src, ds, cache, [f for m in case.mutations for f in m.before], d)
         args = list(case.flow.args) + [a for m in case.mutations for a in m.args]
         extra: dict = {}
         for m in case.mutations:
