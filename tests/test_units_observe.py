@@ -102,6 +102,22 @@ def test_a_replaced_recorder_makes_the_recording_incomplete():
     assert recording.complete and "_helper" in {c.co_name for c in recording.codes}
 
 
+def _twice():
+    return 2
+
+
+def test_code_seen_by_one_recording_is_seen_by_the_next():
+    # sys.monitoring disables an event per code object once seen: each recording
+    # must start from a clean slate (restart_events), or a process's second body
+    # (the audit's rerun, a test) misses what the first one ran
+    for _ in range(2):
+        observer = observe.Observer()
+        observer.start()
+        _twice()
+        recording = observer.stop()
+        assert "_twice" in {code.co_name for code in recording.codes}, recording.mechanism
+
+
 def _after_the_profiler():
     return 3
 
