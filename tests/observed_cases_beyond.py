@@ -303,6 +303,18 @@ STALE = {
         env={"METAFLOW_MEMOIZE_NATIVE_RECORD": "0"},
         expect={"y": "6"},
     ),
+    "a CSV read by pyarrow, without the native file recorder": dict(
+        files={
+            "flow.py": linear(
+                'self.y = sum(pacsv.read_csv("prices.csv").column("p").to_pylist())',
+                prelude="import pyarrow.csv as pacsv\n",
+            ),
+            "prices.csv": "p\n1\n2\n",
+        },
+        change=lambda w: _write(w, "prices.csv", "p\n1\n5\n"),
+        env={"METAFLOW_MEMOIZE_NATIVE_RECORD": "0"},
+        expect={"y": "6"},
+    ),
     # -- child processes running the user's code ---------------------------------------
     "a helper run in multiprocessing.Pool workers": dict(
         files={

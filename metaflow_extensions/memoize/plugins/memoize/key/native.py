@@ -377,6 +377,7 @@ class NativeRecorder:
             self._set_env(_PRELOAD, ":".join(entries + [path]))
         if lib.memoize_fsrecord_start(os.fsencode(self._dir)) != 0:
             raise RuntimeError("the native file recorder did not start")
+        recording.native_files = True
 
     def stop(self, recording) -> None:
         if self._dir is None:

@@ -46,6 +46,9 @@ class Recording:
     #: files read by the body's child processes (native file recorder,
     #: native.py), as files_read: their .py files too (the child ran them)
     child_files_read: dict = field(default_factory=dict)
+    #: the native file recorder watched this body (native.py): file access by
+    #: native libraries and child processes is in the fields above
+    native_files: bool = False
     files_written: set = field(default_factory=set)
     dirs_listed: set = field(default_factory=set)
     commands: list = field(default_factory=list)
