@@ -165,7 +165,8 @@ def _record_event(recording: Recording, event: str, args: tuple) -> None:
             # The import system lists each sys.path folder (the flow's own
             # among them) to find modules: what it then imports is recorded as
             # code, and the folder's other names are not the body's input
-            if sys._getframe(1).f_code.co_filename in _IMPORT_SYSTEM_FILES:
+            # (frame 0: here, 1: _audit, 2: who listed the folder)
+            if sys._getframe(2).f_code.co_filename in _IMPORT_SYSTEM_FILES:
                 return
             path = _path_of(args[0] if args and args[0] is not None else ".", recording)
             if path is not None:
