@@ -50,7 +50,7 @@ from typing import Any
 from . import namespace, observe, state_deps
 from .components import BOOKKEEPING_ARTIFACTS, canonical_json, digest_json
 from .describe import changed_input_names, describe_change, describe_changes, diff_observed
-from .digests import file_digest, source_digest
+from .digests import digest_memo_dir, file_digest, source_digest
 from .fingerprint import CODE_TYPES, code_digest, fingerprint, wrapped_of
 from .observe import stat_signature
 from .usercode import (
@@ -454,7 +454,9 @@ def _flow_attribute_deps(flow_class, names, deps):
 
 
 def _file_deps(recording, ctx, deps, modified_during_run):
-    private = tuple(os.path.realpath(p) for p in (*ctx.private_roots, *client_cache_roots()) if p)
+    # memoize's own file-digest memo is read by its checks, never by the body
+    own = (*ctx.private_roots, *client_cache_roots(), digest_memo_dir())
+    private = tuple(os.path.realpath(p) for p in own if p)
     # source files of loaded modules are code (observed as code, not as files)
     module_files = {
         f for m in list(sys.modules.values()) for f in [getattr(m, "__file__", None)] if f

@@ -27,7 +27,7 @@ def source_digest(path: str) -> str:
 _STAT_CACHE_VERSION = 1
 
 
-def _stat_cache_dir() -> str:
+def digest_memo_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "metaflow-memoize", "file-digests")
 
@@ -47,7 +47,7 @@ def file_digest(path: str) -> str:
         st.st_ino,
         st.st_ctime_ns,
     )
-    memo = os.path.join(_stat_cache_dir(), xxhash.xxh3_64_hexdigest(real.encode()))
+    memo = os.path.join(digest_memo_dir(), xxhash.xxh3_64_hexdigest(real.encode()))
     # a file modified within the last 2 s may change again within the same
     # mtime tick: never trust a memo for it
     fresh = (st.st_mtime_ns / 1e9) > (time.time() - 2.0)
