@@ -71,9 +71,11 @@ setup(
             "editdistance",
         ],
     },
-    # Records the code a step body runs (observed dependencies). Optional: where
-    # it cannot be compiled, a pure-Python recorder is used (slower on
-    # call-heavy bodies, same result). Python 3.12+ uses sys.monitoring.
+    # Records the code a step body runs (observed dependencies): a frame-evaluation
+    # hook, or a C profile function where the hook cannot be used (key/_tracer.c).
+    # Optional: where it cannot be compiled, a pure-Python recorder is used (slower
+    # on call-heavy bodies, same result; make test-python fails on it). Python
+    # 3.12+ uses sys.monitoring.
     ext_modules=FSRECORD
     + (
         []
