@@ -24,9 +24,13 @@ EVERY_KIND = {
     ("source:gen/make.py", ""): ("code", "all of gen/make.py (code made while the step ran)"),
     ("global:helpers:FACTOR", DIGEST): ("module_state", "`helpers.FACTOR`"),
     ("global:__main__:SEED", DIGEST): ("module_state", "`SEED`"),
-    ("toplevel:helpers.py", DIGEST): (
+    ("toplevel:helpers", DIGEST): (
         "module_state",
-        "what helpers.py sets at import (its top-level statements)",
+        "what `helpers` sets at import (its top-level statements)",
+    ),
+    ("toplevel:__main__", DIGEST): (
+        "module_state",
+        "what the flow file sets at import (its top-level statements)",
     ),
     ("flowattr:THRESHOLD", DIGEST): ("class_attributes", "`self.THRESHOLD` (of the flow class)"),
     ("classattr:shapes:Box.ratio", DIGEST): ("class_attributes", "`shapes.Box.ratio`"),

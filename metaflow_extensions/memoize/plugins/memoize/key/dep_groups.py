@@ -129,7 +129,8 @@ def _global(rest: str, value: str) -> str:
 
 
 def _toplevel(rest: str, value: str) -> str:
-    return "what %s sets at import (its top-level statements)" % rest
+    where = "the flow file" if rest == "__main__" else "`%s`" % rest
+    return "what %s sets at import (its top-level statements)" % where
 
 
 def _flowattr(rest: str, value: str) -> str:

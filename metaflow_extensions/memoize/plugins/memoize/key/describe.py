@@ -79,7 +79,8 @@ def describe_change(dep: str, old: str, new: str) -> str:
         where = name if module == "__main__" else "%s.%s" % (module, name)
         return "class attribute `%s` %s (observed)" % (where, "removed" if gone else "changed")
     if kind == "toplevel":
-        return "module-level code of %s changed (it runs at import)" % rest
+        where = "the flow file" if rest == "__main__" else "module `%s`" % rest
+        return "module-level code of %s changed (it runs at import)" % where
     if kind == "incomplete":
         return "the code the step ran could not be recorded (%s)" % rest
     if kind == "code":

@@ -8,7 +8,7 @@ Dependency ids (see deps.py for the others):
   classattr:<module>:<Class>.<name>  a class attribute, ClassVar or dataclass /
                                      pydantic field default of a user class,
                                      named by code that ran
-  toplevel:<path>                    a user module's top-level statements that
+  toplevel:<module>                  a user module's top-level statements that
                                      act at import (seeds, registrations, warmed
                                      caches) and the assignments they use
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import importlib.util
 import os
 import sys
 import types
@@ -166,12 +167,23 @@ def toplevel_digest(path: str) -> str:
 
 def toplevel_deps(modules: Mapping[str, types.ModuleType], flow_dir: str, deps: dict) -> None:
     """Module-level code of every loaded user module: what it did at import
-    (a seed, a warmed cache) is state any step may use without naming it."""
+    (a seed, a warmed cache) is state any step may use without naming it.
+    By module name, like code: the flow file is ``__main__`` whatever its file
+    is called (NBRunner writes a new one for every run)."""
     for module_name, module in sorted(modules.items()):
         real = module_info(module_name, module)[1]
+        if real and isinstance(getattr(module, "__file__", None), str):
+            deps["toplevel:%s" % module_name] = ""
+
+
+def _module_file(module_name: str) -> str | None:
+    """The source file of a module, without running it when it is not loaded."""
+    module = sys.modules.get(module_name)
+    if module is not None:
         path = getattr(module, "__file__", None)
-        if real and isinstance(path, str):
-            deps["toplevel:%s" % named_display(path, flow_dir)] = ""
+        return path if isinstance(path, str) else None
+    spec = importlib.util.find_spec(module_name)
+    return spec.origin if spec is not None and spec.has_location else None
 
 
 # -- module state as the body found it -----------------------------------------------
@@ -222,7 +234,7 @@ def reachable_by_name(recording, modules, flow_dir: str, deps: dict) -> None:
     loaded, search_path = at_start["modules"], at_start["sys_path"]
     for dep in sorted(deps):
         kind, _, rest = dep.partition(":")
-        if kind not in ("code", "global", "classattr"):
+        if kind not in ("code", "global", "classattr", "toplevel"):
             continue
         module_name = rest.partition(":")[0]
         module = modules.get(module_name)
@@ -240,8 +252,8 @@ def reachable_by_name(recording, modules, flow_dir: str, deps: dict) -> None:
 
 def current_value(kind: str, rest: str, flow_dir: str) -> str:
     if kind == "toplevel":
-        path = rest if os.path.isabs(rest) else os.path.join(flow_dir, rest)
-        return toplevel_digest(path)
+        path = _module_file(rest)
+        return toplevel_digest(path) if path else "absent"
     module_name, _, qualified = rest.partition(":")
     module = sys.modules.get(module_name) or importlib.import_module(module_name)
     owner = module
