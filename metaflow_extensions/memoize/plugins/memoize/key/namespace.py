@@ -94,10 +94,10 @@ def _globbing(kind):
                 return function(*args, **kwargs)
             with observe.not_recorded():
                 _record_glob(recording, kind, args, kwargs)
-                result = function(*args, **kwargs)
-                if isinstance(result, types.GeneratorType) or not isinstance(result, list):
-                    result = list(result)  # listed now, while not recorded
-            return result if kind != "iglob" else iter(result)
+                result = list(function(*args, **kwargs))  # listed while not recorded
+            # listed now, handed back as the caller expects it: glob.glob a
+            # list, iglob and pathlib's globs an iterator
+            return result if kind == "glob" else iter(result)
 
         globbed.__memoize_wrapped__ = function
         return globbed
