@@ -123,14 +123,6 @@ class DepContext:
     memo: dict | None = None
 
 
-def _display_path(path: str, flow_dir: str) -> str:
-    real = os.path.realpath(path)
-    base = os.path.realpath(flow_dir)
-    if inside(real, base):
-        return os.path.relpath(real, base).replace(os.sep, "/")
-    return real
-
-
 def _absolute(display: str, flow_dir: str) -> str:
     return display if os.path.isabs(display) else os.path.join(flow_dir, display)
 
@@ -257,7 +249,7 @@ def observed_dependencies(
                 continue
             if not os.path.exists(real):
                 continue
-            deps["source:%s" % _display_path(real, ctx.flow_dir)] = ""
+            deps["source:%s" % named_display(real, ctx.flow_dir)] = ""
             names |= _names_of(code)
             continue
         code_names = _names_of(code)
@@ -268,7 +260,7 @@ def observed_dependencies(
             for dep in ids:
                 deps[dep] = ""
         else:  # a class or function made at run time: the whole file stands for it
-            deps["source:%s" % _display_path(real, ctx.flow_dir)] = ""
+            deps["source:%s" % named_display(real, ctx.flow_dir)] = ""
     for module, code_names in globals_read:
         _global_deps(module, code_names, modules, deps, 0)
     for module_name in sorted(recording.modules_named):
@@ -277,10 +269,10 @@ def observed_dependencies(
             _global_deps(modules[module_name], names, modules, deps, 0)
     _flow_attribute_deps(ctx.flow_class, names, deps)
     state_deps.class_attribute_deps(modules, names, deps)
-    state_deps.toplevel_deps(modules, ctx.flow_dir, deps)
+    state_deps.toplevel_deps(modules, deps)
     for real in sorted(recording.forked_sources):
         # a fork child can run any user code loaded when it was made
-        deps["source:%s" % _display_path(real, ctx.flow_dir)] = ""
+        deps["source:%s" % named_display(real, ctx.flow_dir)] = ""
     state_deps.reachable_by_name(recording, modules, ctx.flow_dir, deps)
     if "index" in names:
         deps["task:index"] = ""
@@ -297,10 +289,11 @@ def observed_dependencies(
         deps["unobserved:%s" % line] = ""
     for line in recording.unobserved:
         deps["unobserved:%s" % line] = ""
-    taken = dict(recording.values)
-    taken.update(state_deps.values_at_start(recording, deps))
+    # values taken when the body used them (Client queries) or as it found them
+    # (module state); the rest as they are now
+    taken = {**recording.values, **state_deps.values_at_start(recording, deps)}
     values = current_values([d for d in deps if d not in taken], ctx)
-    values.update({d: v for d, v in taken.items() if d in deps or d in recording.values})
+    values.update(taken)
     for dep in modified_during_run:
         values[dep] = "modified while the step ran %s" % os.urandom(8).hex()
     return values, names
@@ -341,11 +334,8 @@ def _native_readers_unobserved(recording, names: set[str]) -> list[str]:
                 if top in NATIVE_READERS:
                     used.add(top)
     markers = {name: "%s%s%s" % (os.sep, name, os.sep) for name in NATIVE_READERS}
-    for code in recording.codes:
-        filename = code.co_filename
-        for name, marker in markers.items():
-            if name not in used and marker in filename:
-                used.add(name)
+    for filename in {code.co_filename for code in recording.codes}:
+        used.update(name for name, marker in markers.items() if marker in filename)
     return [
         "native reader `%s` ran without the native file recorder: the files it read "
         "could not be observed" % name
@@ -628,7 +618,7 @@ def current_value(dep: str, ctx: DepContext) -> str:
             # relative to the flow's folder: a moved checkout is the same place
             return named_display(os.getcwd(), ctx.flow_dir)
         if kind in ("classattr", "toplevel"):
-            return state_deps.current_value(kind, rest, ctx.flow_dir)
+            return state_deps.current_value(kind, rest)
         if kind == "unobserved":
             return "unobservable"  # what could not be observed never verifies
         resolver = _KINDS.get(kind)

@@ -165,7 +165,7 @@ def toplevel_digest(path: str) -> str:
     return digest
 
 
-def toplevel_deps(modules: Mapping[str, types.ModuleType], flow_dir: str, deps: dict) -> None:
+def toplevel_deps(modules: Mapping[str, types.ModuleType], deps: dict) -> None:
     """Module-level code of every loaded user module: what it did at import
     (a seed, a warmed cache) is state any step may use without naming it.
     By module name, like code: the flow file is ``__main__`` whatever its file
@@ -250,7 +250,7 @@ def reachable_by_name(recording, modules, flow_dir: str, deps: dict) -> None:
 # -- current values ---------------------------------------------------------------
 
 
-def current_value(kind: str, rest: str, flow_dir: str) -> str:
+def current_value(kind: str, rest: str) -> str:
     if kind == "toplevel":
         path = _module_file(rest)
         return toplevel_digest(path) if path else "absent"
