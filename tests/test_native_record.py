@@ -20,37 +20,10 @@ import sys
 import textwrap
 
 import pytest
+from observed_cases import linear
 
-HEADER = """\
-from metaflow import FlowSpec, step, memoize
-import _counter
-"""
-
-
-def _flow(body: str, prelude: str = "") -> str:
-    return (
-        HEADER
-        + prelude
-        + """
-
-class CaseFlow(FlowSpec):
-    @memoize
-    @step
-    def start(self):
-        _counter.record("start")
-%s
-        self.next(self.end)
-
-    @step
-    def end(self):
-        pass
-
-
-if __name__ == "__main__":
-    CaseFlow()
-"""
-        % textwrap.indent(textwrap.dedent(body).strip("\n"), " " * 8)
-    )
+#: the corpus's start -> end flow, the memoized start step watched
+_flow = linear
 
 
 def _python(workdir, code: str) -> None:
